@@ -1,0 +1,8 @@
+"""C5 (new, not in the paper): a low additive KL only counts where the site matters. At an
+informative early/mid layer (median null KL >= 0.05, h_BB substituted alone) the additive KL
+must be <= 0.1 and <= half the null KL. Reported beside C1 everywhere."""
+from lac_core import rules
+
+
+def test_c5_non_vacuity(lm, grid_name, sweep_summary, thresholds, claim_gate):
+    claim_gate("C5", rules.c5(sweep_summary, thresholds["C5"]), lm.spec.name, grid_name)

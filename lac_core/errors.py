@@ -1,0 +1,37 @@
+"""Errors that name the problem and the fix, so no bad input becomes a silent wrong number."""
+
+
+class LacError(RuntimeError):
+    """Base class: every message says what went wrong and what to do about it."""
+
+
+class UnknownModelError(LacError):
+    pass
+
+
+class MissingWeightsError(LacError):
+    pass
+
+
+class ChecksumError(LacError):
+    pass
+
+
+class NoChatTemplateError(LacError):
+    pass
+
+
+class TokenizationError(LacError):
+    pass
+
+
+class NonFiniteResidualError(LacError):
+    pass
+
+
+class GridError(LacError):
+    pass
+
+
+class FixtureError(LacError):
+    pass

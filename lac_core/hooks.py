@@ -1,0 +1,112 @@
+"""The only code that registers hooks on modules.
+
+Both hooks are forward pre-hooks on decoder layers, so they see exactly the
+residual stream *entering* a layer (what `output_hidden_states[l]` returns).
+Every handle is removed when the `with` block ends, exceptions included.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .errors import NonFiniteResidualError
+
+
+def _hidden(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args, kwargs, hidden):
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+@contextmanager
+def _registered(layers, hooks: dict):
+    handles = []
+    try:
+        for layer_id, fn in hooks.items():
+            handles.append(layers[layer_id].register_forward_pre_hook(fn, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def capture(layers, layer_ids, index: torch.Tensor | None = None, check_finite: bool = True):
+    """Record the residual entering each layer in `layer_ids` during the forward passes in the block.
+
+    `index` is a [batch, k] LongTensor of positions to keep per row (None keeps all).
+    Yields a dict layer -> list of [batch, k, d] float32 tensors, one per forward call.
+    """
+    store: dict[int, list[torch.Tensor]] = {layer: [] for layer in layer_ids}
+
+    def make(layer_id):
+        def hook(module, args, kwargs):
+            h = _hidden(args, kwargs)
+            if index is not None:
+                idx = index.to(h.device)
+                h = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+            h = h.detach().float()
+            if check_finite and not torch.isfinite(h).all():
+                raise NonFiniteResidualError(
+                    f"non-finite residual entering layer {layer_id} (dtype {_hidden(args, kwargs).dtype}); "
+                    "float16 overflows on many models: run in bfloat16 or float32"
+                )
+            store[layer_id].append(h)
+        return hook
+
+    with _registered(layers, {layer: make(layer) for layer in layer_ids}):
+        yield store
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Vectors to write into the residual entering one layer: rows[i], positions[i] <- vectors[i]."""
+
+    rows: torch.Tensor  # [k] long
+    positions: torch.Tensor  # [k] long
+    vectors: torch.Tensor  # [k, d]
+
+
+def make_patches(entries) -> dict[int, Patch]:
+    """Group (layer, row, position, vector) tuples by layer."""
+    by_layer: dict[int, list] = {}
+    for layer, row, pos, vec in entries:
+        by_layer.setdefault(int(layer), []).append((row, pos, vec))
+    return {
+        layer: Patch(
+            rows=torch.tensor([r for r, _, _ in items], dtype=torch.long),
+            positions=torch.tensor([p for _, p, _ in items], dtype=torch.long),
+            vectors=torch.stack([v for _, _, v in items]),
+        )
+        for layer, items in by_layer.items()
+    }
+
+
+@contextmanager
+def substitute(layers, patches: dict[int, Patch]):
+    """Replace residual vectors at (layer, row, position) sites for the forward passes in the block."""
+
+    def make(patch: Patch):
+        def hook(module, args, kwargs):
+            h = _hidden(args, kwargs)
+            h = h.clone()
+            dev = h.device
+            h[patch.rows.to(dev), patch.positions.to(dev)] = patch.vectors.to(device=dev, dtype=h.dtype)
+            return _with_hidden(args, kwargs, h)
+        return hook
+
+    with _registered(layers, {layer: make(p) for layer, p in patches.items()}):
+        yield
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Hooks of any kind currently registered anywhere in the model (0 after every lac call)."""
+    return sum(
+        len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()
+    )

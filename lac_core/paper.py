@@ -1,0 +1,73 @@
+"""The paper's published per-cell outputs (fixtures/paper_results) read into the summaries the rules use."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .metrics import Summary
+from .paths import FIXTURES
+from .results import GEOMETRY_STATS, HostSummary, MarkerSummary, SweepSummary
+
+PAPER = FIXTURES / "paper_results"
+SWEEP_FILES = {
+    ("gemma-2-2b-it", "short"): "v15_gemma2b_localized_positions.json",
+    ("qwen2.5-1.5b-instruct", "short"): "v15_qwen15_localized_positions.json",
+    ("qwen2.5-3b-instruct", "short"): "v15_qwen3b_localized_positions.json",
+    ("gemma-2-2b-it", "long"): "v16_gemma2b_diverse_grid.json",
+    ("qwen2.5-1.5b-instruct", "long"): "v16_qwen15_diverse_grid.json",
+}
+PAPER_MODEL = "gemma-2-2b-it"  # the marker and host-injection runs
+
+
+def _read(name: str) -> dict:
+    return json.loads((PAPER / name).read_text())
+
+
+def _given(s: dict) -> Summary:
+    """A summary as the paper stored it (median, iqr, min, max; cell count not stored)."""
+    return Summary(s["median"], s["iqr"][0], s["iqr"][1], s["min"], s["max"], -1)
+
+
+def sweep_summary(model: str, grid: str) -> SweepSummary:
+    d = _read(SWEEP_FILES[(model, grid)])
+    layers = tuple(int(x) for x in d["layers_to_test"])
+    kl = {
+        probe: {int(layer): Summary.of(v["per_cell"].values()) for layer, v in per_layer.items()}
+        for probe, per_layer in d["causal"].items()
+    }
+    geo = {
+        probe: {int(layer): {s: _given(v[s]) for s in GEOMETRY_STATS} for layer, v in per_layer.items()}
+        for probe, per_layer in d["decomposition"].items()
+    }
+    return SweepSummary(label=f"paper {model} / {grid}", n_layers=d["n_layers"], layers=layers,
+                        kl_add=kl, kl_null=None, geometry=geo)
+
+
+def marker_data() -> dict:
+    return _read("v17_behavioral_markers.json")
+
+
+def marker_summary() -> MarkerSummary:
+    s = marker_data()["summary"]
+    names = {"clean": "clean", "additive": "additive", "remove_x": "remove_X", "bare": "bare"}
+    return MarkerSummary(
+        label=f"paper {PAPER_MODEL} / markers", n_cells=s["clean"]["total_cells"],
+        any={k: s[v]["any_present_count"] for k, v in names.items()},
+        distinct_mean={k: s[v]["distinct_mean"] for k, v in names.items()},
+    )
+
+
+def host_summary() -> HostSummary:
+    single = _read("v14b_v2.json")["results"]
+    multi = _read("v14e_multilayer.json")["results"]
+    host = {c: v["kl_host_clean"] for c, v in single.items()}
+    interventions = {"oracle": {c: v["kl_oracle"] for c, v in single.items()},
+                     "cached": {c: v["kl_cached"] for c, v in single.items()}}
+    for key, v in multi.items():
+        interventions["layers " + key.replace("_", ",")] = v["kls"]
+    return HostSummary.of(f"paper {PAPER_MODEL} / markers", host, interventions)
+
+
+def tables() -> dict:
+    """The paper's headline numbers (fixtures/paper_tables.json, a copy of its tables.json)."""
+    return json.loads((FIXTURES / "paper_tables.json").read_text())
