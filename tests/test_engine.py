@@ -1,0 +1,122 @@
+"""Batched, cached and fast paths give what the plain one-at-a-time computation gives."""
+import numpy as np
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from lac_core import engine, experiments
+from lac_core.hooks import Patch, make_patches, substitute
+from lac_core.prompts import load_grids, render
+
+GRIDS = load_grids()
+
+
+def _prompts(lm, n=4, grid="short", condition="XY"):
+    g = GRIDS[grid]
+    return [list(render(lm.tokenizer, g.user_text(c, condition)).ids) for c in g.cells[:n]]
+
+
+def test_capture_batch_equals_one_at_a_time(any_lm):
+    seqs = _prompts(any_lm, 4, "long") + _prompts(any_lm, 2, "short")
+    pos = [[0, len(s) // 2, len(s) - 1] for s in seqs]
+    batched = engine.capture_residuals(any_lm, seqs, pos, token_budget=10_000)
+    single = torch.cat([engine.capture_residuals(any_lm, [s], [p]) for s, p in zip(seqs, pos)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_batch_equals_one_at_a_time(any_lm):
+    prompts = _prompts(any_lm, 3, "long") + _prompts(any_lm, 3, "short")
+    batched = engine.greedy(any_lm, prompts, 12)
+    assert batched == [engine.greedy(any_lm, [p], 12)[0] for p in prompts]
+
+
+def _greedy_without_cache(lm, prompt, n, patches):
+    """Reference: recompute the whole sequence every step, the patch applied at its prompt position."""
+    seq = list(prompt)
+    for _ in range(n):
+        with substitute(lm.layers, make_patches(patches)), torch.inference_mode():
+            logits = lm.model(torch.tensor([seq])).logits
+        seq.append(int(logits[0, -1].float().argmax()))
+    return seq[len(prompt):]
+
+
+def test_greedy_kv_cache_agrees_under_prompt_intervention(any_lm):
+    prompts = _prompts(any_lm, 2)
+    layer = any_lm.n_layers // 2
+    for i, prompt in enumerate(prompts):
+        gen = torch.Generator().manual_seed(i)
+        vec = torch.randn(any_lm.d_model, generator=gen) * 4
+        patches = [(layer, 0, len(prompt) - 1, vec)]
+        cached = engine.greedy(any_lm, [prompt], 10, prompt_patches=patches)[0]
+        assert cached == _greedy_without_cache(any_lm, prompt, 10, patches)
+        assert cached != engine.greedy(any_lm, [prompt], 10)[0] or any_lm.spec.source == "tiny"
+
+
+def test_batched_prompt_intervention_equals_single(any_lm):
+    """Per-row prompt patches land on each row's own (left-padded) position."""
+    prompts = _prompts(any_lm, 3, "long")
+    layer = 1
+    vecs = [torch.randn(any_lm.d_model, generator=torch.Generator().manual_seed(i)) * 4 for i in range(3)]
+    patches = [(layer, r, len(p) - 1, v) for r, (p, v) in enumerate(zip(prompts, vecs))]
+    batched = engine.greedy(any_lm, prompts, 8, prompt_patches=patches)
+    single = [engine.greedy(any_lm, [p], 8, prompt_patches=[(layer, 0, len(p) - 1, v)])[0]
+              for p, v in zip(prompts, vecs)]
+    assert batched == single
+
+
+def test_greedy_ignores_generation_config(tiny):
+    prompt = _prompts(tiny, 1)[0]
+    before = engine.greedy(tiny, [prompt], 12)[0]
+    cfg = tiny.model.generation_config
+    saved = cfg.to_dict()
+    try:
+        cfg.repetition_penalty, cfg.do_sample, cfg.temperature, cfg.no_repeat_ngram_size = 5.0, True, 0.3, 2
+        assert engine.greedy(tiny, [prompt], 12)[0] == before
+    finally:
+        tiny.model.generation_config = type(cfg).from_dict(saved)
+    neutral = GenerationConfig(max_new_tokens=12, do_sample=False, num_beams=1, repetition_penalty=1.0,
+                               eos_token_id=None, pad_token_id=tiny.tokenizer.pad_token_id)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        ref = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=neutral)
+    assert ref[0, len(prompt):].tolist() == before
+
+
+def test_fast_plan_equals_naive_plan(any_lm):
+    """The oracle: the batched, prefix-reusing plan gives the per-site plan's KLs and tokens."""
+    grid = GRIDS["short"]
+    fast = experiments.sweep(any_lm, grid, plan="fast", token_budget=4096)
+    naive = experiments.sweep(any_lm, grid, plan="naive")
+    assert fast.references == naive.references
+    np.testing.assert_allclose(fast.kl_add, naive.kl_add, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(fast.kl_null, naive.kl_null, rtol=1e-3, atol=2e-5)
+    for s in fast.geometry:
+        np.testing.assert_allclose(fast.geometry[s], naive.geometry[s], rtol=1e-3, atol=1e-4)
+    assert fast.cost["forward_tokens"] <= 1.5 * fast.cost["floor_tokens"]
+    assert naive.cost["forward_tokens"] > fast.cost["forward_tokens"]
+
+
+def test_fast_identity_row_equals_clean_row(tiny):
+    """In a substituted batch, writing back the clean residual reproduces the clean row exactly."""
+    grid = GRIDS["short"]
+    prompt = list(render(tiny.tokenizer, grid.user_text(grid.cells[0], "XY")).ids)
+    gen = engine.greedy(tiny, [prompt], 12, keep_cache=True)
+    seq = prompt + gen.tokens[0][:11]
+    p = len(prompt) - 1
+    h = engine.capture_residuals(tiny, [seq], [[p]])
+    rows = [[]] + [[(layer, h[0, layer, 0])] for layer in range(tiny.n_layers)]
+    lp = engine.suffix_logprobs(tiny, gen, [0], p, [seq[p:p + 10]], [rows], 0)
+    kl = engine.kl_sum(lp[:, :1], lp[:, 1:])
+    assert float(kl.abs().max()) < 1e-5
+    clean_full = engine.forward_logprobs(tiny, seq, p, p + 10)
+    torch.testing.assert_close(lp[0, 0], clean_full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("budget", [1, 50, 10_000])
+def test_chunks_respect_budget(budget):
+    lengths = [5, 40, 12, 33, 7, 60]
+    seen = []
+    for batch in engine.chunks(lengths, budget):
+        assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= budget
+        seen += batch
+    assert seen == list(range(len(lengths)))

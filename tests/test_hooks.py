@@ -1,0 +1,118 @@
+"""The intervention core: capture reads exactly the residual entering a layer, substitution writes
+exactly one vector and nothing else, and no hook outlives its block."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lac_core import engine
+from lac_core.hooks import Patch, capture, hook_count, substitute
+from lac_core.prompts import load_grids, render
+
+GRID = load_grids()["short"]
+HSET = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _seq(lm, cell_index=0, condition="XY"):
+    cell = GRID.cells[cell_index]
+    return list(render(lm.tokenizer, GRID.user_text(cell, condition)).ids)
+
+
+def test_identity_substitution_gives_exactly_zero_kl(any_lm):
+    """Writing back the clean residual itself must change nothing, bit for bit."""
+    seq = _seq(any_lm)
+    p = len(seq) - 1
+    h = engine.capture_residuals(any_lm, [seq], [[p]])  # [1, L, 1, d]
+    clean = engine.forward_logprobs(any_lm, seq, 0, len(seq))
+    for layer in range(any_lm.n_layers):
+        patch = {layer: Patch(torch.tensor([0]), torch.tensor([p]), h[0, layer, 0][None])}
+        lp = engine.forward_logprobs(any_lm, seq, 0, len(seq), patch)
+        assert float(engine.kl_sum(clean, lp)) == 0.0, f"layer {layer}"
+        assert torch.equal(clean, lp)
+
+
+def test_capture_equals_output_hidden_states(any_lm):
+    seq = _seq(any_lm, 1)
+    positions = list(range(len(seq)))
+    h = engine.capture_residuals(any_lm, [seq], [positions])[0]  # [L, T, d]
+    with torch.inference_mode():
+        out = any_lm.model(torch.tensor([seq]), output_hidden_states=True)
+    hs = out.hidden_states
+    assert len(hs) == any_lm.n_layers + 1  # the last entry is after the final norm: not a layer input
+    for layer in range(any_lm.n_layers):
+        torch.testing.assert_close(h[layer], hs[layer][0].float(), rtol=0, atol=0)
+
+
+@HSET
+@given(data=st.data())
+def test_substitution_touches_only_its_site(tiny, data):
+    """Logits before the substituted position are bitwise unchanged; the residual entering the
+    substituted layer at that position is exactly the vector written; other positions are untouched."""
+    seq = _seq(tiny, data.draw(st.integers(0, len(GRID.cells) - 1)))
+    layer = data.draw(st.integers(0, tiny.n_layers - 1), label="layer")
+    p = data.draw(st.integers(1, len(seq) - 1), label="position")
+    scale = data.draw(st.floats(0.5, 5.0), label="scale")
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    vec = torch.randn(tiny.d_model, generator=gen) * scale
+    clean = engine.forward_logprobs(tiny, seq, 0, len(seq))
+    patch = {layer: Patch(torch.tensor([0]), torch.tensor([p]), vec[None])}
+    with substitute(tiny.layers, patch), capture(tiny.layers, [layer]) as store:
+        with torch.inference_mode():
+            logits = tiny.model(torch.tensor([seq])).logits
+    torch.testing.assert_close(store[layer][0][0, p], vec, rtol=0, atol=0)
+    lp = engine.window_logprobs(logits[0])
+    assert torch.equal(lp[:p], clean[:p])
+    assert not torch.equal(lp[p:], clean[p:])
+
+
+@HSET
+@given(rows=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 30)), min_size=1, max_size=6, unique=True))
+def test_per_row_positions(tiny, rows):
+    """Different positions per batch row land on the right (row, position) and nowhere else."""
+    seqs = [_seq(tiny, i) for i in range(3)]
+    width = min(len(s) for s in seqs)
+    rows = [(r, p % width) for r, p in rows]
+    ids = torch.tensor([s[:width] for s in seqs])
+    vecs = torch.arange(len(rows) * tiny.d_model, dtype=torch.float32).reshape(len(rows), -1)
+    patch = {2: Patch(torch.tensor([r for r, _ in rows]), torch.tensor([p for _, p in rows]), vecs)}
+    with capture(tiny.layers, [2]) as before, torch.inference_mode():
+        tiny.model(ids)
+    with substitute(tiny.layers, patch), capture(tiny.layers, [2]) as after, torch.inference_mode():
+        tiny.model(ids)
+    expect = before[2][0].clone()
+    for (r, p), v in zip(rows, vecs):
+        expect[r, p] = v
+    torch.testing.assert_close(after[2][0], expect, rtol=0, atol=0)
+
+
+def test_hooks_removed_after_exception(any_lm):
+    seq = _seq(any_lm)
+    base = hook_count(any_lm.model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(any_lm.layers, range(any_lm.n_layers)), substitute(
+                any_lm.layers, {1: Patch(torch.tensor([0]), torch.tensor([0]), torch.zeros(1, any_lm.d_model))}):
+            assert hook_count(any_lm.model) == base + any_lm.n_layers + 1
+            raise RuntimeError("boom")
+    assert hook_count(any_lm.model) == base
+    bad = {1: Patch(torch.tensor([0]), torch.tensor([0]), torch.zeros(1, any_lm.d_model + 1))}  # wrong width
+    with pytest.raises(RuntimeError):
+        engine.forward_logprobs(any_lm, seq, 0, 2, bad)  # the hook itself raises mid-forward
+    assert hook_count(any_lm.model) == base
+
+
+def test_non_finite_residual_is_an_error(tiny):
+    from lac_core.errors import NonFiniteResidualError
+
+    seq = _seq(tiny)
+    layer0 = tiny.layers[0]
+    weight = next(p for n, p in layer0.named_parameters() if "o_proj" in n)
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(float("nan"))
+        with pytest.raises(NonFiniteResidualError, match="layer 1"):
+            engine.capture_residuals(tiny, [seq], [[0]])
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert torch.isfinite(engine.capture_residuals(tiny, [seq], [[0]])).all()
