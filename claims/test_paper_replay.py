@@ -35,3 +35,33 @@ def test_paper_table1_medians_match_per_cell_data():
                 assert got.median == pytest.approx(median, abs=6e-4), (model, probe, layer)
                 if p25 is not None:
                     assert (got.p25, got.p75) == pytest.approx((p25, p75), abs=6e-4), (model, probe, layer)
+
+
+def test_paper_markers_replay(thresholds):
+    assert rules.c3(paper.marker_summary(), thresholds["C3"]).status == rules.HOLDS
+    assert rules.c3r(paper.marker_summary(), thresholds["C3R"]).status == rules.HOLDS
+
+
+def test_paper_host_injection_replay(thresholds):
+    h = paper.host_summary()
+    v = rules.c4(h, thresholds["C4"])
+    assert v.status == rules.HOLDS, v.explain()
+    assert len(v.parts) == 7  # oracle, cached and the five layer sets
+    t4 = paper.tables()["table4_host_injection_gemma_median_kl_to_target"]
+    assert h.median_host == pytest.approx(t4["host_no_substitution"], abs=5e-3)
+    assert h.median_kl["oracle"] == pytest.approx(t4["oracle_single_site_L14"], abs=5e-3)
+    assert h.median_kl["cached"] == pytest.approx(t4["cached_additive_L14"], abs=5e-3)
+    assert h.median_kl["layers 6,8,10,12,14,16,18,20,22"] == pytest.approx(t4["cached_layers_6_to_22"], abs=5e-3)
+
+
+def test_our_marker_matcher_reproduces_the_papers_hits(thresholds):
+    """Re-scoring the paper's 96 published generations gives its own marker hits, text by text."""
+    from lac_core.markers import hits
+
+    data = paper.marker_data()
+    for cell, conds in data["results"].items():
+        words = data["persona_markers"][cell.split("__")[0]]
+        for cond, v in conds.items():
+            assert hits(v["text"], words, thresholds["markers"]["stems"]) == v["hits"], (cell, cond)
+    assert hits("They must indemnify us.", ["indemnif"], ["indemnif"]) == ["indemnif"]
+    assert hits("They must indemnify us.", ["indemnif"]) == []  # word-boundary reading: the paper's

@@ -10,7 +10,13 @@ from .errors import FixtureError
 from .paths import FIXTURES
 from .rules import FAILS, HOLDS, INCONCLUSIVE
 
-EXPECTED = FIXTURES / "expected"
+
+
+def expected_dir() -> Path:
+    """fixtures/expected, or $LAC_EXPECTED_DIR (used by the plugin's own end-to-end tests)."""
+    import os
+
+    return Path(os.environ.get("LAC_EXPECTED_DIR") or FIXTURES / "expected")
 
 
 @dataclass
@@ -30,7 +36,7 @@ class Expectations:
 
 
 def path_for(model: str) -> Path:
-    return EXPECTED / f"{model}.yaml"
+    return expected_dir() / f"{model}.yaml"
 
 
 def load(model: str) -> Expectations | None:

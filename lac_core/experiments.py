@@ -143,3 +143,95 @@ def _fast_probe(lm, gen, prompts, seqs, probe, pi, layers, additive, null, kl_ad
             kls = engine.kl_sum(lp[:, :1], lp[:, 1:]).double().cpu().numpy()  # [cells, runs - 1]
             kl_add[chunk, pi] = kls[:, : len(layers)]
             kl_null[chunk, pi] = kls[:, len(layers):]
+
+
+# ---------------------------------------------------------------- experiments 2-4 (marker grid, p_last)
+
+MARKER_TOKENS = 80
+HOST_WINDOW = 10
+
+
+def p_last_residuals(lm: LoadedModel, grid: Grid, token_budget: int = engine.DEFAULT_TOKEN_BUDGET):
+    """Prompts of the four conditions and their residuals at p_last, every layer: [cell, cond, layer, d]."""
+    prompts = [render_cell(lm, grid, cell) for cell in grid.cells]
+    seqs = [list(cp[c].ids) for cp in prompts for c in CONDITIONS]
+    pos = [[cp[c].p_last] for cp in prompts for c in CONDITIONS]
+    h = engine.capture_residuals(lm, seqs, pos, token_budget=token_budget)
+    return prompts, h[:, :, 0].reshape(len(prompts), len(CONDITIONS), lm.n_layers, lm.d_model)
+
+
+def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int | None = None,
+            n_new: int = MARKER_TOKENS) -> "MarkerResult":
+    """Experiment 2: greedy generations, clean / additive / remove-X / bare, substitutions at
+    (mid layer, p_last) during the prompt pass only; persona markers counted in each text."""
+    from .markers import hits
+    from .prompts import mid_layer
+    from .results import MarkerResult
+
+    layer = mid_layer(lm.n_layers) if layer is None else layer
+    prompts, h = residuals or p_last_residuals(lm, grid)
+    rows, patches = [], []
+    for ci, (cell, cp) in enumerate(zip(grid.cells, prompts)):
+        xy = cp["XY"]
+        bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
+        for cond, vec in (("clean", None), ("additive", xb + by - bb), ("remove_x", hxy - (xb - bb)), ("bare", None)):
+            ids = list(render(lm.tokenizer, grid.user_text(cell, "bare")).ids) if cond == "bare" else list(xy.ids)
+            if vec is not None:
+                patches.append((layer, len(rows), xy.p_last, vec))
+            rows.append(ids)
+    out = engine.greedy(lm, rows, n_new, stop_at_eos=True, prompt_patches=patches)
+    texts, tokens, found = {}, {}, {}
+    conds = ("clean", "additive", "remove_x", "bare")
+    for ci, cell in enumerate(grid.cells):
+        words = grid.markers[cell.persona_key]
+        texts[cell.id], tokens[cell.id], found[cell.id] = {}, {}, {}
+        for k, cond in enumerate(conds):
+            toks = out[ci * len(conds) + k]
+            text = lm.tokenizer.decode(toks, skip_special_tokens=True)
+            texts[cell.id][cond], tokens[cell.id][cond] = text, toks
+            found[cell.id][cond] = hits(text, words, stems)
+    return MarkerResult(model=lm.spec.name, layer=layer, n_new_tokens=n_new, cells=tuple(c.id for c in grid.cells),
+                        texts=texts, tokens=tokens, hits=found, stems=tuple(stems))
+
+
+def host_injection(lm: LoadedModel, grid: Grid, *, residuals=None, layer: int | None = None,
+                   token_budget: int = engine.DEFAULT_TOKEN_BUDGET) -> "HostResult":
+    """Experiments 3 and 4. Target: the clean XY prompt and its 10 greedy tokens. Host: the BY prompt
+    (`As a thoughtful person, {task}`) teacher-forced on the same tokens. KL(target || host) with no
+    intervention, with h_XY (oracle) or h_BB + dX + dY (cached) at (mid, p_last), and with the additive
+    prediction of every layer of each of the paper's layer sets (mapped to this depth) at once."""
+    from .prompts import mid_layer, multilayer_sets
+    from .results import HostResult
+
+    layer = mid_layer(lm.n_layers) if layer is None else layer
+    sets = multilayer_sets(lm.n_layers)
+    prompts, h = residuals or p_last_residuals(lm, grid)
+    additive = h[:, 1] + h[:, 2] - h[:, 0]  # [cell, layer, d]
+    xy_gen = engine.greedy(lm, [list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_cache=True)
+    by_gen = engine.greedy(lm, [list(cp["BY"].ids) for cp in prompts], 1, keep_cache=True)  # prompt cache only
+    names = ["host", "oracle", "cached"] + ["layers " + ",".join(map(str, s)) for s in sets]
+    cells = list(range(len(prompts)))
+    kl = {c.id: {} for c in grid.cells}
+    width = max(len(cp["BY"].ids) for cp in prompts) + HOST_WINDOW
+    per_chunk = max(1, token_budget // (len(names) * width))
+    for at in range(0, len(cells), per_chunk):
+        chunk = cells[at: at + per_chunk]
+        r = [xy_gen.tokens[ci] for ci in chunk]
+        target = engine.suffix_logprobs(
+            lm, xy_gen, chunk, xy_gen.offsets[chunk[0]] + prompts[chunk[0]]["XY"].p_last,
+            [[prompts[ci]["XY"].ids[-1]] + r[i][: HOST_WINDOW - 1] for i, ci in enumerate(chunk)],
+            [[[]] for _ in chunk], 0)
+        row_patches = [
+            [[], [(layer, h[ci, 3, layer])], [(layer, additive[ci, layer])]]
+            + [[(m, additive[ci, m]) for m in s] for s in sets]
+            for ci in chunk
+        ]
+        host = engine.suffix_logprobs(
+            lm, by_gen, chunk, by_gen.offsets[chunk[0]] + prompts[chunk[0]]["BY"].p_last,
+            [[prompts[ci]["BY"].ids[-1]] + r[i][: HOST_WINDOW - 1] for i, ci in enumerate(chunk)],
+            row_patches, 0)
+        kls = engine.kl_sum(target, host).double().cpu().numpy()  # [cells, runs]
+        for i, ci in enumerate(chunk):
+            kl[grid.cells[ci].id] = {name: float(kls[i, j]) for j, name in enumerate(names)}
+    return HostResult(model=lm.spec.name, layer=layer, layer_sets=sets, cells=tuple(c.id for c in grid.cells),
+                      kl=kl, target_tokens={c.id: xy_gen.tokens[i] for i, c in enumerate(grid.cells)})

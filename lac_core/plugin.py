@@ -133,6 +133,34 @@ def sweep_summary(sweep_result):
     return sweep_result.summary()
 
 
+@pytest.fixture(scope="session")
+def marker_grid_residuals(lm, lac_state):
+    """Residuals at p_last on the marker grid, shared by experiments 2, 3 and 4."""
+    from .experiments import p_last_residuals
+
+    return p_last_residuals(lm, load_grids()["markers"], token_budget=lac_state.token_budget)
+
+
+@pytest.fixture(scope="session")
+def marker_result(lm, lac_state, thresholds, marker_grid_residuals):
+    if lm.spec.name not in lac_state.markers:
+        from .experiments import markers
+
+        lac_state.markers[lm.spec.name] = markers(lm, load_grids()["markers"], residuals=marker_grid_residuals,
+                                                  stems=thresholds["markers"]["stems"])
+    return lac_state.markers[lm.spec.name]
+
+
+@pytest.fixture(scope="session")
+def host_result(lm, lac_state, marker_grid_residuals):
+    if lm.spec.name not in lac_state.hosts:
+        from .experiments import host_injection
+
+        lac_state.hosts[lm.spec.name] = host_injection(lm, load_grids()["markers"], residuals=marker_grid_residuals,
+                                                       token_budget=lac_state.token_budget)
+    return lac_state.hosts[lm.spec.name]
+
+
 @pytest.fixture
 def claim_gate(request, lac_state, expectations):
     """Record a verdict and assert it: a claim must hold unless the model's fixture says otherwise,
@@ -144,9 +172,7 @@ def claim_gate(request, lac_state, expectations):
         if exp is not None and verdict.status != exp:
             pytest.fail(f"{claim} verdict changed on {model} / {grid}: expected {exp}, got {verdict.explain()}")
         if exp is not None and exp != rules.HOLDS:
-            note = (expectations.notes or {}).get(claim, "")
-            request.applymarker(pytest.mark.xfail(
-                strict=True, reason=f"finding: {claim} {exp} on {model} / {grid}: {verdict.explain()} {note}"))
+            request.applymarker(pytest.mark.xfail(strict=True, reason=f"finding: {verdict.explain()}"))
         assert verdict.status == rules.HOLDS, verdict.explain()
 
     return gate
@@ -195,8 +221,13 @@ def _update_expectations(state) -> list[str]:
         exp = expected_mod.load(model) or expected_mod.Expectations(model=model)
         for (claim, _m, grid), (v, _e) in verdicts.items():
             exp.verdicts.setdefault(claim, {})[grid] = v.status
+            notes = exp.notes.setdefault(claim, {})
             if v.status != rules.HOLDS:
-                exp.notes[claim] = exp.notes.get(claim) or f"{grid}: {v.explain()}"
+                notes[grid] = v.explain()
+            else:
+                notes.pop(grid, None)
+            if not notes:
+                exp.notes.pop(claim)
         ran = {(c, g) for (c, m, g) in state.cell_checks if m == model}
         for check, grid in ran:
             cells = sorted(state.cell_failures.get((check, model, grid), []))

@@ -84,7 +84,8 @@ def _run_info(state, config) -> dict:
 
 
 def _matrix(state) -> list[str]:
-    cols = sorted({(m, g) for (_, m, g) in state.verdicts})
+    order = {"short": 0, "long": 1, "markers": 2}
+    cols = sorted({(m, g) for (_, m, g) in state.verdicts}, key=lambda mg: (mg[0], order.get(mg[1], 9), mg[1]))
     lines = ["| claim | " + " | ".join(f"{m} / {g}" for m, g in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for claim in rules.CLAIMS:

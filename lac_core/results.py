@@ -138,3 +138,70 @@ class HostSummary:
             median_kl={name: Summary.of(kls[c] for c in cells).median for name, kls in interventions.items()},
             median_gap_closed={name: Summary.of(g).median for name, g in gaps.items()},
         )
+
+
+MARKER_CONDITIONS = ("clean", "additive", "remove_x", "bare")
+
+
+@dataclass
+class MarkerResult:
+    """Experiment 2: the generations under four conditions and the markers found in each."""
+
+    model: str
+    layer: int
+    n_new_tokens: int
+    cells: tuple[str, ...]
+    texts: dict  # cell -> condition -> text
+    tokens: dict  # cell -> condition -> [ids]
+    hits: dict  # cell -> condition -> [markers]
+    stems: tuple[str, ...] = ()
+
+    def summary(self) -> MarkerSummary:
+        n = len(self.cells)
+        return MarkerSummary(
+            label=f"{self.model} / markers", n_cells=n,
+            any={c: sum(bool(self.hits[cell][c]) for cell in self.cells) for c in MARKER_CONDITIONS},
+            distinct_mean={c: sum(len(self.hits[cell][c]) for cell in self.cells) / n for c in MARKER_CONDITIONS},
+        )
+
+    def to_json(self) -> dict:
+        s = self.summary()
+        return {
+            "experiment": "markers", "model": self.model, "layer": self.layer, "n_new_tokens": self.n_new_tokens,
+            "conditions": list(MARKER_CONDITIONS), "stems": list(self.stems),
+            "cells": {cell: {c: {"text": self.texts[cell][c], "tokens": self.tokens[cell][c],
+                                 "hits": self.hits[cell][c], "any": bool(self.hits[cell][c]),
+                                 "distinct": len(self.hits[cell][c])} for c in MARKER_CONDITIONS}
+                      for cell in self.cells},
+            "summary": {c: {"any": s.any[c], "distinct_mean": s.distinct_mean[c]} for c in MARKER_CONDITIONS},
+        }
+
+
+@dataclass
+class HostResult:
+    """Experiments 3 and 4: KL(target || host) without and with injected vectors, per cell."""
+
+    model: str
+    layer: int
+    layer_sets: tuple[tuple[int, ...], ...]
+    cells: tuple[str, ...]
+    kl: dict  # cell -> intervention ("host", "oracle", "cached", "layers a,b") -> KL
+    target_tokens: dict  # cell -> 10 greedy target tokens (the window)
+
+    def interventions(self) -> list[str]:
+        return [k for k in self.kl[self.cells[0]] if k != "host"]
+
+    def summary(self) -> HostSummary:
+        host = {c: self.kl[c]["host"] for c in self.cells}
+        return HostSummary.of(f"{self.model} / markers", host,
+                              {k: {c: self.kl[c][k] for c in self.cells} for k in self.interventions()})
+
+    def to_json(self) -> dict:
+        s = self.summary()
+        return {
+            "experiment": "host_injection", "model": self.model, "layer": self.layer,
+            "layer_sets": [list(x) for x in self.layer_sets],
+            "cells": {c: {"target_tokens": self.target_tokens[c], "kl": self.kl[c]} for c in self.cells},
+            "summary": {"median_host": s.median_host, "median_kl": s.median_kl,
+                        "median_gap_closed": s.median_gap_closed},
+        }

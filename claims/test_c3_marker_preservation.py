@@ -1,0 +1,17 @@
+"""C3: with h_BB + dX + dY substituted at (mid layer, p_last) during the prompt pass, 80-token greedy
+generations keep persona markers near the clean count (>= 0.75 x clean), while the bare task prompt
+loses them (<= 0.5 x clean). Precondition: markers in at least 25% of clean generations."""
+from lac_core import rules
+
+
+def test_c3_marker_preservation(lm, marker_result, thresholds, claim_gate):
+    claim_gate("C3", rules.c3(marker_result.summary(), thresholds["C3"]), lm.spec.name, "markers")
+
+
+def test_cell_additive_keeps_a_marker(lm, marker_cell, marker_result, cell_gate):
+    """Per cell: where the clean generation shows a persona marker, the additive one shows one too."""
+    h = marker_result.hits[marker_cell]
+    problems = []
+    if h["clean"] and not h["additive"]:
+        problems.append(f"clean has {h['clean']}, additive none: {marker_result.texts[marker_cell]['additive'][:160]!r}")
+    cell_gate("additive_keeps_marker", lm.spec.name, "markers", marker_cell, problems)
