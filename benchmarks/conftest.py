@@ -1,0 +1,105 @@
+"""Benchmark wiring: which models to time, and the ratios printed (and saved) at the end.
+
+Ratios are taken between benchmarks of the same session and group (minimum of the rounds),
+never against wall-clock constants: this machine's speed varies up to 6x between runs.
+"""
+import json
+import threading
+import time
+
+import pytest
+
+from lac_core.models import load
+from lac_core.paths import REPORTS
+
+_MODELS = {}
+RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-quick", action="store_true",
+                     help="CI mode: tiny model only, fewer rounds (numbers are indicative)")
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_model" in metafunc.fixturenames:
+        quick = metafunc.config.getoption("--bench-quick")
+        models = ["tiny-llama"] + ([] if quick else ["smollm2-135m-instruct"])
+        metafunc.parametrize("bench_model", models, scope="session")
+
+
+@pytest.fixture(scope="session")
+def bench_lm(bench_model):
+    if bench_model not in _MODELS:
+        _MODELS[bench_model] = load(bench_model)
+    return _MODELS[bench_model]
+
+
+@pytest.fixture(scope="session")
+def rounds(request):
+    return 3 if request.config.getoption("--bench-quick") else 10
+
+
+@pytest.fixture
+def record():
+    """record(group, name, benchmark, **extra): keep the minimum time for the ratio table."""
+
+    def rec(group, name, benchmark, **extra):
+        stats = benchmark.stats.stats if hasattr(benchmark.stats, "stats") else benchmark.stats
+        RESULTS.setdefault(group, {})[name] = {"min": stats.min, **extra}
+        benchmark.extra_info.update(extra)
+
+    return rec
+
+
+class PeakRSS:
+    """Peak resident memory (MB) of this process while the block runs, sampled every 5 ms."""
+
+    def __enter__(self):
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    @property
+    def delta(self) -> float:
+        return round(self.peak - self.start, 1)
+
+
+@pytest.fixture
+def peak_rss():
+    return PeakRSS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("lac benchmark ratios (same run; min of rounds)")
+    for group, rows in sorted(RESULTS.items()):
+        base_name = next(iter(rows))
+        base = rows[base_name]["min"]
+        for name, row in rows.items():
+            extra = {k: v for k, v in row.items() if k != "min"}
+            tr.write_line(f"{group:40} {name:28} {row['min'] * 1e3:10.2f} ms  x{row['min'] / base:6.3f} "
+                          f"vs {base_name}  {extra if extra else ''}")
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / "benchmarks.json").write_text(json.dumps(RESULTS, indent=1))

@@ -1,0 +1,35 @@
+"""The whole short-grid sweep (five layers, four probes, additive + null) through the fast plan and
+the straightforward per-site plan, in the same run, with forward tokens against the floor."""
+import numpy as np
+
+from lac_core import experiments
+from lac_core.prompts import load_grids
+
+_SEEN = {}
+
+
+def _sweep(benchmark, lm, plan, record, peak_rss):
+    grid = load_grids()["short"]
+    with peak_rss() as mem:
+        result = benchmark.pedantic(experiments.sweep, args=(lm, grid), kwargs={"plan": plan}, rounds=1,
+                                    iterations=1)
+    cost = result.cost
+    record(f"sweep {lm.spec.name} short grid", f"{plan} plan", benchmark,
+           forward_tokens=cost["forward_tokens"], floor_tokens=cost["floor_tokens"],
+           tokens_over_floor=round(cost["forward_tokens"] / cost["floor_tokens"], 3),
+           forward_calls=cost["forward_calls"], peak_rss_delta_mb=mem.delta)
+    _SEEN[(lm.spec.name, plan)] = result
+    return result
+
+
+def test_sweep_fast(benchmark, bench_lm, record, peak_rss):
+    r = _sweep(benchmark, bench_lm, "fast", record, peak_rss)
+    assert r.cost["forward_tokens"] <= 1.5 * r.cost["floor_tokens"]
+
+
+def test_sweep_naive(benchmark, bench_lm, record, peak_rss):
+    r = _sweep(benchmark, bench_lm, "naive", record, peak_rss)
+    fast = _SEEN.get((bench_lm.spec.name, "fast"))
+    if fast is not None:  # identical numbers, whatever the speed
+        np.testing.assert_allclose(fast.kl_add, r.kl_add, rtol=1e-3, atol=2e-5)
+        assert fast.references == r.references
