@@ -74,7 +74,9 @@ def capture_residuals(lm: LoadedModel, seqs: list[list[int]], positions: list[li
     """Residuals entering `layers` at per-row positions: float32 tensor [rows, len(layers), k, d]."""
     layers = list(range(lm.n_layers)) if layers is None else list(layers)
     out = torch.empty(len(seqs), len(layers), len(positions[0]), lm.d_model)
-    for idx in chunks([len(s) for s in seqs], token_budget):
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
+    for chunk in chunks([len(seqs[i]) for i in order], token_budget):
+        idx = [order[i] for i in chunk]
         ids = _pad_right([seqs[i] for i in idx], _pad_id(lm))
         index = torch.tensor([positions[i] for i in idx], dtype=torch.long)
         with capture(lm.layers, layers, index) as store:

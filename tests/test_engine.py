@@ -1,4 +1,6 @@
 """Batched, cached and fast paths give what the plain one-at-a-time computation gives."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,8 @@ def test_greedy_ignores_generation_config(tiny):
 def test_fast_plan_equals_naive_plan(any_lm):
     """The oracle: the batched, prefix-reusing plan gives the per-site plan's KLs and tokens."""
     grid = GRIDS["short"]
+    if any_lm.spec.source != "tiny":  # the naive plan is slow on a real model: half the grid is enough
+        grid = dataclasses.replace(grid, personas=dict(list(grid.personas.items())[:2]))
     fast = experiments.sweep(any_lm, grid, plan="fast", token_budget=4096)
     naive = experiments.sweep(any_lm, grid, plan="naive")
     assert fast.references == naive.references

@@ -144,3 +144,19 @@ def test_baseline_gate_fires_on_a_perturbed_result():
     assert any("C1/short/p_last/median: baseline 0.01, now 0.03, tolerance 0.002" in m for m in msgs)
     down = rules.c1(sweep({**GOOD, 5: 0.0}), T["C1"])  # two-sided: a drop beyond tolerance fails too
     assert baselines.drift(base, baselines.quantities({("C1", "m", "short"): (down, None)}))
+
+
+def test_kl_sum_is_kl_of_clean_against_intervened():
+    """KL(P_clean || P_int) summed over window positions, by hand, and not the reverse direction."""
+    import torch
+
+    from lac_core.engine import kl_sum, window_logprobs
+
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
+    q = torch.tensor([[0.4, 0.4, 0.2], [0.1, 0.1, 0.8]])
+    by_hand = float((p * (p / q).log()).sum())
+    reverse = float((q * (q / p).log()).sum())
+    got = float(kl_sum(window_logprobs(p.log()), window_logprobs(q.log())))
+    assert got == pytest.approx(by_hand, rel=1e-5) and abs(got - reverse) > 0.05
+    half = window_logprobs(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.bfloat16))
+    assert half.dtype == torch.float32
