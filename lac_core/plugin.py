@@ -88,6 +88,20 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("marker_cell", cells, scope="session")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Keep each model's tests together (stable sort after pytest's own reordering), so every model
+    is loaded once: pytest would otherwise interleave models to group the session-scoped cells."""
+    models = config.stash[STATE].models
+
+    def model_index(item):
+        spec = getattr(item, "callspec", None)
+        name = spec.params.get("model_name") if spec else None
+        return models.index(name) if name in models else -1
+
+    items.sort(key=model_index)
+
+
 @pytest.fixture(scope="session")
 def lac_state(request) -> RunState:
     return request.config.stash[STATE]
