@@ -18,7 +18,7 @@ from .errors import NonFiniteResidualError
 from .hooks import Patch, capture, make_patches, substitute
 from .models import LoadedModel
 
-DEFAULT_TOKEN_BUDGET = 16384  # tokens per forward call; about 1 GB of activations for a 2B model in float32
+from . import DEFAULT_TOKEN_BUDGET  # noqa: E402  (re-exported: the engine's memory knob)
 
 
 @dataclass

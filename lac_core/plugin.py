@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from . import baselines, rules
+from . import DEFAULT_TOKEN_BUDGET, baselines, rules
 from . import expected as expected_mod
 from .models import resolve
 from .paths import REPORTS
@@ -51,7 +51,8 @@ def pytest_addoption(parser):
                 help="sweep grid(s) for C1/C1L/C2/C5 (repeatable; default both)")
     g.addoption("--lac-plan", default="fast", choices=("fast", "naive"),
                 help="execution plan of the sweep (naive = one full forward per site, the oracle)")
-    g.addoption("--lac-token-budget", type=int, default=16384, help="max tokens per forward call (memory knob)")
+    g.addoption("--lac-token-budget", type=int, default=DEFAULT_TOKEN_BUDGET,
+                help=f"max tokens per forward call (memory knob; default {DEFAULT_TOKEN_BUDGET})")
     g.addoption("--lac-offline", action="store_true", help="never fetch weights; a missing model is an error")
     g.addoption("--lac-update-baselines", action="store_true",
                 help="rewrite fixtures/expected/<model>.yaml (verdicts, cell findings, baselines) from this run")

@@ -185,6 +185,8 @@ def figure(result, path: Path) -> str:
 
 def write_reports(state, config) -> None:
     out = Path(config.getoption("--lac-reports"))
+    for stale in [*out.glob("results_*.json"), *out.glob("figures/*.png")]:
+        stale.unlink()  # what this run does not rewrite belongs to another run: never leave it beside
     thresholds = rules.load_thresholds()
     data = results_json(state, config)
     _atomic_write(out / "results.json", json.dumps(data, indent=1, default=_default))
