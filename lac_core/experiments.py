@@ -20,7 +20,7 @@ from .hooks import Patch
 from .metrics import geometry
 from .models import LoadedModel
 from .prompts import CONDITIONS, N_REF, PROBES, WINDOW, Grid, Rendered, layer_fractions_to_layers, render
-from .results import GEOMETRY_STATS, SweepResult
+from .results import GEOMETRY_STATS, HostResult, MarkerResult, SweepResult
 
 WINDOW_OFFSET = {"p_user_last": 0, "p_last": 0, "g1": 1, "g2": 2}  # window start = p_last + offset
 
@@ -161,12 +161,11 @@ def p_last_residuals(lm: LoadedModel, grid: Grid, token_budget: int = engine.DEF
 
 
 def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int | None = None,
-            n_new: int = MARKER_TOKENS) -> "MarkerResult":
+            n_new: int = MARKER_TOKENS) -> MarkerResult:
     """Experiment 2: greedy generations, clean / additive / remove-X / bare, substitutions at
     (mid layer, p_last) during the prompt pass only; persona markers counted in each text."""
     from .markers import hits
     from .prompts import mid_layer
-    from .results import MarkerResult
 
     layer = mid_layer(lm.n_layers) if layer is None else layer
     prompts, h = residuals or p_last_residuals(lm, grid)
@@ -195,13 +194,12 @@ def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int
 
 
 def host_injection(lm: LoadedModel, grid: Grid, *, residuals=None, layer: int | None = None,
-                   token_budget: int = engine.DEFAULT_TOKEN_BUDGET) -> "HostResult":
+                   token_budget: int = engine.DEFAULT_TOKEN_BUDGET) -> HostResult:
     """Experiments 3 and 4. Target: the clean XY prompt and its 10 greedy tokens. Host: the BY prompt
     (`As a thoughtful person, {task}`) teacher-forced on the same tokens. KL(target || host) with no
     intervention, with h_XY (oracle) or h_BB + dX + dY (cached) at (mid, p_last), and with the additive
     prediction of every layer of each of the paper's layer sets (mapped to this depth) at once."""
     from .prompts import mid_layer, multilayer_sets
-    from .results import HostResult
 
     layer = mid_layer(lm.n_layers) if layer is None else layer
     sets = multilayer_sets(lm.n_layers)

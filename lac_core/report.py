@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from . import paper, rules
-from .prompts import PROBES
 
 FIG_PROBES = ("p_last", "g1", "g2")
 

@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from lac_core import engine, experiments
-from lac_core.hooks import Patch, make_patches, substitute
+from lac_core.hooks import make_patches, substitute
 from lac_core.prompts import load_grids, render
 
 GRIDS = load_grids()
