@@ -8,14 +8,14 @@ with an attention mask and explicit position ids.
 """
 from __future__ import annotations
 
-import copy
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from .errors import NonFiniteResidualError
-from .hooks import Patch, capture, make_patches, substitute
+from .hooks import Patch, capture, make_patches, start_at, substitute
 from .models import LoadedModel
 
 from . import DEFAULT_TOKEN_BUDGET  # noqa: E402  (re-exported: the engine's memory knob)
@@ -23,21 +23,24 @@ from . import DEFAULT_TOKEN_BUDGET  # noqa: E402  (re-exported: the engine's mem
 
 @dataclass
 class Counter:
-    """Token positions pushed through the model (rows x length per call), for the cost accounting."""
+    """Work pushed through the model, for the cost accounting: token positions (rows x length per
+    call) and token-layers (positions x decoder layers actually run)."""
 
     tokens: int = 0
+    layer_tokens: int = 0
     calls: int = 0
 
-    def add(self, rows: int, length: int) -> None:
+    def add(self, rows: int, length: int, layers: int) -> None:
         self.tokens += rows * length
+        self.layer_tokens += rows * length * layers
         self.calls += 1
 
 
 COUNTER = Counter()
 
 
-def _run(lm: LoadedModel, input_ids: torch.Tensor, **kw):
-    COUNTER.add(*input_ids.shape)
+def _run(lm: LoadedModel, input_ids: torch.Tensor, start_layer: int = 0, **kw):
+    COUNTER.add(*input_ids.shape, lm.n_layers - start_layer)
     with torch.inference_mode():
         return lm.model(input_ids=input_ids.to(lm.device), **kw)
 
@@ -106,79 +109,137 @@ def forward_logprobs(lm: LoadedModel, seq: list[int], start: int, stop: int,
 
 @dataclass
 class Generation:
-    """Greedy output plus what substituted runs need to reuse it as a clean prefix."""
+    """Greedy output plus what later runs need to reuse it as a clean prefix.
+
+    `residuals` (when captured) holds the residual entering every layer at the last `tail` prompt
+    positions and at every generated token fed back in: [rows, n_layers, tail + fed, d] float32.
+    `logprobs` (when kept) are the float32 log-probs of every step: [rows, steps, V]; step k scores
+    position len(prompt) - 1 + k.
+    """
 
     tokens: list[list[int]]
     cache: DynamicCache | None = None
     mask: torch.Tensor | None = None  # [rows, width + steps] attention mask of the cached positions
     offsets: list[int] | None = None  # left-padding per row: prompt position p sits at column offset + p
+    lengths: list[int] | None = None  # prompt length per row
+    residuals: torch.Tensor | None = None
+    tail: int = 0
+    logprobs: torch.Tensor | None = None
+
+    def column(self, row: int, position: int) -> int:
+        """Cache column of a position of the row's sequence (prompt, then generated tokens)."""
+        return self.offsets[row] + position
+
+    def residual_index(self, row: int, position: int) -> int:
+        """Index into `residuals[row, layer]` of a position of the row's sequence."""
+        j = self.tail + position - self.lengths[row]
+        if not 0 <= j < self.residuals.shape[2]:
+            raise IndexError(f"position {position} of row {row} was not captured (tail {self.tail})")
+        return j
 
 
-def suffix_logprobs(lm: LoadedModel, gen: Generation, cells: list[int], column: int,
-                    suffixes: list[list[int]], row_patches: list[list[list[tuple[int, torch.Tensor]]]],
-                    window_start: int) -> torch.Tensor:
-    """Substituted runs that reuse the clean prefix cached by `gen`.
+def _prefix_cache(lm: LoadedModel, cache: DynamicCache, rows: list[int], column: int,
+                  start_layer: int = 0) -> DynamicCache:
+    """A new cache holding, for each output row, the first `column` cached positions of cache row
+    `rows[i]` (rows may repeat). Layers below `start_layer` will not run: they get a one-row
+    placeholder of the right length, since only their length is read (for the masks)."""
+    new = DynamicCache(config=lm.model.config)
+    idx = torch.tensor(rows, dtype=torch.long, device=lm.device)
+    for i, layer in enumerate(cache.layers):
+        keys, values = layer.keys, layer.values
+        if keys.shape[-2] < column or layer.get_seq_length() != keys.shape[-2]:
+            raise ValueError(f"cache layer {i} holds {keys.shape[-2]} positions, {column} needed "
+                             "(a sliding-window layer shorter than the prompt cannot be reused)")
+        pick = idx[:1] if i < start_layer else idx
+        new.update(keys[pick, :, :column], values[pick, :, :column], i)
+    return new
 
-    For each selected cache row (cell), its cached positions before `column` are the prefix;
-    `suffixes[i]` is run after it once per entry of `row_patches[i]`, whose (layer, vector) pairs
-    are written at the first suffix position (the probe). A substitution at position p cannot
-    change anything before p, so nothing before it is computed again.
-    Returns float32 log-probs [cells, runs, window, V] from suffix index `window_start` on.
+
+def extend(lm: LoadedModel, gen: Generation, rows: list[int], column: int, tokens: list[list[int]], *,
+           patches: list[tuple[int, int, int, torch.Tensor]] | None = None, start_layer: int = 0,
+           hidden: torch.Tensor | None = None, capture_all: bool = False, keep: int = 0):
+    """Run `tokens[i]` after the first `column` cached columns of cache row `rows[i]` of `gen`.
+
+    A change at position p cannot alter anything before p, and a change entering layer l cannot
+    alter layers below l: so only the positions after the cached prefix are computed, and with
+    `start_layer` > 0 only the layers from it, fed the given `hidden` ([rows, length, d], the
+    residual entering `start_layer`). `patches` are (layer, row, suffix position, vector).
+    Returns (float32 log-probs of the last `keep` positions [rows, keep, V] or None,
+             residuals entering every layer [rows, n_layers, length, d] or None).
     """
-    runs = len(row_patches[0])
-    if any(len(r) != runs for r in row_patches) or len({len(s) for s in suffixes}) != 1:
-        raise ValueError("every cell needs the same number of runs and the same suffix length")
-    n = len(cells)
-    past = copy.deepcopy(gen.cache)
-    past.batch_select_indices(torch.tensor(cells, device=lm.device))
-    past.crop(column - past.get_seq_length())
-    past.batch_repeat_interleave(runs)
-    length = len(suffixes[0])
-    prefix_mask = gen.mask[cells, :column].repeat_interleave(runs, dim=0)
-    mask = torch.cat([prefix_mask, torch.ones(n * runs, length, dtype=torch.long)], dim=1)
+    if len({len(t) for t in tokens}) != 1:
+        raise ValueError("every suffix must have the same length")
+    if capture_all and start_layer:
+        raise ValueError("capturing every layer needs every layer run (start_layer 0)")
+    n, length = len(tokens), len(tokens[0])
+    past = _prefix_cache(lm, gen.cache, rows, column, start_layer)
+    mask = torch.cat([gen.mask[rows, :column], torch.ones(n, length, dtype=torch.long)], dim=1)
     pos = (mask.cumsum(-1) - 1)[:, column:]
-    ids = torch.tensor(suffixes, dtype=torch.long).repeat_interleave(runs, dim=0)
-    entries = [
-        (layer, i * runs + j, 0, vec)
-        for i, cell_runs in enumerate(row_patches) for j, patches in enumerate(cell_runs) for layer, vec in patches
-    ]
     dev = lm.device
-    with substitute(lm.layers, make_patches(entries) if entries else {}):
-        logits = _run(lm, ids, past_key_values=past, attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                      use_cache=True, logits_to_keep=length - window_start).logits
-    return window_logprobs(logits).reshape(n, runs, length - window_start, -1)
+    with ExitStack() as stack:
+        if patches:
+            stack.enter_context(substitute(lm.layers, make_patches(patches)))
+        if start_layer:
+            h = hidden.to(device=dev, dtype=lm.model.dtype)
+            stack.enter_context(start_at(lm.layers, start_layer, h))
+        store = stack.enter_context(capture(lm.layers, range(lm.n_layers))) if capture_all else None
+        out = _run(lm, torch.tensor(tokens, dtype=torch.long), start_layer, past_key_values=past,
+                   attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True,
+                   logits_to_keep=max(keep, 1))
+    logprobs = window_logprobs(out.logits) if keep else None
+    residuals = torch.stack([store[i][0].cpu() for i in range(lm.n_layers)], dim=1) if capture_all else None
+    return logprobs, residuals
 
 
 def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos: bool = False,
            prompt_patches: list[tuple[int, int, int, torch.Tensor]] | None = None,
-           keep_cache: bool = False):
+           keep_cache: bool = False, capture_tail: int = 0, keep_logprobs: bool = False):
     """Greedy decoding (argmax, no sampling, no penalties, generation_config ignored), batched.
 
     `prompt_patches` are (layer, row, position-in-prompt, vector) applied during the prompt
     pass only; later tokens see their effect through the KV cache, nothing more.
     Rows are left-padded; each row stops at EOS when `stop_at_eos` (its later tokens dropped).
-    Returns the new tokens per row, or a Generation holding also the cache when `keep_cache`.
+    `capture_tail` > 0 records the residuals entering every layer at the last `capture_tail`
+    prompt positions and at every generated token fed back; `keep_logprobs` keeps each step's
+    float32 log-probs. Returns the new tokens per row, or a Generation holding also the cache
+    (and captures) when `keep_cache`.
     """
     pad = _pad_id(lm)
     eos = lm.tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
+    if capture_tail > min(len(p) for p in prompts):
+        raise ValueError(f"capture_tail {capture_tail} exceeds the shortest prompt")
     offsets = [width - len(p) for p in prompts]
     ids = torch.tensor([[pad] * o + list(p) for o, p in zip(offsets, prompts)], dtype=torch.long)
     mask = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(offsets, prompts)], dtype=torch.long)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     dev = lm.device
     cache = DynamicCache(config=lm.model.config)
+    all_layers = range(lm.n_layers)
+    captured: list[torch.Tensor] = []  # [rows, n_layers, k, d] per forward call
+
+    def run(ids_, tail_index, **kw):
+        with ExitStack() as stack:
+            store = stack.enter_context(capture(lm.layers, all_layers, tail_index)) if capture_tail else None
+            out_ = _run(lm, ids_, past_key_values=cache, use_cache=True, **kw)
+        if capture_tail:
+            captured.append(torch.stack([store[i][0].cpu() for i in all_layers], dim=1))
+        return out_
+
     shifted = [(layer, row, offsets[row] + p, vec) for layer, row, p, vec in (prompt_patches or [])]
+    tail_index = torch.arange(width - capture_tail, width).expand(len(prompts), -1) if capture_tail else None
     with substitute(lm.layers, make_patches(shifted) if shifted else {}):
-        out = _run(lm, ids, attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                   past_key_values=cache, use_cache=True, logits_to_keep=1)
-    tokens = []
+        out = run(ids, tail_index, attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1)
+    tokens, logprobs = [], []
     done = torch.zeros(len(prompts), dtype=torch.bool)
     last_pos = pos[:, -1]
     for step in range(n_new):
-        nxt = out.logits[:, -1].float().argmax(-1).cpu()
-        if not torch.isfinite(out.logits[:, -1]).all():
+        logits = out.logits[:, -1]
+        if not torch.isfinite(logits).all():
             raise NonFiniteResidualError("non-finite logits during greedy decoding; try float32 or bfloat16")
+        if keep_logprobs:
+            logprobs.append(window_logprobs(logits).cpu())
+        nxt = logits.float().argmax(-1).cpu()
         tokens.append(nxt)
         if stop_at_eos and eos is not None:
             done |= nxt == eos
@@ -188,8 +249,7 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
             break
         mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=torch.long)], dim=1)
         last_pos = last_pos + 1
-        out = _run(lm, nxt[:, None], attention_mask=mask.to(dev), position_ids=last_pos[:, None].to(dev),
-                   past_key_values=cache, use_cache=True)
+        out = run(nxt[:, None], None, attention_mask=mask.to(dev), position_ids=last_pos[:, None].to(dev))
     steps = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in prompts]
     result = []
     for row in steps:
@@ -197,5 +257,8 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
             row = row[: row.index(eos) + 1]
         result.append(row)
     if keep_cache:
-        return Generation(tokens=result, cache=cache, mask=mask, offsets=offsets)
+        return Generation(tokens=result, cache=cache, mask=mask, offsets=offsets,
+                          lengths=[len(p) for p in prompts],
+                          residuals=torch.cat(captured, dim=2) if captured else None, tail=capture_tail,
+                          logprobs=torch.stack(logprobs, dim=1) if logprobs else None)
     return result

@@ -34,19 +34,60 @@ def render_cell(lm: LoadedModel, grid: Grid, cell) -> dict[str, Rendered]:
     return {c: render(lm.tokenizer, grid.user_text(cell, c)) for c in CONDITIONS}
 
 
-def _captures(lm, prompts, refs, probes, token_budget, batched):
-    """Residuals at every layer and probe for every (cell, condition): [cell, cond, layer, probe, d]."""
-    seqs, positions = [], []
-    for cell_prompts, ref in zip(prompts, refs):
-        for c in CONDITIONS:
-            r = cell_prompts[c]
-            seqs.append(list(r.ids) + ref[:2])  # teacher forcing on the clean XY continuation
-            positions.append([r.position(p) for p in probes])
-    if batched:
-        h = engine.capture_residuals(lm, seqs, positions, token_budget=token_budget)
-    else:
-        h = torch.cat([engine.capture_residuals(lm, [s], [p]) for s, p in zip(seqs, positions)])
-    return h.reshape(len(prompts), len(CONDITIONS), lm.n_layers, len(probes), lm.d_model)
+PROMPT_PROBES = ("p_user_last", "p_last")  # probes inside the prompt; g1, g2 are generated tokens
+
+
+def _naive_captures(lm, prompts, refs, probes):
+    """The oracle's captures: one full forward per (cell, condition) of prompt + r[0:2]."""
+    h = [engine.capture_residuals(lm, [list(cp[c].ids) + ref[:2]], [[cp[c].position(p) for p in probes]])
+         for cp, ref in zip(prompts, refs) for c in CONDITIONS]
+    return torch.cat(h).reshape(len(prompts), len(CONDITIONS), lm.n_layers, len(probes), lm.d_model)
+
+
+def _tail(rendered: list[Rendered], probes) -> int:
+    """How many last prompt positions hold every in-prompt probe of every prompt."""
+    inside = [p for p in probes if p in PROMPT_PROBES] or ["p_last"]
+    return max(len(r.ids) - r.position(p) for r in rendered for p in inside)
+
+
+def _from_generation(gen: engine.Generation, row: int, rendered: Rendered, probes) -> torch.Tensor:
+    """[n_layers, probes, d] residuals of one row of a capturing greedy pass."""
+    cols = [gen.residual_index(row, rendered.position(p)) for p in probes]
+    return gen.residuals[row][:, cols]
+
+
+def _fast_captures(lm, prompts, gen, refs, probes, token_budget):
+    """Residuals for every (cell, condition): the XY ones come from the reference pass itself; each
+    distinct prompt of the other conditions (XB repeats across tasks, BY across personas, BB
+    everywhere) is run once, then r[0:2] of each cell after its cached prefix."""
+    n = len(prompts)
+    h = torch.empty(n, len(CONDITIONS), lm.n_layers, len(probes), lm.d_model)
+    for ci, cp in enumerate(prompts):
+        h[ci, CONDITIONS.index("XY")] = _from_generation(gen, ci, cp["XY"], probes)
+    others = [c for c in CONDITIONS if c != "XY"]
+    distinct: dict[tuple[int, ...], int] = {}
+    for cp in prompts:
+        for c in others:
+            distinct.setdefault(tuple(cp[c].ids), len(distinct))
+    keys = list(distinct)
+    rendered = {distinct[tuple(cp[c].ids)]: cp[c] for cp in prompts for c in others}
+    pre = engine.greedy(lm, [list(k) for k in keys], 1, keep_cache=True,
+                        capture_tail=_tail(list(rendered.values()), probes))
+    width = max(len(k) for k in keys)
+    sites = [(ci, c, distinct[tuple(cp[c].ids)]) for ci, cp in enumerate(prompts) for c in others]
+    per_chunk = max(1, token_budget // (width + 2))
+    for at in range(0, len(sites), per_chunk):
+        chunk = sites[at: at + per_chunk]
+        _, forced = engine.extend(lm, pre, [u for _, _, u in chunk], width,
+                                  [refs[ci][:2] for ci, _, _ in chunk], capture_all=True)
+        for k, (ci, c, u) in enumerate(chunk):
+            r = rendered[u]
+            for pi, probe in enumerate(probes):
+                q = r.position(probe)
+                h[ci, CONDITIONS.index(c), :, pi] = (
+                    pre.residuals[u][:, pre.residual_index(u, q)] if q < len(r.ids) else forced[k][:, q - len(r.ids)]
+                )
+    return h
 
 
 def sweep(lm: LoadedModel, grid: Grid, *, layers=None, probes=PROBES, plan: str = "fast",
@@ -55,20 +96,21 @@ def sweep(lm: LoadedModel, grid: Grid, *, layers=None, probes=PROBES, plan: str 
     if plan not in ("fast", "naive"):
         raise ValueError(f"plan must be 'fast' or 'naive', got {plan!r}")
     t0 = time.perf_counter()
-    start_tokens, start_calls = engine.COUNTER.tokens, engine.COUNTER.calls
+    start = (engine.COUNTER.tokens, engine.COUNTER.layer_tokens, engine.COUNTER.calls)
     layers = tuple(layers or layer_fractions_to_layers(lm.n_layers))
     probes = tuple(probes)
     cells = grid.cells
     prompts = [render_cell(lm, grid, cell) for cell in cells]
 
     xy_prompts = [list(cp["XY"].ids) for cp in prompts]
-    if plan == "fast":
-        gen = engine.greedy(lm, xy_prompts, N_REF, keep_cache=True)  # one batched pass for all cells
+    if plan == "fast":  # one batched pass for all cells: references, clean log-probs, XY residuals
+        gen = engine.greedy(lm, xy_prompts, N_REF, keep_cache=True, keep_logprobs=True,
+                            capture_tail=_tail([cp["XY"] for cp in prompts], probes))
         refs = gen.tokens
+        h = _fast_captures(lm, prompts, gen, refs, probes, token_budget)
     else:
         refs = [engine.greedy(lm, [ids], N_REF)[0] for ids in xy_prompts]
-
-    h = _captures(lm, prompts, refs, probes, token_budget, batched=plan == "fast")
+        h = _naive_captures(lm, prompts, refs, probes)
     bb, xb, by, xy = (h[:, i].numpy() for i in range(4))
     geo = geometry(bb, xb, by, xy)  # stat -> [cell, layer, probe]
     geo = {s: np.transpose(geo[s], (0, 2, 1)) for s in GEOMETRY_STATS}  # -> [cell, probe, layer]
@@ -95,9 +137,11 @@ def sweep(lm: LoadedModel, grid: Grid, *, layers=None, probes=PROBES, plan: str 
                   "eos_in_reference": lm.tokenizer.eos_token_id in r}
         for cell, r in zip(cells, refs)
     }
-    cost = {"forward_tokens": engine.COUNTER.tokens - start_tokens,
-            "forward_calls": engine.COUNTER.calls - start_calls,
-            "floor_tokens": floor_tokens(prompts, probes, len(layers)),
+    floor, floor_layers = floor_tokens(prompts, refs, probes, layers, lm.n_layers)
+    cost = {"forward_tokens": engine.COUNTER.tokens - start[0],
+            "forward_layer_tokens": engine.COUNTER.layer_tokens - start[1],
+            "forward_calls": engine.COUNTER.calls - start[2],
+            "floor_tokens": floor, "floor_layer_tokens": floor_layers,
             "wall_seconds": round(time.perf_counter() - t0, 3)}
     return SweepResult(
         model=lm.spec.name, grid=grid.name, n_layers=lm.n_layers, layers=layers, probes=probes,
@@ -106,43 +150,67 @@ def sweep(lm: LoadedModel, grid: Grid, *, layers=None, probes=PROBES, plan: str 
     )
 
 
-def floor_tokens(prompts, probes, n_layers_swept: int) -> int:
-    """Distinct token positions the protocol must evaluate: the clean XY sequence once (prompt + r[0:11]),
-    the other conditions' prompt + r[0:2], and per substituted run the positions from its probe to the
-    end of its window (additive and null at each swept layer)."""
-    total = 0
+def floor_tokens(prompts, refs, probes, layers, n_layers: int) -> tuple[int, int]:
+    """What the protocol cannot avoid computing, as (token positions, token-layers).
+
+    Clean: every distinct prefix of the sequences it reads (each XY prompt + r[0:11], each other
+    condition's prompt + r[0:2]), counted once, as a trie does, through every layer. Substituted:
+    per run, the positions from its probe to the end of its window, through the layers from the
+    substituted one up (nothing below the substitution, or before the probe, can change).
+    """
+    trie: set[tuple[int, ...]] = set()
+    for cp, ref in zip(prompts, refs):
+        for c in CONDITIONS:
+            seq = tuple(cp[c].ids) + tuple(ref[: N_REF - 1 if c == "XY" else 2])
+            trie.update(seq[:k] for k in range(1, len(seq) + 1))
+    positions, layer_tokens = len(trie), len(trie) * n_layers
     for cp in prompts:
         xy = cp["XY"]
-        total += len(xy.ids) + N_REF - 1
-        total += sum(len(cp[c].ids) + 2 for c in ("BB", "XB", "BY"))
         for probe in probes:
-            total += 2 * n_layers_swept * (window_start(xy, probe) + WINDOW - xy.position(probe))
-    return total
+            span = window_start(xy, probe) + WINDOW - xy.position(probe)
+            positions += 2 * len(layers) * span
+            layer_tokens += 2 * span * sum(n_layers - layer for layer in layers)
+    return positions, layer_tokens
 
 
 def _fast_probe(lm, gen, prompts, seqs, probe, pi, layers, additive, null, kl_add, kl_null, token_budget):
-    """All cells' substituted runs at one probe, batched: per cell a clean run, then additive and null
-    at each swept layer, all after the cell's cached clean prefix."""
-    groups: dict[tuple[int, int, int], list[int]] = {}
+    """All cells' substituted runs at one probe: for each swept layer, the additive and null rows of
+    every cell in one batch, computed only from the probe on and from that layer up, fed the clean
+    residuals the reference pass captured; scored against the reference pass's own log-probs."""
+    groups: dict[tuple[int, int], list[int]] = {}
     for ci, cp in enumerate(prompts):
         xy = cp["XY"]
-        p, w0 = xy.position(probe), window_start(xy, probe)
-        groups.setdefault((gen.offsets[ci] + p, w0 + WINDOW - p, w0 - p), []).append(ci)
-    runs = 1 + 2 * len(layers)
-    for (column, length, wstart), members in groups.items():
-        per_chunk = max(1, token_budget // (runs * (column + length)))
+        p = xy.position(probe)
+        groups.setdefault((gen.column(ci, p), window_start(xy, probe) + WINDOW - p), []).append(ci)
+    for (column, length), members in groups.items():
+        per_chunk = max(1, token_budget // (2 * (column + length)))
         for at in range(0, len(members), per_chunk):
             chunk = members[at: at + per_chunk]
-            suffixes, row_patches = [], []
+            rows = [ci for ci in chunk for _ in range(2)]
+            suffixes, spans, clean = [], [], []
             for ci in chunk:
-                p = prompts[ci]["XY"].position(probe)
-                suffixes.append(seqs[ci][p: p + length])
-                row_patches.append([[]] + [[(l, additive[ci, l, pi])] for l in layers]
-                                   + [[(l, null[ci, l, pi])] for l in layers])
-            lp = engine.suffix_logprobs(lm, gen, chunk, column, suffixes, row_patches, wstart)
-            kls = engine.kl_sum(lp[:, :1], lp[:, 1:]).double().cpu().numpy()  # [cells, runs - 1]
-            kl_add[chunk, pi] = kls[:, : len(layers)]
-            kl_null[chunk, pi] = kls[:, len(layers):]
+                xy = prompts[ci]["XY"]
+                p, w0 = xy.position(probe), window_start(xy, probe)
+                suffixes += [seqs[ci][p: p + length]] * 2
+                j = gen.residual_index(ci, p)
+                spans.append(slice(j, j + length))
+                k = w0 - (len(xy.ids) - 1)  # step k of the reference pass scores position len - 1 + k
+                clean.append(gen.logprobs[ci, k: k + WINDOW])
+            clean = torch.stack(clean)[:, None]  # [cells, 1, WINDOW, V]
+            for li, layer in enumerate(layers):
+                hidden = torch.stack([gen.residuals[ci, layer, spans[i]] for i, ci in enumerate(chunk)])
+                hidden = hidden.repeat_interleave(2, dim=0)  # rows: (cell, additive), (cell, null)
+                hidden[0::2, 0] = additive[chunk, layer, pi]
+                hidden[1::2, 0] = null[chunk, layer, pi]
+                if layer == 0:
+                    patches = [(0, r, 0, hidden[r, 0]) for r in range(len(rows))]
+                    lp, _ = engine.extend(lm, gen, rows, column, suffixes, patches=patches, keep=WINDOW)
+                else:
+                    lp, _ = engine.extend(lm, gen, rows, column, suffixes, start_layer=layer, hidden=hidden,
+                                          keep=WINDOW)
+                kls = engine.kl_sum(clean, lp.reshape(len(chunk), 2, WINDOW, -1)).double().cpu().numpy()
+                kl_add[chunk, pi, li] = kls[:, 0]
+                kl_null[chunk, pi, li] = kls[:, 1]
 
 
 # ---------------------------------------------------------------- experiments 2-4 (marker grid, p_last)
@@ -154,10 +222,14 @@ HOST_WINDOW = 10
 def p_last_residuals(lm: LoadedModel, grid: Grid, token_budget: int = engine.DEFAULT_TOKEN_BUDGET):
     """Prompts of the four conditions and their residuals at p_last, every layer: [cell, cond, layer, d]."""
     prompts = [render_cell(lm, grid, cell) for cell in grid.cells]
-    seqs = [list(cp[c].ids) for cp in prompts for c in CONDITIONS]
-    pos = [[cp[c].p_last] for cp in prompts for c in CONDITIONS]
-    h = engine.capture_residuals(lm, seqs, pos, token_budget=token_budget)
-    return prompts, h[:, :, 0].reshape(len(prompts), len(CONDITIONS), lm.n_layers, lm.d_model)
+    distinct: dict[tuple[int, ...], int] = {}  # XB repeats across tasks, BY across personas, BB everywhere
+    for cp in prompts:
+        for c in CONDITIONS:
+            distinct.setdefault(tuple(cp[c].ids), len(distinct))
+    seqs = [list(k) for k in distinct]
+    h = engine.capture_residuals(lm, seqs, [[len(k) - 1] for k in seqs], token_budget=token_budget)
+    index = [distinct[tuple(cp[c].ids)] for cp in prompts for c in CONDITIONS]
+    return prompts, h[index, :, 0].reshape(len(prompts), len(CONDITIONS), lm.n_layers, lm.d_model)
 
 
 def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int | None = None,
@@ -169,16 +241,24 @@ def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int
 
     layer = mid_layer(lm.n_layers) if layer is None else layer
     prompts, h = residuals or p_last_residuals(lm, grid)
-    rows, patches = [], []
+    rows, patches, which = [], [], []  # which[k]: the generated row that answers site k (cell, condition)
+    plain: dict[tuple[int, ...], int] = {}  # an unpatched prompt is generated once (bare repeats across personas)
     for ci, (cell, cp) in enumerate(zip(grid.cells, prompts)):
         xy = cp["XY"]
         bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
         for cond, vec in (("clean", None), ("additive", xb + by - bb), ("remove_x", hxy - (xb - bb)), ("bare", None)):
             ids = list(render(lm.tokenizer, grid.user_text(cell, "bare")).ids) if cond == "bare" else list(xy.ids)
-            if vec is not None:
+            if vec is None and tuple(ids) in plain:
+                which.append(plain[tuple(ids)])
+                continue
+            if vec is None:
+                plain[tuple(ids)] = len(rows)
+            else:
                 patches.append((layer, len(rows), xy.p_last, vec))
+            which.append(len(rows))
             rows.append(ids)
-    out = engine.greedy(lm, rows, n_new, stop_at_eos=True, prompt_patches=patches)
+    generated = engine.greedy(lm, rows, n_new, stop_at_eos=True, prompt_patches=patches)
+    out = [generated[k] for k in which]
     texts, tokens, found = {}, {}, {}
     conds = ("clean", "additive", "remove_x", "bare")
     for ci, cell in enumerate(grid.cells):
@@ -205,30 +285,27 @@ def host_injection(lm: LoadedModel, grid: Grid, *, residuals=None, layer: int | 
     sets = multilayer_sets(lm.n_layers)
     prompts, h = residuals or p_last_residuals(lm, grid)
     additive = h[:, 1] + h[:, 2] - h[:, 0]  # [cell, layer, d]
-    xy_gen = engine.greedy(lm, [list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_cache=True)
+    xy_gen = engine.greedy(lm, [list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_logprobs=True,
+                           keep_cache=True)
     by_gen = engine.greedy(lm, [list(cp["BY"].ids) for cp in prompts], 1, keep_cache=True)  # prompt cache only
     names = ["host", "oracle", "cached"] + ["layers " + ",".join(map(str, s)) for s in sets]
-    cells = list(range(len(prompts)))
     kl = {c.id: {} for c in grid.cells}
     width = max(len(cp["BY"].ids) for cp in prompts) + HOST_WINDOW
     per_chunk = max(1, token_budget // (len(names) * width))
-    for at in range(0, len(cells), per_chunk):
-        chunk = cells[at: at + per_chunk]
-        r = [xy_gen.tokens[ci] for ci in chunk]
-        target = engine.suffix_logprobs(
-            lm, xy_gen, chunk, xy_gen.offsets[chunk[0]] + prompts[chunk[0]]["XY"].p_last,
-            [[prompts[ci]["XY"].ids[-1]] + r[i][: HOST_WINDOW - 1] for i, ci in enumerate(chunk)],
-            [[[]] for _ in chunk], 0)
-        row_patches = [
-            [[], [(layer, h[ci, 3, layer])], [(layer, additive[ci, layer])]]
-            + [[(m, additive[ci, m]) for m in s] for s in sets]
-            for ci in chunk
-        ]
-        host = engine.suffix_logprobs(
-            lm, by_gen, chunk, by_gen.offsets[chunk[0]] + prompts[chunk[0]]["BY"].p_last,
-            [[prompts[ci]["BY"].ids[-1]] + r[i][: HOST_WINDOW - 1] for i, ci in enumerate(chunk)],
-            row_patches, 0)
-        kls = engine.kl_sum(target, host).double().cpu().numpy()  # [cells, runs]
+    for at in range(0, len(prompts), per_chunk):
+        chunk = list(range(at, min(at + per_chunk, len(prompts))))
+        rows, suffixes, patches = [], [], []
+        for ci in chunk:
+            runs = [[], [(layer, h[ci, 3, layer])], [(layer, additive[ci, layer])]]
+            runs += [[(m, additive[ci, m]) for m in s] for s in sets]
+            for run in runs:
+                patches += [(m, len(rows), 0, vec) for m, vec in run]
+                rows.append(ci)
+                suffixes.append([prompts[ci]["BY"].ids[-1]] + xy_gen.tokens[ci][: HOST_WINDOW - 1])
+        column = by_gen.column(chunk[0], prompts[chunk[0]]["BY"].p_last)  # the same for every row: left padding
+        host, _ = engine.extend(lm, by_gen, rows, column, suffixes, patches=patches, keep=HOST_WINDOW)
+        target = xy_gen.logprobs[chunk][:, None]  # [cells, 1, HOST_WINDOW, V]: step k scores p_last + k
+        kls = engine.kl_sum(target, host.reshape(len(chunk), len(names), HOST_WINDOW, -1)).double().cpu().numpy()
         for i, ci in enumerate(chunk):
             kl[grid.cells[ci].id] = {name: float(kls[i, j]) for j, name in enumerate(names)}
     return HostResult(model=lm.spec.name, layer=layer, layer_sets=sets, cells=tuple(c.id for c in grid.cells),

@@ -1,4 +1,4 @@
-"""The only code that registers hooks on modules.
+"""The only code that registers hooks on, or swaps, modules of a model.
 
 Both hooks are forward pre-hooks on decoder layers, so they see exactly the
 residual stream *entering* a layer (what `output_hidden_states[l]` returns).
@@ -103,6 +103,35 @@ def substitute(layers, patches: dict[int, Patch]):
 
     with _registered(layers, {layer: make(p) for layer, p in patches.items()}):
         yield
+
+
+class _Given(torch.nn.Module):
+    """Stands in for every decoder layer below the start: returns the residual given for the start's input."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.hidden
+
+
+@contextmanager
+def start_at(layers, start: int, hidden: torch.Tensor):
+    """Run only layers `start`.. : the ones below are swapped out for the given residual `hidden`
+    ([batch, seq, d]) entering layer `start`. The model's own loop still builds masks, rotary
+    embeddings and the cache for every layer; the originals are put back when the block ends."""
+    if not 0 < start < len(layers):
+        raise ValueError(f"start layer must be in 1..{len(layers) - 1}, got {start}")
+    originals = [layers[i] for i in range(start)]
+    given = _Given(hidden)
+    try:
+        for i in range(start):
+            layers[i] = given
+        yield
+    finally:
+        for i, module in enumerate(originals):
+            layers[i] = module
 
 
 def hook_count(model: torch.nn.Module) -> int:

@@ -117,8 +117,9 @@ def _claim_details(state, thresholds) -> list[str]:
 def _sweep_tables(result) -> list[str]:
     s = result.summary()
     lines = [f"#### {result.model} / {result.grid} grid ({len(result.cells)} cells, plan {result.plan}, "
-             f"{result.cost.get('wall_seconds')} s, {result.cost.get('forward_tokens')} forward tokens, "
-             f"floor {result.cost.get('floor_tokens')})", "",
+             f"{result.cost.get('wall_seconds')} s, {result.cost.get('forward_tokens')} forward tokens "
+             f"(floor {result.cost.get('floor_tokens')}), {result.cost.get('forward_layer_tokens')} token-layers "
+             f"(floor {result.cost.get('floor_layer_tokens')}))", "",
              "Median [p25, p75] of the 10-token KL (nats), additive / null (h_BB alone):", "",
              "| probe | " + " | ".join(f"L{layer} ({layer / s.n_layers:.2f})" for layer in s.layers) + " |",
              "|---|" + "---|" * len(s.layers)]

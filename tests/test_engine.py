@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from lac_core import engine, experiments
-from lac_core.hooks import make_patches, substitute
+from lac_core.hooks import Patch, hook_count, make_patches, substitute
 from lac_core.prompts import load_grids, render
 
 GRIDS = load_grids()
@@ -97,23 +97,63 @@ def test_fast_plan_equals_naive_plan(any_lm):
     for s in fast.geometry:
         np.testing.assert_allclose(fast.geometry[s], naive.geometry[s], rtol=1e-3, atol=1e-4)
     assert fast.cost["forward_tokens"] <= 1.5 * fast.cost["floor_tokens"]
-    assert naive.cost["forward_tokens"] > fast.cost["forward_tokens"]
+    assert fast.cost["forward_layer_tokens"] <= 1.5 * fast.cost["floor_layer_tokens"]
+    assert naive.cost["forward_layer_tokens"] > 3 * fast.cost["forward_layer_tokens"]
 
 
-def test_fast_identity_row_equals_clean_row(tiny):
-    """In a substituted batch, writing back the clean residual reproduces the clean row exactly."""
+def _reference_pass(lm, n_new=12):
     grid = GRIDS["short"]
-    prompt = list(render(tiny.tokenizer, grid.user_text(grid.cells[0], "XY")).ids)
-    gen = engine.greedy(tiny, [prompt], 12, keep_cache=True)
-    seq = prompt + gen.tokens[0][:11]
-    p = len(prompt) - 1
-    h = engine.capture_residuals(tiny, [seq], [[p]])
-    rows = [[]] + [[(layer, h[0, layer, 0])] for layer in range(tiny.n_layers)]
-    lp = engine.suffix_logprobs(tiny, gen, [0], p, [seq[p:p + 10]], [rows], 0)
-    kl = engine.kl_sum(lp[:, :1], lp[:, 1:])
-    assert float(kl.abs().max()) < 1e-5
-    clean_full = engine.forward_logprobs(tiny, seq, p, p + 10)
-    torch.testing.assert_close(lp[0, 0], clean_full, rtol=1e-4, atol=1e-4)
+    prompt = list(render(lm.tokenizer, grid.user_text(grid.cells[0], "XY")).ids)
+    gen = engine.greedy(lm, [prompt], n_new, keep_cache=True, keep_logprobs=True, capture_tail=6)
+    return prompt, gen, prompt + gen.tokens[0][: n_new - 1]
+
+
+def test_reference_pass_captures_and_logprobs_equal_a_full_forward(any_lm):
+    """What the greedy pass records (residuals of the prompt tail and of fed tokens, each step's
+    log-probs) is what one full forward of prompt + tokens gives."""
+    prompt, gen, seq = _reference_pass(any_lm)
+    positions = list(range(len(prompt) - 6, len(seq)))
+    full = engine.capture_residuals(any_lm, [seq], [positions])[0]
+    torch.testing.assert_close(gen.residuals[0], full, rtol=1e-4, atol=1e-4)
+    lp = engine.forward_logprobs(any_lm, seq, len(prompt) - 1, len(seq))
+    torch.testing.assert_close(gen.logprobs[0, : len(seq) - len(prompt) + 1], lp, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_starting_at_a_layer_equals_a_full_patched_forward(any_lm, where):
+    """Skipping the layers below a substitution (fed the clean residuals there) and the positions
+    before it (the cached prefix) gives the full patched forward's log-probs."""
+    prompt, gen, seq = _reference_pass(any_lm)
+    layer = {"first": 1, "middle": any_lm.n_layers // 2, "last": any_lm.n_layers - 1}[where]
+    p = len(prompt) - 3  # a probe inside the prompt; the suffix runs to the end of seq
+    vec = torch.randn(any_lm.d_model, generator=torch.Generator().manual_seed(layer)) * 3
+    j = gen.residual_index(0, p)
+    hidden = gen.residuals[0, layer, j:][None].clone()
+    hidden[0, 0] = vec
+    keep = len(seq) - p
+    lp, _ = engine.extend(any_lm, gen, [0], gen.column(0, p), [seq[p:]], start_layer=layer, hidden=hidden, keep=keep)
+    patch = {layer: Patch(torch.tensor([0]), torch.tensor([p]), vec[None])}
+    full = engine.forward_logprobs(any_lm, seq, p, len(seq), patch)
+    torch.testing.assert_close(lp[0], full, rtol=1e-4, atol=1e-4)
+    identity = gen.residuals[0, layer, j:][None]  # writing back the clean residual gives the clean run
+    lp0, _ = engine.extend(any_lm, gen, [0], gen.column(0, p), [seq[p:]], start_layer=layer, hidden=identity,
+                           keep=keep)
+    torch.testing.assert_close(lp0[0], engine.forward_logprobs(any_lm, seq, p, len(seq)), rtol=1e-4, atol=1e-4)
+    assert hook_count(any_lm.model) == 0 and all(type(m) is type(any_lm.layers[-1]) for m in any_lm.layers)
+
+
+def test_extend_repeats_cache_rows_and_captures(tiny):
+    """Rows may share a cached prefix; captured suffix residuals equal those of full forwards."""
+    prompts = _prompts(tiny, 2, "long")
+    gen = engine.greedy(tiny, prompts, 1, keep_cache=True)
+    width = max(len(p) for p in prompts)
+    tails = [[5, 6], [7, 8], [9, 10]]
+    rows = [0, 1, 0]
+    _, res = engine.extend(tiny, gen, rows, width, tails, capture_all=True)
+    for k, (r, t) in enumerate(zip(rows, tails)):
+        seq = prompts[r] + t
+        full = engine.capture_residuals(tiny, [seq], [[len(seq) - 2, len(seq) - 1]])[0]
+        torch.testing.assert_close(res[k], full, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("budget", [1, 50, 10_000])
