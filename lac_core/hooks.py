@@ -44,24 +44,26 @@ def capture(layers, layer_ids, index: torch.Tensor | None = None, check_finite: 
     Yields a dict layer -> list of [batch, k, d] float32 tensors, one per forward call.
     """
     store: dict[int, list[torch.Tensor]] = {layer: [] for layer in layer_ids}
+    dtypes: dict[int, torch.dtype] = {}
 
     def make(layer_id):
-        def hook(module, args, kwargs):
+        def hook(module, args, kwargs):  # kept minimal: it runs once per layer per forward
             h = _hidden(args, kwargs)
+            dtypes[layer_id] = h.dtype
             if index is not None:
-                idx = index.to(h.device)
-                h = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-            h = h.detach().float()
-            if check_finite and not torch.isfinite(h).all():
-                raise NonFiniteResidualError(
-                    f"non-finite residual entering layer {layer_id} (dtype {_hidden(args, kwargs).dtype}); "
-                    "float16 overflows on many models: run in bfloat16 or float32"
-                )
-            store[layer_id].append(h)
+                h = h.gather(1, index.to(h.device).unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+            store[layer_id].append(h.detach().float())
         return hook
 
     with _registered(layers, {layer: make(layer) for layer in layer_ids}):
         yield store
+    if check_finite:  # once per block, not per hook: the first non-finite layer is named
+        for layer_id, tensors in store.items():
+            if not all(bool(torch.isfinite(t).all()) for t in tensors):
+                raise NonFiniteResidualError(
+                    f"non-finite residual entering layer {layer_id} (dtype {dtypes[layer_id]}); "
+                    "float16 overflows on many models: run in bfloat16 or float32"
+                )
 
 
 @dataclass(frozen=True)

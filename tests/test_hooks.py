@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lac_core import engine
-from lac_core.hooks import Patch, capture, hook_count, substitute
+from lac_core.hooks import Patch, capture, hook_count, start_at, substitute
 from lac_core.prompts import load_grids, render
 
 GRID = load_grids()["short"]
@@ -116,3 +116,29 @@ def test_non_finite_residual_is_an_error(tiny):
         with torch.no_grad():
             weight.copy_(saved)
     assert torch.isfinite(engine.capture_residuals(tiny, [seq], [[0]])).all()
+
+
+def test_start_at_puts_every_layer_back(tiny):
+    """Skipping layers swaps modules for the block only, exceptions included, and checks its range."""
+    before = list(tiny.layers)
+    hidden = torch.zeros(1, 3, tiny.d_model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with start_at(tiny.layers, tiny.n_layers // 2, hidden):
+            assert tiny.layers[0] is not before[0] and tiny.layers[tiny.n_layers // 2] is before[tiny.n_layers // 2]
+            raise RuntimeError("boom")
+    assert list(tiny.layers) == before
+    for bad in (0, tiny.n_layers):
+        with pytest.raises(ValueError, match="start layer"):
+            with start_at(tiny.layers, bad, hidden):
+                pass
+    assert list(tiny.layers) == before
+
+
+def test_start_at_feeds_the_given_residual(tiny):
+    """What enters the start layer is the given residual, whatever the tokens below said."""
+    seq = _seq(tiny)
+    layer = tiny.n_layers // 2
+    given = torch.randn(1, len(seq), tiny.d_model, generator=torch.Generator().manual_seed(3))
+    with start_at(tiny.layers, layer, given), capture(tiny.layers, [layer]) as store, torch.inference_mode():
+        tiny.model(torch.tensor([seq]), use_cache=False)
+    torch.testing.assert_close(store[layer][0], given)
