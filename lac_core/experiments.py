@@ -2,11 +2,10 @@
 
 Experiment 1 has two execution plans that must agree: `naive` (one full forward
 per site and cell, the way the paper's scripts run) is the oracle, `fast`
-computes each distinct forward once: captures for all conditions, probes and
-layers in right-padded batches; one greedy reference pass per cell whose KV
-cache is reused as the clean prefix of every substituted run; all
-substitutions of a (cell, probe) in one batch, computing only the positions
-from the probe on.
+computes each distinct forward once: one batched greedy reference pass yields the
+references, the clean window log-probs and the XY residuals; each distinct prompt
+of the other conditions runs once; every substituted run starts at its probe (on
+the reference pass's cached prefix) and at its layer (fed the clean residuals).
 """
 from __future__ import annotations
 
