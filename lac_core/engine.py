@@ -193,7 +193,8 @@ def extend(lm: LoadedModel, gen: Generation, rows: list[int], column: int, token
 
 def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos: bool = False,
            prompt_patches: list[tuple[int, int, int, torch.Tensor]] | None = None,
-           keep_cache: bool = False, capture_tail: int = 0, keep_logprobs: bool = False):
+           keep_cache: bool = False, capture_tail: int = 0, keep_logprobs: bool = False,
+           prefix: Generation | None = None, prefix_rows: list[int] | None = None):
     """Greedy decoding (argmax, no sampling, no penalties, generation_config ignored), batched.
 
     `prompt_patches` are (layer, row, position-in-prompt, vector) applied during the prompt
@@ -203,18 +204,37 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
     prompt positions and at every generated token fed back; `keep_logprobs` keeps each step's
     float32 log-probs. Returns the new tokens per row, or a Generation holding also the cache
     (and captures) when `keep_cache`.
+    With `prefix` (a Generation of prompt passes only, e.g. `greedy(..., 1, keep_cache=True)`),
+    row i continues cache row `prefix_rows[i]` (rows may repeat) and `prompts` are the rest of
+    each prompt, all of one length; patch positions then count from the first of those tokens.
+    A prompt shared by several rows is so computed once.
     """
     pad = _pad_id(lm)
     eos = lm.tokenizer.eos_token_id
-    width = max(len(p) for p in prompts)
-    if capture_tail > min(len(p) for p in prompts):
-        raise ValueError(f"capture_tail {capture_tail} exceeds the shortest prompt")
-    offsets = [width - len(p) for p in prompts]
-    ids = torch.tensor([[pad] * o + list(p) for o, p in zip(offsets, prompts)], dtype=torch.long)
-    mask = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(offsets, prompts)], dtype=torch.long)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
     dev = lm.device
-    cache = DynamicCache(config=lm.model.config)
+    if prefix is None:
+        width = max(len(p) for p in prompts)
+        if capture_tail > min(len(p) for p in prompts):
+            raise ValueError(f"capture_tail {capture_tail} exceeds the shortest prompt")
+        offsets = [width - len(p) for p in prompts]
+        ids = torch.tensor([[pad] * o + list(p) for o, p in zip(offsets, prompts)], dtype=torch.long)
+        mask = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(offsets, prompts)], dtype=torch.long)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=lm.model.config)
+        lengths = [len(p) for p in prompts]
+        shift = offsets
+    else:
+        width = len(prompts[0])
+        column = prefix.mask.shape[1]
+        if len({len(p) for p in prompts}) != 1 or capture_tail or prefix.cache.get_seq_length() != column:
+            raise ValueError("a prefix needs continuations of one length, no capture, and a prompt-only prefix")
+        cache = _prefix_cache(lm, prefix.cache, prefix_rows, column)
+        ids = torch.tensor(prompts, dtype=torch.long)
+        mask = torch.cat([prefix.mask[prefix_rows], torch.ones(len(prompts), width, dtype=torch.long)], dim=1)
+        pos = (mask.cumsum(-1) - 1)[:, column:]
+        offsets = [prefix.offsets[r] for r in prefix_rows]
+        lengths = [prefix.lengths[r] + width for r in prefix_rows]
+        shift = [0] * len(prompts)
     all_layers = range(lm.n_layers)
     captured: list[torch.Tensor] = []  # [rows, n_layers, k, d] per forward call
 
@@ -226,7 +246,7 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
             captured.append(torch.stack([store[i][0].cpu() for i in all_layers], dim=1))
         return out_
 
-    shifted = [(layer, row, offsets[row] + p, vec) for layer, row, p, vec in (prompt_patches or [])]
+    shifted = [(layer, row, shift[row] + p, vec) for layer, row, p, vec in (prompt_patches or [])]
     tail_index = torch.arange(width - capture_tail, width).expand(len(prompts), -1) if capture_tail else None
     with substitute(lm.layers, make_patches(shifted) if shifted else {}):
         out = run(ids, tail_index, attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1)
@@ -258,7 +278,7 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
         result.append(row)
     if keep_cache:
         return Generation(tokens=result, cache=cache, mask=mask, offsets=offsets,
-                          lengths=[len(p) for p in prompts],
+                          lengths=lengths,
                           residuals=torch.cat(captured, dim=2) if captured else None, tail=capture_tail,
                           logprobs=torch.stack(logprobs, dim=1) if logprobs else None)
     return result

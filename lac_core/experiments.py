@@ -240,23 +240,30 @@ def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int
 
     layer = mid_layer(lm.n_layers) if layer is None else layer
     prompts, h = residuals or p_last_residuals(lm, grid)
-    rows, patches, which = [], [], []  # which[k]: the generated row that answers site k (cell, condition)
-    plain: dict[tuple[int, ...], int] = {}  # an unpatched prompt is generated once (bare repeats across personas)
+    # Every prompt but its last token is computed once (clean, additive and remove-X share the XY
+    # prompt; bare repeats across personas), then each row continues from p_last, where the
+    # substitution lands; an unpatched prompt is generated once.
+    prefixes: dict[tuple[int, ...], int] = {}
+    plain: dict[tuple[int, ...], int] = {}
+    rows, conts, patches, which = [], [], [], []  # row k: prefix rows[k] + token conts[k]; which[i]: row of site i
     for ci, (cell, cp) in enumerate(zip(grid.cells, prompts)):
         xy = cp["XY"]
         bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
         for cond, vec in (("clean", None), ("additive", xb + by - bb), ("remove_x", hxy - (xb - bb)), ("bare", None)):
-            ids = list(render(lm.tokenizer, grid.user_text(cell, "bare")).ids) if cond == "bare" else list(xy.ids)
-            if vec is None and tuple(ids) in plain:
-                which.append(plain[tuple(ids)])
+            ids = tuple(render(lm.tokenizer, grid.user_text(cell, "bare")).ids) if cond == "bare" else tuple(xy.ids)
+            if vec is None and ids in plain:
+                which.append(plain[ids])
                 continue
             if vec is None:
-                plain[tuple(ids)] = len(rows)
+                plain[ids] = len(rows)
             else:
-                patches.append((layer, len(rows), xy.p_last, vec))
+                patches.append((layer, len(rows), 0, vec))  # continuation position 0 is p_last
             which.append(len(rows))
-            rows.append(ids)
-    generated = engine.greedy(lm, rows, n_new, stop_at_eos=True, prompt_patches=patches)
+            rows.append(prefixes.setdefault(ids[:-1], len(prefixes)))
+            conts.append([ids[-1]])
+    pre = engine.greedy(lm, [list(k) for k in prefixes], 1, keep_cache=True)
+    generated = engine.greedy(lm, conts, n_new, stop_at_eos=True, prompt_patches=patches, prefix=pre,
+                              prefix_rows=rows)
     out = [generated[k] for k in which]
     texts, tokens, found = {}, {}, {}
     conds = ("clean", "additive", "remove_x", "bare")
@@ -286,7 +293,9 @@ def host_injection(lm: LoadedModel, grid: Grid, *, residuals=None, layer: int | 
     additive = h[:, 1] + h[:, 2] - h[:, 0]  # [cell, layer, d]
     xy_gen = engine.greedy(lm, [list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_logprobs=True,
                            keep_cache=True)
-    by_gen = engine.greedy(lm, [list(cp["BY"].ids) for cp in prompts], 1, keep_cache=True)  # prompt cache only
+    by_distinct: dict[tuple[int, ...], int] = {}  # BY repeats across personas: each prompt cached once
+    by_row = [by_distinct.setdefault(tuple(cp["BY"].ids), len(by_distinct)) for cp in prompts]
+    by_gen = engine.greedy(lm, [list(k) for k in by_distinct], 1, keep_cache=True)  # prompt cache only
     names = ["host", "oracle", "cached"] + ["layers " + ",".join(map(str, s)) for s in sets]
     kl = {c.id: {} for c in grid.cells}
     width = max(len(cp["BY"].ids) for cp in prompts) + HOST_WINDOW
@@ -299,9 +308,9 @@ def host_injection(lm: LoadedModel, grid: Grid, *, residuals=None, layer: int | 
             runs += [[(m, additive[ci, m]) for m in s] for s in sets]
             for run in runs:
                 patches += [(m, len(rows), 0, vec) for m, vec in run]
-                rows.append(ci)
+                rows.append(by_row[ci])
                 suffixes.append([prompts[ci]["BY"].ids[-1]] + xy_gen.tokens[ci][: HOST_WINDOW - 1])
-        column = by_gen.column(chunk[0], prompts[chunk[0]]["BY"].p_last)  # the same for every row: left padding
+        column = by_gen.column(by_row[chunk[0]], prompts[chunk[0]]["BY"].p_last)  # the same for every row
         host, _ = engine.extend(lm, by_gen, rows, column, suffixes, patches=patches, keep=HOST_WINDOW)
         target = xy_gen.logprobs[chunk][:, None]  # [cells, 1, HOST_WINDOW, V]: step k scores p_last + k
         kls = engine.kl_sum(target, host.reshape(len(chunk), len(names), HOST_WINDOW, -1)).double().cpu().numpy()

@@ -66,6 +66,21 @@ def test_batched_prompt_intervention_equals_single(any_lm):
     assert batched == single
 
 
+def test_greedy_from_a_shared_prefix_equals_full_prompts(any_lm):
+    """Rows continuing a cached prompt prefix (rows repeating it, one patched at p_last) generate
+    what the full prompts generate."""
+    prompts = _prompts(any_lm, 2, "long") + _prompts(any_lm, 1, "short")
+    layer = any_lm.n_layers // 2
+    vec = torch.randn(any_lm.d_model, generator=torch.Generator().manual_seed(7)) * 4
+    full = engine.greedy(any_lm, [prompts[0], prompts[0], prompts[1], prompts[2]], 10,
+                         prompt_patches=[(layer, 1, len(prompts[0]) - 1, vec)])
+    pre = engine.greedy(any_lm, [p[:-1] for p in prompts], 1, keep_cache=True)
+    shared = engine.greedy(any_lm, [[prompts[r][-1]] for r in (0, 0, 1, 2)], 10, prefix=pre,
+                           prefix_rows=[0, 0, 1, 2], prompt_patches=[(layer, 1, 0, vec)])
+    assert shared == full
+    assert shared[0] != shared[1] or any_lm.spec.source == "tiny"
+
+
 def test_greedy_ignores_generation_config(tiny):
     prompt = _prompts(tiny, 1)[0]
     before = engine.greedy(tiny, [prompt], 12)[0]
