@@ -84,8 +84,13 @@ def capture_residuals(lm: LoadedModel, seqs: list[list[int]], positions: list[li
         index = torch.tensor([positions[i] for i in idx], dtype=torch.long)
         with capture(lm.layers, layers, index) as store:
             _run(lm, ids, use_cache=False, logits_to_keep=1)  # only residuals are wanted
-        out[idx] = torch.stack([store[layer][0].cpu() for layer in layers], dim=1)
+        out[idx] = _stacked(store, layers)
     return out
+
+
+def _stacked(store: dict[int, list[torch.Tensor]], layers) -> torch.Tensor:
+    """[rows, len(layers), k, d] on the CPU from a capture store that saw one forward call."""
+    return torch.stack([store[layer][0].cpu() for layer in layers], dim=1)
 
 
 def window_logprobs(logits: torch.Tensor) -> torch.Tensor:
@@ -155,6 +160,15 @@ def _prefix_cache(lm: LoadedModel, cache: DynamicCache, rows: list[int], column:
     return new
 
 
+def _continuation(lm: LoadedModel, gen: Generation, rows: list[int], column: int, length: int,
+                  start_layer: int = 0):
+    """Cache, attention mask and position ids for `length` new tokens per row after the first
+    `column` cached columns of cache row `rows[i]` of `gen`."""
+    past = _prefix_cache(lm, gen.cache, rows, column, start_layer)
+    mask = torch.cat([gen.mask[rows, :column], torch.ones(len(rows), length, dtype=torch.long)], dim=1)
+    return past, mask, (mask.cumsum(-1) - 1)[:, column:]
+
+
 def extend(lm: LoadedModel, gen: Generation, rows: list[int], column: int, tokens: list[list[int]], *,
            patches: list[tuple[int, int, int, torch.Tensor]] | None = None, start_layer: int = 0,
            hidden: torch.Tensor | None = None, capture_all: bool = False, keep: int = 0):
@@ -171,10 +185,7 @@ def extend(lm: LoadedModel, gen: Generation, rows: list[int], column: int, token
         raise ValueError("every suffix must have the same length")
     if capture_all and start_layer:
         raise ValueError("capturing every layer needs every layer run (start_layer 0)")
-    n, length = len(tokens), len(tokens[0])
-    past = _prefix_cache(lm, gen.cache, rows, column, start_layer)
-    mask = torch.cat([gen.mask[rows, :column], torch.ones(n, length, dtype=torch.long)], dim=1)
-    pos = (mask.cumsum(-1) - 1)[:, column:]
+    past, mask, pos = _continuation(lm, gen, rows, column, len(tokens[0]), start_layer)
     dev = lm.device
     with ExitStack() as stack:
         if patches:
@@ -187,7 +198,7 @@ def extend(lm: LoadedModel, gen: Generation, rows: list[int], column: int, token
                    attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True,
                    logits_to_keep=max(keep, 1))
     logprobs = window_logprobs(out.logits) if keep else None
-    residuals = torch.stack([store[i][0].cpu() for i in range(lm.n_layers)], dim=1) if capture_all else None
+    residuals = _stacked(store, range(lm.n_layers)) if capture_all else None
     return logprobs, residuals
 
 
@@ -228,10 +239,8 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
         column = prefix.mask.shape[1]
         if len({len(p) for p in prompts}) != 1 or capture_tail or prefix.cache.get_seq_length() != column:
             raise ValueError("a prefix needs continuations of one length, no capture, and a prompt-only prefix")
-        cache = _prefix_cache(lm, prefix.cache, prefix_rows, column)
+        cache, mask, pos = _continuation(lm, prefix, prefix_rows, column, width)
         ids = torch.tensor(prompts, dtype=torch.long)
-        mask = torch.cat([prefix.mask[prefix_rows], torch.ones(len(prompts), width, dtype=torch.long)], dim=1)
-        pos = (mask.cumsum(-1) - 1)[:, column:]
         offsets = [prefix.offsets[r] for r in prefix_rows]
         lengths = [prefix.lengths[r] + width for r in prefix_rows]
         shift = [0] * len(prompts)
@@ -243,7 +252,7 @@ def greedy(lm: LoadedModel, prompts: list[list[int]], n_new: int, *, stop_at_eos
             store = stack.enter_context(capture(lm.layers, all_layers, tail_index)) if capture_tail else None
             out_ = _run(lm, ids_, past_key_values=cache, use_cache=True, **kw)
         if capture_tail:
-            captured.append(torch.stack([store[i][0].cpu() for i in all_layers], dim=1))
+            captured.append(_stacked(store, all_layers))
         return out_
 
     shifted = [(layer, row, shift[row] + p, vec) for layer, row, p, vec in (prompt_patches or [])]

@@ -43,6 +43,14 @@ def _naive_captures(lm, prompts, refs, probes):
     return torch.cat(h).reshape(len(prompts), len(CONDITIONS), lm.n_layers, len(probes), lm.d_model)
 
 
+def _distinct(seqs) -> tuple[list[list[int]], list[int]]:
+    """The distinct sequences, in first-seen order, and for each input the index of its own:
+    a prompt shared by several sites is then computed once."""
+    first: dict[tuple[int, ...], int] = {}
+    index = [first.setdefault(tuple(s), len(first)) for s in seqs]
+    return [list(k) for k in first], index
+
+
 def _tail(rendered: list[Rendered], probes) -> int:
     """How many last prompt positions hold every in-prompt probe of every prompt."""
     inside = [p for p in probes if p in PROMPT_PROBES] or ["p_last"]
@@ -64,16 +72,12 @@ def _fast_captures(lm, prompts, gen, refs, probes, token_budget):
     for ci, cp in enumerate(prompts):
         h[ci, CONDITIONS.index("XY")] = _from_generation(gen, ci, cp["XY"], probes)
     others = [c for c in CONDITIONS if c != "XY"]
-    distinct: dict[tuple[int, ...], int] = {}
-    for cp in prompts:
-        for c in others:
-            distinct.setdefault(tuple(cp[c].ids), len(distinct))
-    keys = list(distinct)
-    rendered = {distinct[tuple(cp[c].ids)]: cp[c] for cp in prompts for c in others}
-    pre = engine.greedy(lm, [list(k) for k in keys], 1, keep_cache=True,
-                        capture_tail=_tail(list(rendered.values()), probes))
+    pairs = [(ci, c) for ci in range(n) for c in others]
+    keys, index = _distinct(prompts[ci][c].ids for ci, c in pairs)
+    rendered = {u: prompts[ci][c] for (ci, c), u in zip(pairs, index)}
+    pre = engine.greedy(lm, keys, 1, keep_cache=True, capture_tail=_tail(list(rendered.values()), probes))
     width = max(len(k) for k in keys)
-    sites = [(ci, c, distinct[tuple(cp[c].ids)]) for ci, cp in enumerate(prompts) for c in others]
+    sites = [(ci, c, u) for (ci, c), u in zip(pairs, index)]
     per_chunk = max(1, token_budget // (width + 2))
     for at in range(0, len(sites), per_chunk):
         chunk = sites[at: at + per_chunk]
@@ -221,13 +225,9 @@ HOST_WINDOW = 10
 def p_last_residuals(lm: LoadedModel, grid: Grid, token_budget: int = engine.DEFAULT_TOKEN_BUDGET):
     """Prompts of the four conditions and their residuals at p_last, every layer: [cell, cond, layer, d]."""
     prompts = [render_cell(lm, grid, cell) for cell in grid.cells]
-    distinct: dict[tuple[int, ...], int] = {}  # XB repeats across tasks, BY across personas, BB everywhere
-    for cp in prompts:
-        for c in CONDITIONS:
-            distinct.setdefault(tuple(cp[c].ids), len(distinct))
-    seqs = [list(k) for k in distinct]
+    # XB repeats across tasks, BY across personas, BB everywhere
+    seqs, index = _distinct(cp[c].ids for cp in prompts for c in CONDITIONS)
     h = engine.capture_residuals(lm, seqs, [[len(k) - 1] for k in seqs], token_budget=token_budget)
-    index = [distinct[tuple(cp[c].ids)] for cp in prompts for c in CONDITIONS]
     return prompts, h[index, :, 0].reshape(len(prompts), len(CONDITIONS), lm.n_layers, lm.d_model)
 
 
@@ -243,9 +243,8 @@ def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int
     # Every prompt but its last token is computed once (clean, additive and remove-X share the XY
     # prompt; bare repeats across personas), then each row continues from p_last, where the
     # substitution lands; an unpatched prompt is generated once.
-    prefixes: dict[tuple[int, ...], int] = {}
     plain: dict[tuple[int, ...], int] = {}
-    rows, conts, patches, which = [], [], [], []  # row k: prefix rows[k] + token conts[k]; which[i]: row of site i
+    full, patches, which = [], [], []  # full[k]: prompt of generated row k; which[i]: row of site i
     for ci, (cell, cp) in enumerate(zip(grid.cells, prompts)):
         xy = cp["XY"]
         bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
@@ -255,15 +254,15 @@ def markers(lm: LoadedModel, grid: Grid, *, stems=(), residuals=None, layer: int
                 which.append(plain[ids])
                 continue
             if vec is None:
-                plain[ids] = len(rows)
+                plain[ids] = len(full)
             else:
-                patches.append((layer, len(rows), 0, vec))  # continuation position 0 is p_last
-            which.append(len(rows))
-            rows.append(prefixes.setdefault(ids[:-1], len(prefixes)))
-            conts.append([ids[-1]])
-    pre = engine.greedy(lm, [list(k) for k in prefixes], 1, keep_cache=True)
-    generated = engine.greedy(lm, conts, n_new, stop_at_eos=True, prompt_patches=patches, prefix=pre,
-                              prefix_rows=rows)
+                patches.append((layer, len(full), 0, vec))  # continuation position 0 is p_last
+            which.append(len(full))
+            full.append(ids)
+    prefixes, rows = _distinct(ids[:-1] for ids in full)
+    pre = engine.greedy(lm, prefixes, 1, keep_cache=True)
+    generated = engine.greedy(lm, [[ids[-1]] for ids in full], n_new, stop_at_eos=True, prompt_patches=patches,
+                              prefix=pre, prefix_rows=rows)
     out = [generated[k] for k in which]
     texts, tokens, found = {}, {}, {}
     conds = ("clean", "additive", "remove_x", "bare")
@@ -293,9 +292,8 @@ def host_injection(lm: LoadedModel, grid: Grid, *, residuals=None, layer: int | 
     additive = h[:, 1] + h[:, 2] - h[:, 0]  # [cell, layer, d]
     xy_gen = engine.greedy(lm, [list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_logprobs=True,
                            keep_cache=True)
-    by_distinct: dict[tuple[int, ...], int] = {}  # BY repeats across personas: each prompt cached once
-    by_row = [by_distinct.setdefault(tuple(cp["BY"].ids), len(by_distinct)) for cp in prompts]
-    by_gen = engine.greedy(lm, [list(k) for k in by_distinct], 1, keep_cache=True)  # prompt cache only
+    by_prompts, by_row = _distinct(cp["BY"].ids for cp in prompts)  # BY repeats across personas
+    by_gen = engine.greedy(lm, by_prompts, 1, keep_cache=True)  # prompt cache only
     names = ["host", "oracle", "cached"] + ["layers " + ",".join(map(str, s)) for s in sets]
     kl = {c.id: {} for c in grid.cells}
     width = max(len(cp["BY"].ids) for cp in prompts) + HOST_WINDOW
