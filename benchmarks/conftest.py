@@ -9,10 +9,8 @@ import time
 
 import pytest
 
-from lac_core.models import load
-from lac_core.paths import REPORTS
+from lac_core.settings import REPORTS
 
-_MODELS = {}
 RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}
 
 
@@ -29,10 +27,8 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture(scope="session")
-def bench_lm(bench_model):
-    if bench_model not in _MODELS:
-        _MODELS[bench_model] = load(bench_model)
-    return _MODELS[bench_model]
+def bench_lm(bench_model, lac_models):
+    return lac_models(bench_model)
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from lac_core import engine
-from lac_core.hooks import Patch, capture, substitute
+from lac_core.engine import Engine
+from lac_core.hooks import Sub, capture, substitute
 
 from .conftest import RESULTS
 
@@ -44,16 +44,16 @@ def _plain(lm, ids):
 def _contexts(lm, ids):
     rows, length = ids.shape
     index = torch.full((rows, 4), length - 1)
-    patch = {lm.n_layers // 2: Patch(torch.tensor([0]), torch.tensor([length - 1]), torch.zeros(1, lm.d_model))}
+    subs = [[Sub(lm.n_layers // 2, length - 1, torch.zeros(lm.d_model))]]
     return {"capture (lac)": lambda: capture(lm.layers, range(lm.n_layers), index),
-            "substitute (lac)": lambda: substitute(lm.layers, patch)}
+            "substitute (lac)": lambda: substitute(lm.layers, subs)}
 
 
 def test_nnsight_capture_gives_our_numbers(bench_lm, batch):
     nnsight = pytest.importorskip("nnsight")
     outs = _nnsight_capture(bench_lm, nnsight.NNsight(bench_lm.model), batch)
     rows, length = batch.shape
-    mine = engine.capture_residuals(bench_lm, batch.tolist(), [list(range(length - 4, length))] * rows)
+    mine = Engine(bench_lm).capture(batch.tolist(), [list(range(length - 4, length))] * rows)
     torch.testing.assert_close(torch.stack([o.float() for o in outs], 1), mine)
 
 

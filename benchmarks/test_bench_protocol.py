@@ -3,10 +3,11 @@ the straightforward per-site plan, in the same run, with the work each computes 
 token positions pushed through the model, and token-layers (positions x decoder layers run; the
 fast plan skips the layers below each substitution). The floor is what the protocol must evaluate:
 every distinct clean prefix once, through every layer, and each substituted run from its probe on,
-from its layer up (experiments.floor_tokens)."""
+from its layer up (plans.floor_tokens)."""
 import numpy as np
 
 from lac_core import experiments
+from lac_core.engine import Engine
 from lac_core.prompts import load_grids
 
 _SEEN = {}
@@ -15,8 +16,7 @@ _SEEN = {}
 def _sweep(benchmark, lm, plan, record, peak_rss):
     grid = load_grids()["short"]
     with peak_rss() as mem:
-        result = benchmark.pedantic(experiments.sweep, args=(lm, grid), kwargs={"plan": plan}, rounds=1,
-                                    iterations=1)
+        result = benchmark.pedantic(lambda: experiments.sweep(Engine(lm), grid, plan=plan), rounds=1, iterations=1)
     cost = result.cost
     record(f"sweep {lm.spec.name} short grid", f"{plan} plan", benchmark,
            forward_tokens=cost["forward_tokens"], floor_tokens=cost["floor_tokens"],

@@ -4,4 +4,4 @@ from lac_core import rules
 
 
 def test_c1l_localization(lm, grid_name, sweep_summary, thresholds, claim_gate):
-    claim_gate("C1L", rules.c1l(sweep_summary, thresholds["C1L"]), lm.spec.name, grid_name)
+    claim_gate("C1L", rules.c1l(sweep_summary, thresholds.C1L), lm.spec.name, grid_name)

@@ -2,25 +2,14 @@
 h_XY, at (mid layer, p_last) of the persona-free host prompt closes at most a third of the host-to-
 target KL gap (median over cells), and clamping the additive predictions at many layers at once does
 not do better. Precondition: median KL(host) >= 0.5."""
-import math
-
 from lac_core import rules
 
 
 def test_c4_no_prompt_compression(lm, host_result, thresholds, claim_gate):
-    claim_gate("C4", rules.c4(host_result.summary(), thresholds["C4"]), lm.spec.name, "markers")
+    claim_gate("C4", rules.c4(host_result.summary, thresholds.C4), lm.spec.name, "markers")
 
 
-def test_cell_oracle_no_worse_than_nothing(lm, marker_cell, host_result, thresholds, cell_gate):
+def test_cell_oracle_no_worse_than_nothing(lm, marker_cell, host_result, cell_gate):
     """Per cell: the host really differs from the target (KL > 0, finite) and writing the target's own
     residual into the host does not make it worse than no intervention, beyond a tolerance."""
-    kl = host_result.kl[marker_cell]
-    tol = thresholds["per_cell"]["oracle_vs_host_tolerance"]
-    problems = []
-    if not all(math.isfinite(v) for v in kl.values()):
-        problems.append(f"non-finite KL {kl}")
-    elif not kl["host"] > 0:
-        problems.append(f"KL(host) = {kl['host']} is not positive")
-    elif kl["oracle"] > kl["host"] + tol:
-        problems.append(f"oracle KL {kl['oracle']:.4f} > host KL {kl['host']:.4f} + {tol}")
-    cell_gate("oracle_no_worse", lm.spec.name, "markers", marker_cell, problems)
+    cell_gate("oracle_no_worse", host_result, lm.spec.name, "markers", marker_cell)

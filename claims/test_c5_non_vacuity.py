@@ -5,4 +5,4 @@ from lac_core import rules
 
 
 def test_c5_non_vacuity(lm, grid_name, sweep_summary, thresholds, claim_gate):
-    claim_gate("C5", rules.c5(sweep_summary, thresholds["C5"]), lm.spec.name, grid_name)
+    claim_gate("C5", rules.c5(sweep_summary, thresholds.C5), lm.spec.name, grid_name)

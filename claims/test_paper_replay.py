@@ -4,22 +4,28 @@ import pytest
 
 from lac_core import paper, rules
 
-SWEEPS = sorted(paper.SWEEP_FILES)
-EXPECTED_ON_PAPER = {"C1": rules.HOLDS, "C1L": rules.HOLDS, "C2": rules.HOLDS, "C5": rules.INCONCLUSIVE}
+EXPECTED_ON_PAPER = {"C1": rules.HOLDS, "C1L": rules.HOLDS, "C2": rules.HOLDS, "C5": rules.INCONCLUSIVE,
+                     "C3": rules.HOLDS, "C3R": rules.HOLDS, "C4": rules.HOLDS}
 
 
-@pytest.mark.parametrize("claim", sorted(EXPECTED_ON_PAPER))
-@pytest.mark.parametrize(("model", "grid"), SWEEPS, ids=[f"{m}-{g}" for m, g in SWEEPS])
-def test_paper_sweep_replay(model, grid, claim, thresholds):
-    verdict = rules.SWEEP_RULES[claim](paper.sweep_summary(model, grid), thresholds[claim])
-    assert verdict.status == EXPECTED_ON_PAPER[claim], verdict.explain()
-    if claim == "C5":
-        assert "no null control" in verdict.deciding.detail
+@pytest.fixture(scope="module")
+def paper_verdicts(thresholds):
+    return paper.verdicts(thresholds)
 
 
-def test_paper_c5_reason_is_missing_null(thresholds):
-    v = rules.c5(paper.sweep_summary("gemma-2-2b-it", "short"), thresholds["C5"])
-    assert v.status == rules.INCONCLUSIVE and all(p.status == rules.INCONCLUSIVE for p in v.parts)
+def test_every_claim_is_replayed(paper_verdicts):
+    assert {c for c, _m, _g in paper_verdicts} == set(EXPECTED_ON_PAPER)
+    assert len(paper_verdicts) == 4 * len(paper.SWEEP_FILES) + 3
+
+
+@pytest.mark.parametrize("key", sorted(paper.verdicts_keys()), ids=lambda k: "-".join(k))
+def test_paper_replay(paper_verdicts, key):
+    verdict = paper_verdicts[key]
+    assert verdict.status == EXPECTED_ON_PAPER[key[0]], verdict.explain()
+    if key[0] == "C5":
+        assert all(p.status == rules.INCONCLUSIVE and "no null control" in p.detail for p in verdict.parts)
+    if key[0] == "C4":
+        assert len(verdict.parts) == 7  # oracle, cached and the five layer sets
 
 
 def test_paper_table1_medians_match_per_cell_data():
@@ -37,16 +43,8 @@ def test_paper_table1_medians_match_per_cell_data():
                     assert (got.p25, got.p75) == pytest.approx((p25, p75), abs=6e-4), (model, probe, layer)
 
 
-def test_paper_markers_replay(thresholds):
-    assert rules.c3(paper.marker_summary(), thresholds["C3"]).status == rules.HOLDS
-    assert rules.c3r(paper.marker_summary(), thresholds["C3R"]).status == rules.HOLDS
-
-
-def test_paper_host_injection_replay(thresholds):
+def test_paper_host_injection_table4():
     h = paper.host_summary()
-    v = rules.c4(h, thresholds["C4"])
-    assert v.status == rules.HOLDS, v.explain()
-    assert len(v.parts) == 7  # oracle, cached and the five layer sets
     t4 = paper.tables()["table4_host_injection_gemma_median_kl_to_target"]
     assert h.median_host == pytest.approx(t4["host_no_substitution"], abs=5e-3)
     assert h.median_kl["oracle"] == pytest.approx(t4["oracle_single_site_L14"], abs=5e-3)
@@ -62,6 +60,6 @@ def test_our_marker_matcher_reproduces_the_papers_hits(thresholds):
     for cell, conds in data["results"].items():
         words = data["persona_markers"][cell.split("__")[0]]
         for cond, v in conds.items():
-            assert hits(v["text"], words, thresholds["markers"]["stems"]) == v["hits"], (cell, cond)
+            assert hits(v["text"], words, thresholds.markers.stems) == v["hits"], (cell, cond)
     assert hits("They must indemnify us.", ["indemnif"], ["indemnif"]) == ["indemnif"]
     assert hits("They must indemnify us.", ["indemnif"]) == []  # word-boundary reading: the paper's

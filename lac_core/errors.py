@@ -35,3 +35,7 @@ class GridError(LacError):
 
 class FixtureError(LacError):
     pass
+
+
+class UsageError(LacError):
+    """A bad option or setting, caught before any work."""

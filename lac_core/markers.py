@@ -1,9 +1,7 @@
-"""Persona-marker matching (experiment 2), plain Python.
-
-Case-insensitive. A marker containing a space or hyphen matches as a substring; a single
-word matches on word boundaries; a stem (fixtures/claims.yaml, markers.stems: the paper's
-lawyer list has `indemnif`) matches at a word start with any ending (indemnify, indemnification).
-"""
+"""Persona-marker matching (experiment 2), plain Python."""
+# Case-insensitive. A marker containing a space or hyphen matches as a substring; a single word
+# matches on word boundaries; a stem (fixtures/claims.yaml, markers.stems: the paper's lawyer list
+# has `indemnif`) matches at a word start with any ending (indemnify, indemnification).
 from __future__ import annotations
 
 import re

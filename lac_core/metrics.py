@@ -7,7 +7,7 @@ import numpy as np
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine along the last axis; NaN where either vector is zero (the angle is undefined there)."""
+    """Cosine along the last axis; NaN where either vector is zero (the angle is undefined)."""
     na = np.linalg.norm(a, axis=-1)
     nb = np.linalg.norm(b, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -16,7 +16,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def geometry(h_bb, h_xb, h_by, h_xy) -> dict[str, np.ndarray]:
-    """cos(dXY, dX+dY), cos(dX, dY) and |Inter|/|dXY| for residuals of the four conditions (float64)."""
+    """cos(dXY, dX+dY), cos(dX, dY) and |Inter|/|dXY| from the four conditions' residuals."""
     bb, xb, by, xy = (np.asarray(h, dtype=np.float64) for h in (h_bb, h_xb, h_by, h_xy))
     dx, dy, dxy = xb - bb, by - bb, xy - bb
     inter = dxy - dx - dy

@@ -1,11 +1,12 @@
-"""The paper's published per-cell outputs (fixtures/paper_results) read into the summaries the rules use."""
+"""The paper's published per-cell outputs (fixtures/paper_results) as the summaries rules read."""
 from __future__ import annotations
 
 import json
 
+from . import rules
 from .metrics import Summary
-from .paths import FIXTURES
 from .results import GEOMETRY_STATS, HostSummary, MarkerSummary, SweepSummary
+from .settings import FIXTURES
 
 PAPER = FIXTURES / "paper_results"
 SWEEP_FILES = {
@@ -35,7 +36,8 @@ def sweep_summary(model: str, grid: str) -> SweepSummary:
         for probe, per_layer in d["causal"].items()
     }
     geo = {
-        probe: {int(layer): {s: _given(v[s]) for s in GEOMETRY_STATS} for layer, v in per_layer.items()}
+        probe: {int(layer): {s: _given(v[s]) for s in GEOMETRY_STATS}
+                for layer, v in per_layer.items()}
         for probe, per_layer in d["decomposition"].items()
     }
     return SweepSummary(label=f"paper {model} / {grid}", n_layers=d["n_layers"], layers=layers,
@@ -70,3 +72,24 @@ def host_summary() -> HostSummary:
 def tables() -> dict:
     """The paper's headline numbers (fixtures/paper_tables.json, a copy of its tables.json)."""
     return json.loads((FIXTURES / "paper_tables.json").read_text())
+
+
+def verdicts_keys() -> list[tuple[str, str, str]]:
+    """(claim, model, grid) of every verdict `verdicts` gives, without computing any."""
+    keys = [(c, m, g) for (m, g) in SWEEP_FILES for c in rules.SWEEP_RULES]
+    return keys + [(c, PAPER_MODEL, "markers") for c in (*rules.MARKER_RULES, *rules.HOST_RULES)]
+
+
+def verdicts(t) -> dict:
+    """The rules on the paper's own data, by (claim, model, grid): the formalization's first test,
+    and the paper's verdict the report prints beside ours."""
+    out = {}
+    for (model, grid) in SWEEP_FILES:
+        s = sweep_summary(model, grid)
+        for claim, rule in rules.SWEEP_RULES.items():
+            out[(claim, model, grid)] = rule(s, getattr(t, claim))
+    for claim, rule in rules.MARKER_RULES.items():
+        out[(claim, PAPER_MODEL, "markers")] = rule(marker_summary(), getattr(t, claim))
+    for claim, rule in rules.HOST_RULES.items():
+        out[(claim, PAPER_MODEL, "markers")] = rule(host_summary(), getattr(t, claim))
+    return out

@@ -1,16 +1,17 @@
-"""Result records of the experiments and the summaries the rules read (numpy, no torch).
-
-Every record turns into plain JSON (`to_json`); reports/SCHEMA.md documents the fields.
-"""
+"""Result records of the experiments and the summaries the rules read (numpy, no torch)."""
+# Records are written to results.json as they are (`dataclasses.asdict` and `jsonable`);
+# docs/SCHEMA.md documents the fields once. Summaries are derived, cached, and written beside.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from .metrics import Summary
 
 GEOMETRY_STATS = ("cos_xy_sum", "cos_x_y", "inter_over_xy")
+MARKER_CONDITIONS = ("clean", "additive", "remove_x", "bare")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class SweepSummary:
 
 @dataclass
 class SweepResult:
-    """Experiment 1 on one model and grid: per-cell numbers, kept whole so any summary can be re-derived."""
+    """Experiment 1 on one model and grid: per-cell numbers, kept whole to re-derive any summary."""
 
     model: str
     grid: str
@@ -46,64 +47,21 @@ class SweepResult:
     plan: str = "fast"
     cost: dict = field(default_factory=dict)  # forward tokens, calls, wall seconds
 
+    @cached_property
     def summary(self) -> SweepSummary:
-        def per(arr, layer_ids):
-            return {
-                probe: {layer: Summary.of(arr[:, pi, li]) for li, layer in enumerate(layer_ids)}
-                for pi, probe in enumerate(self.probes)
-            }
+        def per(arr):
+            return {probe: {k: Summary.of(arr[:, pi, li]) for li, k in enumerate(self.layers)}
+                    for pi, probe in enumerate(self.probes)}
 
-        all_layers = tuple(range(self.n_layers))
-        geo = {
-            probe: {
-                layer: {s: Summary.of(self.geometry[s][:, pi, layer]) for s in GEOMETRY_STATS}
-                for layer in all_layers
-            }
-            for pi, probe in enumerate(self.probes)
-        }
-        return SweepSummary(
-            label=f"{self.model} / {self.grid}", n_layers=self.n_layers, layers=tuple(self.layers),
-            kl_add=per(self.kl_add, self.layers), kl_null=per(self.kl_null, self.layers), geometry=geo,
-        )
+        geo = {probe: {k: {s: Summary.of(self.geometry[s][:, pi, k]) for s in GEOMETRY_STATS}
+                       for k in range(self.n_layers)} for pi, probe in enumerate(self.probes)}
+        return SweepSummary(f"{self.model} / {self.grid}", self.n_layers, tuple(self.layers),
+                            per(self.kl_add), per(self.kl_null), geo)
 
     def cell_kl(self, kind: str, cell: str, probe: str, layer: int) -> float:
         arr = self.kl_add if kind == "additive" else self.kl_null
-        return float(arr[self.cells.index(cell), self.probes.index(probe), self.layers.index(layer)])
-
-    def to_json(self) -> dict:
-        return {
-            "experiment": "localized_sweep",
-            "model": self.model,
-            "grid": self.grid,
-            "plan": self.plan,
-            "n_layers": self.n_layers,
-            "layers": list(self.layers),
-            "probes": list(self.probes),
-            "cells": {
-                cell: {
-                    "reference": self.references[cell],
-                    "kl": {
-                        probe: {
-                            str(layer): {
-                                "additive": float(self.kl_add[ci, pi, li]),
-                                "null": float(self.kl_null[ci, pi, li]),
-                            }
-                            for li, layer in enumerate(self.layers)
-                        }
-                        for pi, probe in enumerate(self.probes)
-                    },
-                    "geometry": {
-                        probe: {
-                            s: [None if not np.isfinite(v) else float(v) for v in self.geometry[s][ci, pi]]
-                            for s in GEOMETRY_STATS
-                        }
-                        for pi, probe in enumerate(self.probes)
-                    },
-                }
-                for ci, cell in enumerate(self.cells)
-            },
-            "cost": self.cost,
-        }
+        return float(arr[self.cells.index(cell), self.probes.index(probe),
+                         self.layers.index(layer)])
 
 
 @dataclass
@@ -133,14 +91,10 @@ class HostSummary:
             name: [(host[c] - kls[c]) / host[c] if host[c] > 0 else float("nan") for c in cells]
             for name, kls in interventions.items()
         }
-        return cls(
-            label=label, n_cells=len(cells), median_host=Summary.of(host[c] for c in cells).median,
-            median_kl={name: Summary.of(kls[c] for c in cells).median for name, kls in interventions.items()},
-            median_gap_closed={name: Summary.of(g).median for name, g in gaps.items()},
-        )
-
-
-MARKER_CONDITIONS = ("clean", "additive", "remove_x", "bare")
+        return cls(label, len(cells), Summary.of(host[c] for c in cells).median,
+                   {name: Summary.of(kls[c] for c in cells).median
+                    for name, kls in interventions.items()},
+                   {name: Summary.of(g).median for name, g in gaps.items()})
 
 
 @dataclass
@@ -148,6 +102,7 @@ class MarkerResult:
     """Experiment 2: the generations under four conditions and the markers found in each."""
 
     model: str
+    grid: str
     layer: int
     n_new_tokens: int
     cells: tuple[str, ...]
@@ -155,26 +110,14 @@ class MarkerResult:
     tokens: dict  # cell -> condition -> [ids]
     hits: dict  # cell -> condition -> [markers]
     stems: tuple[str, ...] = ()
+    cost: dict = field(default_factory=dict)
 
+    @cached_property
     def summary(self) -> MarkerSummary:
-        n = len(self.cells)
-        return MarkerSummary(
-            label=f"{self.model} / markers", n_cells=n,
-            any={c: sum(bool(self.hits[cell][c]) for cell in self.cells) for c in MARKER_CONDITIONS},
-            distinct_mean={c: sum(len(self.hits[cell][c]) for cell in self.cells) / n for c in MARKER_CONDITIONS},
-        )
-
-    def to_json(self) -> dict:
-        s = self.summary()
-        return {
-            "experiment": "markers", "model": self.model, "layer": self.layer, "n_new_tokens": self.n_new_tokens,
-            "conditions": list(MARKER_CONDITIONS), "stems": list(self.stems),
-            "cells": {cell: {c: {"text": self.texts[cell][c], "tokens": self.tokens[cell][c],
-                                 "hits": self.hits[cell][c], "any": bool(self.hits[cell][c]),
-                                 "distinct": len(self.hits[cell][c])} for c in MARKER_CONDITIONS}
-                      for cell in self.cells},
-            "summary": {c: {"any": s.any[c], "distinct_mean": s.distinct_mean[c]} for c in MARKER_CONDITIONS},
-        }
+        n, conds, hits = len(self.cells), MARKER_CONDITIONS, [self.hits[c] for c in self.cells]
+        return MarkerSummary(f"{self.model} / {self.grid}", n,
+                             {c: sum(bool(h[c]) for h in hits) for c in conds},
+                             {c: sum(len(h[c]) for h in hits) / n for c in conds})
 
 
 @dataclass
@@ -182,26 +125,35 @@ class HostResult:
     """Experiments 3 and 4: KL(target || host) without and with injected vectors, per cell."""
 
     model: str
+    grid: str
     layer: int
     layer_sets: tuple[tuple[int, ...], ...]
     cells: tuple[str, ...]
     kl: dict  # cell -> intervention ("host", "oracle", "cached", "layers a,b") -> KL
     target_tokens: dict  # cell -> 10 greedy target tokens (the window)
+    cost: dict = field(default_factory=dict)
 
     def interventions(self) -> list[str]:
         return [k for k in self.kl[self.cells[0]] if k != "host"]
 
+    @cached_property
     def summary(self) -> HostSummary:
         host = {c: self.kl[c]["host"] for c in self.cells}
-        return HostSummary.of(f"{self.model} / markers", host,
-                              {k: {c: self.kl[c][k] for c in self.cells} for k in self.interventions()})
+        runs = {k: {c: self.kl[c][k] for c in self.cells} for k in self.interventions()}
+        return HostSummary.of(f"{self.model} / {self.grid}", host, runs)
 
-    def to_json(self) -> dict:
-        s = self.summary()
-        return {
-            "experiment": "host_injection", "model": self.model, "layer": self.layer,
-            "layer_sets": [list(x) for x in self.layer_sets],
-            "cells": {c: {"target_tokens": self.target_tokens[c], "kl": self.kl[c]} for c in self.cells},
-            "summary": {"median_host": s.median_host, "median_kl": s.median_kl,
-                        "median_gap_closed": s.median_gap_closed},
-        }
+
+def jsonable(obj):
+    """Plain JSON values from records: arrays and tuples to lists, numpy scalars to Python, keys to
+    strings, and non-finite floats (undefined angles) to null, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,10 +1,7 @@
-"""Tiny random models of three architectures, built locally, for fast self-tests.
-
-Each comes with a small byte-level BPE tokenizer trained on the grid text and a
-chat template in the style of its family (BOS in the template for Llama and
-Gemma, ChatML with a default system turn for Qwen2), so the token audit meets
-the same hazards as on the real models.
-"""
+"""Tiny random models of three architectures, built locally, for fast self-tests."""
+# Each comes with a small byte-level BPE tokenizer trained on the grid text and a chat template in
+# the style of its family (BOS in the template for Llama and Gemma, ChatML with a default system
+# turn for Qwen2), so the token audit meets the same hazards as on the real models.
 from __future__ import annotations
 
 import json
@@ -22,39 +19,31 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from .paths import FIXTURES
+from .settings import FIXTURES
 
 TINY_SEED = 1234
 TINY_LAYERS = 8
 
-_STYLES = {
+_STYLES = {  # special tokens and a chat template in the style of each family
     "llama": dict(
         bos="<s>", eos="</s>", pad="<pad>", extra=["<|start_header|>", "<|end_header|>", "<|eot|>"],
         add_bos=True,
-        template=(
-            "{{ bos_token }}{% for m in messages %}<|start_header|>{{ m['role'] }}<|end_header|>\n\n"
-            "{{ m['content'] }}<|eot|>{% endfor %}"
-            "{% if add_generation_prompt %}<|start_header|>assistant<|end_header|>\n\n{% endif %}"
-        ),
-    ),
+        template="{{ bos_token }}{% for m in messages %}<|start_header|>{{ m['role'] }}"
+                 "<|end_header|>\n\n{{ m['content'] }}<|eot|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|start_header|>assistant<|end_header|>"
+                 "\n\n{% endif %}"),
     "qwen2": dict(
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>", extra=["<|im_start|>"],
-        add_bos=False,
-        template=(
-            "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a tiny assistant.<|im_end|>\n{% endif %}"
-            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-        ),
-    ),
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", extra=["<|im_start|>"], add_bos=False,
+        template="{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a tiny "
+                 "assistant.<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>"
+                 "{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
     "gemma2": dict(
         bos="<bos>", eos="<eos>", pad="<pad>", extra=["<start_of_turn>", "<end_of_turn>"],
         add_bos=True,
-        template=(
-            "{{ bos_token }}{% for m in messages %}<start_of_turn>"
-            "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
-            "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-        ),
-    ),
+        template="{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == "
+                 "'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
 }
 ARCHITECTURES = tuple(_STYLES)
 
@@ -72,26 +61,22 @@ def _corpus() -> list[str]:
 
 @lru_cache(maxsize=None)
 def tiny_tokenizer(arch: str) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE tokenizer (about 600 tokens) with the family's chat template."""
+    """A deterministic byte-level BPE tokenizer (about 600 tokens), the family's chat template."""
     style = _STYLES[arch]
     specials = [t for t in (style["bos"], style["eos"], style["pad"]) if t] + style["extra"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_corpus(), trainer=trainer)
     if style["add_bos"]:
         bos_id = tok.token_to_id(style["bos"])
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{style['bos']} $A", special_tokens=[(style["bos"], bos_id)]
-        )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=style["bos"], eos_token=style["eos"], pad_token=style["pad"],
-        additional_special_tokens=style["extra"],
-    )
+        tok.post_processor = processors.TemplateProcessing(single=f"{style['bos']} $A",
+                                                           special_tokens=[(style["bos"], bos_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=style["bos"],
+                                   eos_token=style["eos"], pad_token=style["pad"],
+                                   additional_special_tokens=style["extra"])
     fast.chat_template = style["template"]
     return fast
 
@@ -103,7 +88,7 @@ def tiny_model(arch: str, seed: int = TINY_SEED) -> torch.nn.Module:
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LAYERS,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         initializer_range=0.2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, tie_word_embeddings=False, attn_implementation="eager",
     )
     if arch == "llama":
         config, cls = LlamaConfig(**common), LlamaForCausalLM
@@ -113,7 +98,5 @@ def tiny_model(arch: str, seed: int = TINY_SEED) -> torch.nn.Module:
         config, cls = Gemma2Config(head_dim=16, sliding_window=512, **common), Gemma2ForCausalLM
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHITECTURES}")
-    config._attn_implementation = "eager"
     torch.manual_seed(seed)
-    model = cls(config).to(torch.float32).eval()
-    return model
+    return cls(config).to(torch.float32).eval()

@@ -1,16 +1,23 @@
-"""Batched, cached and fast paths give what the plain one-at-a-time computation gives."""
+"""Each engine operation against the plain one-at-a-time computation: prefill, decode, capture,
+batching under any token budget, and the fast sweep plan against the naive one."""
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
-from lac_core import engine, experiments
-from lac_core.hooks import Patch, hook_count, make_patches, substitute
+from lac_core import experiments
+from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
+from lac_core.errors import UsageError
+from lac_core.hooks import substitute
+from lac_core.kvcache import concat_rows, gather_prefix
 from lac_core.prompts import load_grids, render
 
+from .conftest import hook_count
+
 GRIDS = load_grids()
+TOL = dict(rtol=1e-4, atol=1e-4)
 
 
 def _prompts(lm, n=4, grid="short", condition="XY"):
@@ -18,77 +25,154 @@ def _prompts(lm, n=4, grid="short", condition="XY"):
     return [list(render(lm.tokenizer, g.user_text(c, condition)).ids) for c in g.cells[:n]]
 
 
-def test_capture_batch_equals_one_at_a_time(any_lm):
-    seqs = _prompts(any_lm, 4, "long") + _prompts(any_lm, 2, "short")
-    pos = [[0, len(s) // 2, len(s) - 1] for s in seqs]
-    batched = engine.capture_residuals(any_lm, seqs, pos, token_budget=10_000)
-    single = torch.cat([engine.capture_residuals(any_lm, [s], [p]) for s, p in zip(seqs, pos)])
-    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
+def _plain(lm, seq, subs=()):
+    """Reference: one full forward of one sequence, substitutions by the hooks directly."""
+    with substitute(lm.layers, [list(subs)]), torch.inference_mode():
+        return logprobs_of(lm.model(torch.tensor([seq]), use_cache=False).logits[0])
 
 
-def test_greedy_batch_equals_one_at_a_time(any_lm):
-    prompts = _prompts(any_lm, 3, "long") + _prompts(any_lm, 3, "short")
-    batched = engine.greedy(any_lm, prompts, 12)
-    assert batched == [engine.greedy(any_lm, [p], 12)[0] for p in prompts]
+def _vec(lm, seed, scale=4.0):
+    return torch.randn(lm.d_model, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-def _greedy_without_cache(lm, prompt, n, patches):
-    """Reference: recompute the whole sequence every step, the patch applied at its prompt position."""
+def test_prefill_equals_a_plain_forward(any_lm):
+    """Left-padded rows of different lengths give each prompt's own log-probs, with and without a
+    substitution; the substitution changes what follows it."""
+    eng = Engine(any_lm)
+    prompts = _prompts(any_lm, 3, "long") + _prompts(any_lm, 1, "short")
+    layer = any_lm.n_layers // 2
+    subs = [[Sub(layer, len(p) - 3, _vec(any_lm, i))] for i, p in enumerate(prompts)]
+    plain = eng.prefill(prompts, keep=3).logprobs
+    patched = eng.prefill(prompts, subs=subs, keep=3).logprobs
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(plain[i], _plain(any_lm, p)[-3:], **TOL)
+        torch.testing.assert_close(patched[i], _plain(any_lm, p, subs[i])[-3:], **TOL)
+        assert not torch.allclose(patched[i], plain[i])
+
+
+def test_prefill_after_a_cached_prefix_equals_a_plain_forward(any_lm):
+    """Continuing cached rows (rows repeated, one from each layer up) equals the full sequences."""
+    eng = Engine(any_lm)
+    prompts = _prompts(any_lm, 2, "long")
+    pre = eng.prefill(prompts, keep=0, keep_state=True, capture_tail=4)
+    width = max(len(p) for p in prompts)
+    tails, rows = [[5, 6, 7], [8, 9, 10], [11, 12, 13]], [0, 1, 0]
+    out = eng.prefill(tails, after=(pre.state, rows, width), keep=3).logprobs
+    for k, (r, t) in enumerate(zip(rows, tails)):
+        torch.testing.assert_close(out[k], _plain(any_lm, prompts[r] + t)[-3:], **TOL)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_starting_at_a_layer_equals_a_full_patched_forward(any_lm, where):
+    """Skipping the layers below a substitution (fed the clean residuals there) and the positions
+    before it (the cached prefix) gives the full patched forward; the clean residual gives the clean run."""
+    eng = Engine(any_lm)
+    prompt = _prompts(any_lm, 1)[0]
+    gen = eng.generate([prompt], 12, keep_logprobs=True, capture_tail=6, keep_state=True)
+    seq = prompt + gen.tokens[0][:11]
+    layer = {"first": 1, "middle": any_lm.n_layers // 2, "last": any_lm.n_layers - 1}[where]
+    p = len(prompt) - 3
+    j = 6 + p - len(prompt)
+    hidden = gen.residuals[0, layer, j:][None].clone()
+    vec = _vec(any_lm, layer, 3.0)
+    hidden[0, 0] = vec
+    after = (gen.state, [0], gen.state.column(0, p))
+    lp = eng.prefill([seq[p:]], after=after, start_layer=layer, hidden=hidden, keep=len(seq) - p).logprobs
+    torch.testing.assert_close(lp[0], _plain(any_lm, seq, [Sub(layer, p, vec)])[p:], **TOL)
+    identity = gen.residuals[0, layer, j:][None]
+    lp0 = eng.prefill([seq[p:]], after=after, start_layer=layer, hidden=identity, keep=len(seq) - p).logprobs
+    torch.testing.assert_close(lp0[0], _plain(any_lm, seq)[p:], **TOL)
+    assert hook_count(any_lm.model) == 0 and all(type(m) is type(any_lm.layers[-1]) for m in any_lm.layers)
+
+
+def _greedy_without_cache(lm, prompt, n, subs=()):
+    """Reference: recompute the whole sequence every step, the substitution at its prompt position."""
     seq = list(prompt)
     for _ in range(n):
-        with substitute(lm.layers, make_patches(patches)), torch.inference_mode():
-            logits = lm.model(torch.tensor([seq])).logits
-        seq.append(int(logits[0, -1].float().argmax()))
+        seq.append(int(_plain(lm, seq, subs)[-1].argmax()))
     return seq[len(prompt):]
 
 
-def test_greedy_kv_cache_agrees_under_prompt_intervention(any_lm):
-    prompts = _prompts(any_lm, 2)
-    layer = any_lm.n_layers // 2
-    for i, prompt in enumerate(prompts):
-        gen = torch.Generator().manual_seed(i)
-        vec = torch.randn(any_lm.d_model, generator=gen) * 4
-        patches = [(layer, 0, len(prompt) - 1, vec)]
-        cached = engine.greedy(any_lm, [prompt], 10, prompt_patches=patches)[0]
-        assert cached == _greedy_without_cache(any_lm, prompt, 10, patches)
-        assert cached != engine.greedy(any_lm, [prompt], 10)[0] or any_lm.spec.source == "tiny"
+def test_decode_from_a_cache_equals_decode_without_one(any_lm):
+    eng = Engine(any_lm)
+    prompt = _prompts(any_lm, 1, "long")[0]
+    sub = Sub(any_lm.n_layers // 2, len(prompt) - 1, _vec(any_lm, 1))
+    for subs in ([], [sub]):
+        got = eng.generate([prompt], 10, subs=[subs]).tokens[0]
+        assert got == _greedy_without_cache(any_lm, prompt, 10, subs)
+    assert eng.generate([prompt], 10, subs=[[sub]]).tokens != eng.generate([prompt], 10).tokens \
+        or any_lm.spec.source == "tiny"
 
 
-def test_batched_prompt_intervention_equals_single(any_lm):
-    """Per-row prompt patches land on each row's own (left-padded) position."""
-    prompts = _prompts(any_lm, 3, "long")
-    layer = 1
-    vecs = [torch.randn(any_lm.d_model, generator=torch.Generator().manual_seed(i)) * 4 for i in range(3)]
-    patches = [(layer, r, len(p) - 1, v) for r, (p, v) in enumerate(zip(prompts, vecs))]
-    batched = engine.greedy(any_lm, prompts, 8, prompt_patches=patches)
-    single = [engine.greedy(any_lm, [p], 8, prompt_patches=[(layer, 0, len(p) - 1, v)])[0]
-              for p, v in zip(prompts, vecs)]
-    assert batched == single
+def test_decode_records_what_a_full_forward_gives(any_lm):
+    """The greedy pass's residuals (prompt tail and fed tokens) and per-step log-probs equal one
+    full forward of prompt + tokens."""
+    eng = Engine(any_lm)
+    prompt = _prompts(any_lm, 1)[0]
+    gen = eng.generate([prompt], 12, keep_logprobs=True, capture_tail=6)
+    seq = prompt + gen.tokens[0][:11]
+    full = eng.capture([seq], [list(range(len(prompt) - 6, len(seq)))])[0]
+    torch.testing.assert_close(gen.residuals[0], full, **TOL)
+    torch.testing.assert_close(gen.logprobs[0], _plain(any_lm, seq)[len(prompt) - 1:], **TOL)
 
 
-def test_greedy_from_a_shared_prefix_equals_full_prompts(any_lm):
-    """Rows continuing a cached prompt prefix (rows repeating it, one patched at p_last) generate
-    what the full prompts generate."""
-    prompts = _prompts(any_lm, 2, "long") + _prompts(any_lm, 1, "short")
-    layer = any_lm.n_layers // 2
-    vec = torch.randn(any_lm.d_model, generator=torch.Generator().manual_seed(7)) * 4
-    full = engine.greedy(any_lm, [prompts[0], prompts[0], prompts[1], prompts[2]], 10,
-                         prompt_patches=[(layer, 1, len(prompts[0]) - 1, vec)])
-    pre = engine.greedy(any_lm, [p[:-1] for p in prompts], 1, keep_cache=True)
-    shared = engine.greedy(any_lm, [[prompts[r][-1]] for r in (0, 0, 1, 2)], 10, prefix=pre,
-                           prefix_rows=[0, 0, 1, 2], prompt_patches=[(layer, 1, 0, vec)])
-    assert shared == full
-    assert shared[0] != shared[1] or any_lm.spec.source == "tiny"
+@pytest.mark.parametrize("budget", ["below a row", "a row + 1", "large"])
+def test_batched_equals_single_under_any_budget(any_lm, budget):
+    """Generation, prefill continuations and captures under a budget give what one row at a time
+    gives; a budget below one row runs each row alone."""
+    prompts = _prompts(any_lm, 3, "long") + _prompts(any_lm, 2, "short")
+    shortest = min(len(p) for p in prompts)
+    eng = Engine(any_lm, {"below a row": shortest - 1, "a row + 1": shortest + 1, "large": 100_000}[budget])
+    single = Engine(any_lm)
+    subs = [[Sub(1, len(p) - 1, _vec(any_lm, i))] for i, p in enumerate(prompts)]
+    gen = eng.generate(prompts, 8, subs=subs, keep_logprobs=True)
+    for i, p in enumerate(prompts):
+        one = single.generate([p], 8, subs=[subs[i]], keep_logprobs=True)
+        assert gen.tokens[i] == one.tokens[0]
+        torch.testing.assert_close(gen.logprobs[i], one.logprobs[0], **TOL)
+    pos = [[0, len(s) // 2, len(s) - 1] for s in prompts]
+    torch.testing.assert_close(eng.capture(prompts, pos),
+                               torch.cat([single.capture([s], [p]) for s, p in zip(prompts, pos)]), **TOL)
+    if budget == "below a row":
+        assert eng.cost.calls >= len(prompts) * 8
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5])
+def test_a_budget_below_one_token_is_a_usage_error(tiny, budget):
+    with pytest.raises(UsageError, match="token budget"):
+        Engine(tiny, budget)
+
+
+@pytest.mark.parametrize("budget, rows", [(1, [[0], [1], [2], [3], [4], [5]]), (30, [[0, 1], [2, 3], [4, 5]]),
+                                          (59, [[0, 1], [2, 3], [4, 5]]), (60, [[0, 1, 2, 3], [4, 5]])])
+def test_chunks_keep_groups_whole(tiny, budget, rows):
+    assert [list(r) for r in Engine(tiny, budget).chunks(6, 15, group=2 if budget > 1 else 1)] == rows
+
+
+def test_kv_cache_api_keeps_its_meaning(tiny):
+    """lac builds caches only through DynamicCache's constructor and iterates (keys, values, ...) per
+    layer (lac_core/kvcache.py); if transformers changes either, this fails first."""
+    keys = [torch.randn(2, 2, 5, 16) for _ in range(3)]
+    cache = DynamicCache(ddp_cache_data=[(k, k + 1) for k in keys])
+    assert cache.get_seq_length() == 5 and len(list(cache)) == 3
+    for k, layer in zip(keys, cache):
+        assert torch.equal(layer[0], k) and torch.equal(layer[1], k + 1)
+    cut = gather_prefix(cache, [1, 1, 0], 3, start_layer=1)
+    first, second = list(cut)[0], list(cut)[1]
+    assert first[0].shape[0] == 1 and torch.equal(second[0], keys[1][[1, 1, 0], :, :3])
+    both = concat_rows([cache, cache])
+    assert torch.equal(list(both)[2][1], torch.cat([keys[2] + 1] * 2))
 
 
 def test_greedy_ignores_generation_config(tiny):
+    eng = Engine(tiny)
     prompt = _prompts(tiny, 1)[0]
-    before = engine.greedy(tiny, [prompt], 12)[0]
+    before = eng.generate([prompt], 12).tokens[0]
     cfg = tiny.model.generation_config
     saved = cfg.to_dict()
     try:
         cfg.repetition_penalty, cfg.do_sample, cfg.temperature, cfg.no_repeat_ngram_size = 5.0, True, 0.3, 2
-        assert engine.greedy(tiny, [prompt], 12)[0] == before
+        assert eng.generate([prompt], 12).tokens[0] == before
     finally:
         tiny.model.generation_config = type(cfg).from_dict(saved)
     neutral = GenerationConfig(max_new_tokens=12, do_sample=False, num_beams=1, repetition_penalty=1.0,
@@ -104,8 +188,8 @@ def test_fast_plan_equals_naive_plan(any_lm):
     grid = GRIDS["short"]
     if any_lm.spec.source != "tiny":  # the naive plan is slow on a real model: half the grid is enough
         grid = dataclasses.replace(grid, personas=dict(list(grid.personas.items())[:2]))
-    fast = experiments.sweep(any_lm, grid, plan="fast", token_budget=4096)
-    naive = experiments.sweep(any_lm, grid, plan="naive")
+    fast = experiments.sweep(Engine(any_lm, 4096), grid, plan="fast")
+    naive = experiments.sweep(Engine(any_lm), grid, plan="naive")
     assert fast.references == naive.references
     np.testing.assert_allclose(fast.kl_add, naive.kl_add, rtol=1e-3, atol=2e-5)
     np.testing.assert_allclose(fast.kl_null, naive.kl_null, rtol=1e-3, atol=2e-5)
@@ -116,66 +200,12 @@ def test_fast_plan_equals_naive_plan(any_lm):
     assert naive.cost["forward_layer_tokens"] > 3 * fast.cost["forward_layer_tokens"]
 
 
-def _reference_pass(lm, n_new=12):
-    grid = GRIDS["short"]
-    prompt = list(render(lm.tokenizer, grid.user_text(grid.cells[0], "XY")).ids)
-    gen = engine.greedy(lm, [prompt], n_new, keep_cache=True, keep_logprobs=True, capture_tail=6)
-    return prompt, gen, prompt + gen.tokens[0][: n_new - 1]
-
-
-def test_reference_pass_captures_and_logprobs_equal_a_full_forward(any_lm):
-    """What the greedy pass records (residuals of the prompt tail and of fed tokens, each step's
-    log-probs) is what one full forward of prompt + tokens gives."""
-    prompt, gen, seq = _reference_pass(any_lm)
-    positions = list(range(len(prompt) - 6, len(seq)))
-    full = engine.capture_residuals(any_lm, [seq], [positions])[0]
-    torch.testing.assert_close(gen.residuals[0], full, rtol=1e-4, atol=1e-4)
-    lp = engine.forward_logprobs(any_lm, seq, len(prompt) - 1, len(seq))
-    torch.testing.assert_close(gen.logprobs[0, : len(seq) - len(prompt) + 1], lp, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_starting_at_a_layer_equals_a_full_patched_forward(any_lm, where):
-    """Skipping the layers below a substitution (fed the clean residuals there) and the positions
-    before it (the cached prefix) gives the full patched forward's log-probs."""
-    prompt, gen, seq = _reference_pass(any_lm)
-    layer = {"first": 1, "middle": any_lm.n_layers // 2, "last": any_lm.n_layers - 1}[where]
-    p = len(prompt) - 3  # a probe inside the prompt; the suffix runs to the end of seq
-    vec = torch.randn(any_lm.d_model, generator=torch.Generator().manual_seed(layer)) * 3
-    j = gen.residual_index(0, p)
-    hidden = gen.residuals[0, layer, j:][None].clone()
-    hidden[0, 0] = vec
-    keep = len(seq) - p
-    lp, _ = engine.extend(any_lm, gen, [0], gen.column(0, p), [seq[p:]], start_layer=layer, hidden=hidden, keep=keep)
-    patch = {layer: Patch(torch.tensor([0]), torch.tensor([p]), vec[None])}
-    full = engine.forward_logprobs(any_lm, seq, p, len(seq), patch)
-    torch.testing.assert_close(lp[0], full, rtol=1e-4, atol=1e-4)
-    identity = gen.residuals[0, layer, j:][None]  # writing back the clean residual gives the clean run
-    lp0, _ = engine.extend(any_lm, gen, [0], gen.column(0, p), [seq[p:]], start_layer=layer, hidden=identity,
-                           keep=keep)
-    torch.testing.assert_close(lp0[0], engine.forward_logprobs(any_lm, seq, p, len(seq)), rtol=1e-4, atol=1e-4)
-    assert hook_count(any_lm.model) == 0 and all(type(m) is type(any_lm.layers[-1]) for m in any_lm.layers)
-
-
-def test_extend_repeats_cache_rows_and_captures(tiny):
-    """Rows may share a cached prefix; captured suffix residuals equal those of full forwards."""
-    prompts = _prompts(tiny, 2, "long")
-    gen = engine.greedy(tiny, prompts, 1, keep_cache=True)
-    width = max(len(p) for p in prompts)
-    tails = [[5, 6], [7, 8], [9, 10]]
-    rows = [0, 1, 0]
-    _, res = engine.extend(tiny, gen, rows, width, tails, capture_all=True)
-    for k, (r, t) in enumerate(zip(rows, tails)):
-        seq = prompts[r] + t
-        full = engine.capture_residuals(tiny, [seq], [[len(seq) - 2, len(seq) - 1]])[0]
-        torch.testing.assert_close(res[k], full, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("budget", [1, 50, 10_000])
-def test_chunks_respect_budget(budget):
-    lengths = [5, 40, 12, 33, 7, 60]
-    seen = []
-    for batch in engine.chunks(lengths, budget):
-        assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= budget
-        seen += batch
-    assert seen == list(range(len(lengths)))
+def test_kl_sum_is_kl_of_clean_against_intervened():
+    """KL(P_clean || P_int) summed over window positions, by hand, and not the reverse direction."""
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
+    q = torch.tensor([[0.4, 0.4, 0.2], [0.1, 0.1, 0.8]])
+    by_hand = float((p * (p / q).log()).sum())
+    reverse = float((q * (q / p).log()).sum())
+    got = float(kl_sum(logprobs_of(p.log()), logprobs_of(q.log())))
+    assert got == pytest.approx(by_hand, rel=1e-5) and abs(got - reverse) > 0.05
+    assert logprobs_of(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.bfloat16)).dtype == torch.float32

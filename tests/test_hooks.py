@@ -5,9 +5,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lac_core import engine
-from lac_core.hooks import Patch, capture, hook_count, start_at, substitute
+from lac_core.engine import Engine, logprobs_of
+from lac_core.errors import NonFiniteResidualError
+from lac_core.hooks import Sub, capture, on_layer, start_at, substitute
 from lac_core.prompts import load_grids, render
+
+from .conftest import hook_count
 
 GRID = load_grids()["short"]
 HSET = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -18,23 +21,25 @@ def _seq(lm, cell_index=0, condition="XY"):
     return list(render(lm.tokenizer, GRID.user_text(cell, condition)).ids)
 
 
+def _forward(lm, seq, subs=()):
+    with substitute(lm.layers, [list(subs)]), torch.inference_mode():
+        return logprobs_of(lm.model(torch.tensor([seq]), use_cache=False).logits[0])
+
+
 def test_identity_substitution_gives_exactly_zero_kl(any_lm):
     """Writing back the clean residual itself must change nothing, bit for bit."""
     seq = _seq(any_lm)
     p = len(seq) - 1
-    h = engine.capture_residuals(any_lm, [seq], [[p]])  # [1, L, 1, d]
-    clean = engine.forward_logprobs(any_lm, seq, 0, len(seq))
+    h = Engine(any_lm).capture([seq], [[p]])  # [1, L, 1, d]
+    clean = _forward(any_lm, seq)
     for layer in range(any_lm.n_layers):
-        patch = {layer: Patch(torch.tensor([0]), torch.tensor([p]), h[0, layer, 0][None])}
-        lp = engine.forward_logprobs(any_lm, seq, 0, len(seq), patch)
-        assert float(engine.kl_sum(clean, lp)) == 0.0, f"layer {layer}"
-        assert torch.equal(clean, lp)
+        assert torch.equal(clean, _forward(any_lm, seq, [Sub(layer, p, h[0, layer, 0])])), f"layer {layer}"
 
 
 def test_capture_equals_output_hidden_states(any_lm):
     seq = _seq(any_lm, 1)
     positions = list(range(len(seq)))
-    h = engine.capture_residuals(any_lm, [seq], [positions])[0]  # [L, T, d]
+    h = Engine(any_lm).capture([seq], [positions])[0]  # [L, T, d]
     with torch.inference_mode():
         out = any_lm.model(torch.tensor([seq]), output_hidden_states=True)
     hs = out.hidden_states
@@ -54,13 +59,12 @@ def test_substitution_touches_only_its_site(tiny, data):
     scale = data.draw(st.floats(0.5, 5.0), label="scale")
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     vec = torch.randn(tiny.d_model, generator=gen) * scale
-    clean = engine.forward_logprobs(tiny, seq, 0, len(seq))
-    patch = {layer: Patch(torch.tensor([0]), torch.tensor([p]), vec[None])}
-    with substitute(tiny.layers, patch), capture(tiny.layers, [layer]) as store:
+    clean = _forward(tiny, seq)
+    with substitute(tiny.layers, [[Sub(layer, p, vec)]]), capture(tiny.layers, [layer]) as store:
         with torch.inference_mode():
             logits = tiny.model(torch.tensor([seq])).logits
     torch.testing.assert_close(store[layer][0][0, p], vec, rtol=0, atol=0)
-    lp = engine.window_logprobs(logits[0])
+    lp = logprobs_of(logits[0])
     assert torch.equal(lp[:p], clean[:p])
     assert not torch.equal(lp[p:], clean[p:])
 
@@ -74,10 +78,10 @@ def test_per_row_positions(tiny, rows):
     rows = [(r, p % width) for r, p in rows]
     ids = torch.tensor([s[:width] for s in seqs])
     vecs = torch.arange(len(rows) * tiny.d_model, dtype=torch.float32).reshape(len(rows), -1)
-    patch = {2: Patch(torch.tensor([r for r, _ in rows]), torch.tensor([p for _, p in rows]), vecs)}
+    subs = [[Sub(2, p, v) for (r, p), v in zip(rows, vecs) if r == row] for row in range(3)]
     with capture(tiny.layers, [2]) as before, torch.inference_mode():
         tiny.model(ids)
-    with substitute(tiny.layers, patch), capture(tiny.layers, [2]) as after, torch.inference_mode():
+    with substitute(tiny.layers, subs), capture(tiny.layers, [2]) as after, torch.inference_mode():
         tiny.model(ids)
     expect = before[2][0].clone()
     for (r, p), v in zip(rows, vecs):
@@ -90,19 +94,17 @@ def test_hooks_removed_after_exception(any_lm):
     base = hook_count(any_lm.model)
     with pytest.raises(RuntimeError, match="boom"):
         with capture(any_lm.layers, range(any_lm.n_layers)), substitute(
-                any_lm.layers, {1: Patch(torch.tensor([0]), torch.tensor([0]), torch.zeros(1, any_lm.d_model))}):
+                any_lm.layers, [[Sub(1, 0, torch.zeros(any_lm.d_model))]]):
             assert hook_count(any_lm.model) == base + any_lm.n_layers + 1
             raise RuntimeError("boom")
     assert hook_count(any_lm.model) == base
-    bad = {1: Patch(torch.tensor([0]), torch.tensor([0]), torch.zeros(1, any_lm.d_model + 1))}  # wrong width
+    bad = Sub(1, 0, torch.zeros(any_lm.d_model + 1))  # wrong width
     with pytest.raises(RuntimeError):
-        engine.forward_logprobs(any_lm, seq, 0, 2, bad)  # the hook itself raises mid-forward
+        _forward(any_lm, seq, [bad])  # the hook itself raises mid-forward
     assert hook_count(any_lm.model) == base
 
 
 def test_non_finite_residual_is_an_error(tiny):
-    from lac_core.errors import NonFiniteResidualError
-
     seq = _seq(tiny)
     layer0 = tiny.layers[0]
     weight = next(p for n, p in layer0.named_parameters() if "o_proj" in n)
@@ -111,11 +113,11 @@ def test_non_finite_residual_is_an_error(tiny):
         with torch.no_grad():
             weight.fill_(float("nan"))
         with pytest.raises(NonFiniteResidualError, match="layer 1"):
-            engine.capture_residuals(tiny, [seq], [[0]])
+            Engine(tiny).capture([seq], [[0]])
     finally:
         with torch.no_grad():
             weight.copy_(saved)
-    assert torch.isfinite(engine.capture_residuals(tiny, [seq], [[0]])).all()
+    assert torch.isfinite(Engine(tiny).capture([seq], [[0]])).all()
 
 
 def test_start_at_puts_every_layer_back(tiny):
@@ -142,3 +144,10 @@ def test_start_at_feeds_the_given_residual(tiny):
     with start_at(tiny.layers, layer, given), capture(tiny.layers, [layer]) as store, torch.inference_mode():
         tiny.model(torch.tensor([seq]), use_cache=False)
     torch.testing.assert_close(store[layer][0], given)
+
+
+def test_vectors_are_placed_on_the_layer_they_enter():
+    """One helper places every captured or substituted vector: on the residual's device, in its dtype."""
+    hidden = torch.zeros(2, 3, 4, dtype=torch.bfloat16)
+    out = on_layer(torch.ones(4, dtype=torch.float32), hidden)
+    assert out.dtype == torch.bfloat16 and out.device == hidden.device

@@ -1,20 +1,19 @@
 """The plugin end to end on a tiny model: recording expectations, strict xfails for findings,
 a changed verdict failing the run, and the numeric regression gate firing on a perturbed baseline."""
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from lac_core.paths import ROOT
+from lac_core.settings import ROOT
 
 
 def _run(tmp_path, *extra):
-    env = {**os.environ, "LAC_EXPECTED_DIR": str(tmp_path / "expected")}
     cmd = [sys.executable, "-m", "pytest", "claims/", "--model", "tiny-llama", "--grid", "short", "-q",
-           "-p", "no:cacheprovider", "--lac-reports", str(tmp_path / "reports"), *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+           "-p", "no:cacheprovider", "--lac-reports", str(tmp_path / "reports"),
+           "--lac-expected-dir", str(tmp_path / "expected"), *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,13 @@ import pytest
 
 from lac_core.errors import GridError, NoChatTemplateError, TokenizationError
 from lac_core.prompts import (
-    CONDITIONS, PROBES, layer_fractions_to_layers, load_grids, mid_layer, multilayer_sets, render,
+    CONDITIONS,
+    PROBES,
+    layer_fractions_to_layers,
+    load_grids,
+    mid_layer,
+    multilayer_sets,
+    render,
 )
 from lac_core.tiny import tiny_tokenizer
 
@@ -94,7 +100,7 @@ def test_paper_layer_mapping():
     (lambda d: d["grids"]["long"]["personas"].update(engineer=3), "non-empty mapping"),
 ])
 def test_malformed_grid_names_the_problem(tmp_path, mutate, message):
-    from lac_core.paths import FIXTURES
+    from lac_core.settings import FIXTURES
 
     data = json.loads((FIXTURES / "grids.json").read_text())
     mutate(data)

@@ -1,15 +1,21 @@
 """The decision rules on synthetic summaries: every verdict path, and the combination order."""
+import dataclasses
 import math
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lac_core import baselines, rules
+from lac_core import expected as baselines
+from lac_core import rules
+from lac_core.errors import FixtureError
 from lac_core.metrics import Summary, geometry
 from lac_core.results import HostSummary, MarkerSummary, SweepSummary
+from lac_core.settings import FIXTURES
+from lac_core.thresholds import load_thresholds
 
-T = rules.load_thresholds()
+T = load_thresholds(FIXTURES / "claims.yaml")
 PROBES = ("p_last", "g1", "g2")
 
 
@@ -29,28 +35,28 @@ GOOD = {5: 0.01, 8: 0.03, 11: 0.2, 14: 0.5, 17: 1.0}
 
 
 def test_c1_holds_and_fails_at_threshold():
-    assert rules.c1(sweep(GOOD), T["C1"]).status == rules.HOLDS
+    assert rules.c1(sweep(GOOD), T.C1).status == rules.HOLDS
     edge = {**GOOD, 5: 0.10, 8: 0.10}
-    assert rules.c1(sweep(edge), T["C1"]).status == rules.HOLDS
+    assert rules.c1(sweep(edge), T.C1).status == rules.HOLDS
     over = {**GOOD, 5: 0.1001, 8: 0.2}
-    v = rules.c1(sweep(over), T["C1"])
+    v = rules.c1(sweep(over), T.C1)
     assert v.status == rules.FAILS and "0.1001" in v.explain()
 
 
 def test_c1_ignores_layers_beyond_the_band():
     kl = {5: 0.5, 8: 0.5, 11: 0.5, 14: 0.01, 17: 0.01}  # 14/20 = 0.7 > 0.55
-    assert rules.c1(sweep(kl), T["C1"]).status == rules.FAILS
+    assert rules.c1(sweep(kl), T.C1).status == rules.FAILS
 
 
 def test_c1_inconclusive_without_band_layers():
     s = sweep({14: 0.01, 17: 0.01}, layers=(14, 17))
-    assert rules.c1(s, T["C1"]).status == rules.INCONCLUSIVE
+    assert rules.c1(s, T.C1).status == rules.INCONCLUSIVE
 
 
 def test_c1l():
-    assert rules.c1l(sweep(GOOD), T["C1L"]).status == rules.HOLDS
+    assert rules.c1l(sweep(GOOD), T.C1L).status == rules.HOLDS
     flat = {k: 0.05 for k in GOOD}
-    v = rules.c1l(sweep(flat), T["C1L"])
+    v = rules.c1l(sweep(flat), T.C1L)
     assert v.status == rules.FAILS and v.deciding.numbers["ratio"] == pytest.approx(1.0)
 
 
@@ -59,29 +65,29 @@ def test_c1l():
     (0.45, 0.8, rules.HOLDS), (0.5, 0.85, rules.HOLDS), (-0.3, 0.8, rules.HOLDS),
 ])
 def test_c2(cos_xy, cos_sum, status):
-    assert rules.c2(sweep(GOOD, cos_xy=cos_xy, cos_sum=cos_sum), T["C2"]).status == status
+    assert rules.c2(sweep(GOOD, cos_xy=cos_xy, cos_sum=cos_sum), T.C2).status == status
 
 
 def test_c2_gap_is_checked_on_its_own():
     """With the default thresholds the 0.3 gap follows from the other two; a stricter gap must bite."""
-    strict = {**T["C2"], "min_difference": 0.5}
+    strict = dataclasses.replace(T.C2, min_difference=0.5)
     v = rules.c2(sweep(GOOD, cos_xy=0.45, cos_sum=0.85), strict)
     assert v.status == rules.FAILS and "difference 0.400" in v.deciding.detail
 
 
 def test_c2_nan_is_inconclusive():
-    assert rules.c2(sweep(GOOD, cos_xy=math.nan), T["C2"]).status == rules.INCONCLUSIVE
+    assert rules.c2(sweep(GOOD, cos_xy=math.nan), T.C2).status == rules.INCONCLUSIVE
 
 
 def test_c5_paths():
     null = {5: 0.2, 8: 0.3, 11: 0.5, 14: 1, 17: 2}
-    assert rules.c5(sweep(GOOD, null), T["C5"]).status == rules.HOLDS
-    assert rules.c5(sweep(GOOD, None), T["C5"]).status == rules.INCONCLUSIVE
+    assert rules.c5(sweep(GOOD, null), T.C5).status == rules.HOLDS
+    assert rules.c5(sweep(GOOD, None), T.C5).status == rules.INCONCLUSIVE
     tiny_null = {k: 0.01 for k in GOOD}
-    v = rules.c5(sweep(GOOD, tiny_null), T["C5"])
+    v = rules.c5(sweep(GOOD, tiny_null), T.C5)
     assert v.status == rules.INCONCLUSIVE and "no informative layer" in v.deciding.detail
     close = {5: 0.015, 8: 0.05, 11: 0.3, 14: 1, 17: 2}  # additive not <= half the null where informative
-    assert rules.c5(sweep({**GOOD, 8: 0.04}, close), T["C5"]).status == rules.FAILS
+    assert rules.c5(sweep({**GOOD, 8: 0.04}, close), T.C5).status == rules.FAILS
 
 
 def test_fails_beats_inconclusive_beats_holds():
@@ -98,22 +104,22 @@ def _markers(clean, additive, remove_x, bare, n=24):
 
 
 def test_c3_c3r():
-    assert rules.c3(_markers(16, 14, 15, 1), T["C3"]).status == rules.HOLDS
-    assert rules.c3(_markers(16, 11, 15, 1), T["C3"]).status == rules.FAILS
-    assert rules.c3(_markers(16, 14, 15, 9), T["C3"]).status == rules.FAILS
-    assert rules.c3(_markers(5, 5, 5, 0), T["C3"]).status == rules.INCONCLUSIVE
-    assert rules.c3r(_markers(16, 14, 12, 1), T["C3R"]).status == rules.HOLDS
-    assert rules.c3r(_markers(16, 14, 11, 1), T["C3R"]).status == rules.FAILS
+    assert rules.c3(_markers(16, 14, 15, 1), T.C3).status == rules.HOLDS
+    assert rules.c3(_markers(16, 11, 15, 1), T.C3).status == rules.FAILS
+    assert rules.c3(_markers(16, 14, 15, 9), T.C3).status == rules.FAILS
+    assert rules.c3(_markers(5, 5, 5, 0), T.C3).status == rules.INCONCLUSIVE
+    assert rules.c3r(_markers(16, 14, 12, 1), T.C3R).status == rules.HOLDS
+    assert rules.c3r(_markers(16, 14, 11, 1), T.C3R).status == rules.FAILS
 
 
 def test_c4():
     host = {f"c{i}": 3.0 for i in range(5)}
     ok = HostSummary.of("h", host, {"oracle": {k: 2.6 for k in host}, "cached": {k: 2.8 for k in host}})
-    assert rules.c4(ok, T["C4"]).status == rules.HOLDS
+    assert rules.c4(ok, T.C4).status == rules.HOLDS
     closes = HostSummary.of("h", host, {"oracle": {k: 1.0 for k in host}})
-    assert rules.c4(closes, T["C4"]).status == rules.FAILS
+    assert rules.c4(closes, T.C4).status == rules.FAILS
     small = HostSummary.of("h", {k: 0.2 for k in host}, {"oracle": {k: 0.1 for k in host}})
-    assert rules.c4(small, T["C4"]).status == rules.INCONCLUSIVE
+    assert rules.c4(small, T.C4).status == rules.INCONCLUSIVE
 
 
 @given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=50))
@@ -135,28 +141,37 @@ def test_geometry_exact_when_additive(d, seed):
 
 
 def test_baseline_gate_fires_on_a_perturbed_result():
-    v = rules.c1(sweep(GOOD), T["C1"])
+    v = rules.c1(sweep(GOOD), T.C1)
     verdicts = {("C1", "m", "short"): (v, None)}
     base = baselines.make_baselines(baselines.quantities(verdicts))
     assert baselines.drift(base, baselines.quantities(verdicts)) == []
-    moved = rules.c1(sweep({**GOOD, 5: 0.05}), T["C1"])
+    moved = rules.c1(sweep({**GOOD, 5: 0.05}), T.C1)
     msgs = baselines.drift(base, baselines.quantities({("C1", "m", "short"): (moved, None)}))
     assert any("C1/short/p_last/median: baseline 0.01, now 0.03, tolerance 0.002" in m for m in msgs)
-    down = rules.c1(sweep({**GOOD, 5: 0.0}), T["C1"])  # two-sided: a drop beyond tolerance fails too
+    down = rules.c1(sweep({**GOOD, 5: 0.0}), T.C1)  # two-sided: a drop beyond tolerance fails too
     assert baselines.drift(base, baselines.quantities({("C1", "m", "short"): (down, None)}))
 
 
-def test_kl_sum_is_kl_of_clean_against_intervened():
-    """KL(P_clean || P_int) summed over window positions, by hand, and not the reverse direction."""
-    import torch
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["C1"].pop("max_median_kl"), "missing key C1.max_median_kl"),
+    (lambda d: d["C2"].update(max_cos=0.4), "unknown key C2.max_cos"),
+    (lambda d: d.pop("C4"), "missing section 'C4'"),
+    (lambda d: d.update(C9={}), "unknown section 'C9'"),
+    (lambda d: d["C3"].update(min_clean_fraction=0.25), "C3.min_clean_fraction must be {value"),
+    (lambda d: d["C1"].update(probes="p_last"), "C1.probes must be a list of strings"),
+])
+def test_bad_thresholds_name_the_file_and_key(tmp_path, mutate, message):
+    data = yaml.safe_load((FIXTURES / "claims.yaml").read_text())
+    mutate(data)
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(FixtureError, match=str(bad)) as err:
+        load_thresholds(bad)
+    assert message in str(err.value)
 
-    from lac_core.engine import kl_sum, window_logprobs
 
-    p = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
-    q = torch.tensor([[0.4, 0.4, 0.2], [0.1, 0.1, 0.8]])
-    by_hand = float((p * (p / q).log()).sum())
-    reverse = float((q * (q / p).log()).sum())
-    got = float(kl_sum(window_logprobs(p.log()), window_logprobs(q.log())))
-    assert got == pytest.approx(by_hand, rel=1e-5) and abs(got - reverse) > 0.05
-    half = window_logprobs(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.bfloat16))
-    assert half.dtype == torch.float32
+def test_thresholds_are_typed_and_frozen():
+    assert T.C1.max_median_kl == 0.10 and T.C1.probes == ("p_last", "g1", "g2")
+    assert T.markers.stems == ("indemnif",) and "essentially clean" in T.why["C1"]["max_median_kl"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        T.C1.max_median_kl = 1.0

@@ -1,0 +1,107 @@
+"""Loading a resolved model for the engine: weights, tokenizer, dtype, device, eager attention."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import MissingWeightsError, NoChatTemplateError
+from ..settings import Settings
+from .pypi import fetch, progress
+from .registry import ModelSpec, resolve
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DECODING = "greedy argmax in lac's own loop; the model's generation_config is not consulted"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine, with what the report needs to say where it came from."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.model.get_decoder().layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def _missing(spec: ModelSpec, src: str, exc: Exception) -> MissingWeightsError:
+    if spec.source != "hub":
+        return MissingWeightsError(f"cannot load a causal LM from {src}: {exc}")
+    home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    return MissingWeightsError(
+        f"weights of {spec.hub_id} are not in the local Hugging Face cache (HF_HOME={home}); no "
+        f"hub is reachable here. On a machine with hub access run `huggingface-cli download "
+        f"{spec.hub_id}` and copy the cache over, or pass --model with a local directory.")
+
+
+def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
+    """(model, tokenizer, where they came from)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec.source == "tiny":
+        from ..tiny import TINY_SEED, tiny_model, tiny_tokenizer
+
+        arch = spec.name.removeprefix("tiny-")
+        where = f"built locally from a {arch} config, seed {TINY_SEED}"
+        return tiny_model(arch), tiny_tokenizer(arch), where
+    if spec.source == "pypi-gguf":
+        path = fetch(spec, settings.cache_dir, offline=settings.offline)
+        progress(f"loading {spec.name} from {path.name} (GGUF, dequantized to {spec.dtype})")
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
+        wheels = ", ".join(f"{p.package}=={p.version}" for p in spec.parts)
+        return model, tok, f"PyPI {wheels} -> {path}"
+    src = spec.local_dir or spec.hub_id
+    try:
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, **kw)
+    except OSError as exc:
+        raise _missing(spec, src, exc) from exc
+    return model, tok, f"hub id {spec.hub_id} (local cache)" if spec.hub_id else f"directory {src}"
+
+
+def load(name_or_spec: str | ModelSpec, settings: Settings | None = None) -> LoadedModel:
+    """Load a model by registry name, hub id or directory: registered dtype, eager attention."""
+    import transformers
+
+    settings = settings or Settings()
+    spec = resolve(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kw = dict(dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation)
+    model, tok, where = _from_files(spec, settings, kw)
+    if not getattr(tok, "chat_template", None):
+        raise NoChatTemplateError(
+            f"{spec.name} has no chat template; the protocol renders prompts with the model's own. "
+            "Use an instruction-tuned checkpoint, or set chat_template in tokenizer_config.json.")
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    provenance = {
+        "model": spec.name, "source": where, "dtype": spec.dtype,
+        "sha256": spec.sha256 if spec.source == "pypi-gguf" else None,
+        "attn_implementation": spec.attn_implementation, "architecture": type(model).__name__,
+        "n_layers": len(model.get_decoder().layers), "d_model": model.config.hidden_size,
+        "device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING}
+    return LoadedModel(spec, model, tok, provenance)

@@ -1,0 +1,76 @@
+"""One run's settings, built once (from pytest options, or by hand) and passed explicitly."""
+# Environment variables are read here and nowhere else, and only the documented user inputs:
+# LAC_CACHE_DIR (weights cache), LAC_OFFLINE (never download), LAC_DEVICE (device).
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import DEFAULT_TOKEN_BUDGET
+from .errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES, REPORTS = ROOT / "fixtures", ROOT / "reports"
+EXPECTED = FIXTURES / "expected"
+DEFAULT_MODELS = ("smollm2-135m-instruct",)
+SWEEP_GRIDS = ("short", "long")
+PLANS = ("fast", "naive")
+
+
+def _env_cache_dir() -> Path:
+    return Path(os.environ.get("LAC_CACHE_DIR") or Path.home() / ".cache" / "lac")
+
+
+def _env_offline() -> bool:
+    return os.environ.get("LAC_OFFLINE", "").lower() in {"1", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...] = DEFAULT_MODELS
+    grids: tuple[str, ...] = SWEEP_GRIDS  # sweep grids (the marker grid always runs)
+    plan: str = "fast"
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    offline: bool = field(default_factory=_env_offline)
+    device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
+    cache_dir: Path = field(default_factory=_env_cache_dir)
+    report_dir: Path = REPORTS
+    expected_dir: Path = EXPECTED
+    claims_file: Path = FIXTURES / "claims.yaml"
+    update_baselines: bool = False
+
+    def __post_init__(self):
+        if self.plan not in PLANS:
+            raise UsageError(f"--lac-plan {self.plan!r}: choose one of {', '.join(PLANS)}")
+        if not isinstance(self.token_budget, int) or self.token_budget < 1:
+            raise UsageError(f"--lac-token-budget {self.token_budget!r}: must be a positive number "
+                             f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
+
+    @classmethod
+    def from_options(cls, get) -> "Settings":
+        """From pytest options (`get` is `config.getoption`); an option left unset keeps the
+        field's default."""
+        values = {name: (get(flag), convert) for flag, name, convert, _kw, _help in OPTIONS}
+        return cls(**{name: convert(v) for name, (v, convert) in values.items()
+                      if v is not None and v is not False})
+
+
+OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
+    ("--model", "models", tuple, dict(action="append"), "model to check: registry name, hub id or "
+     f"local directory (repeatable; default {DEFAULT_MODELS[0]})"),
+    ("--grid", "grids", tuple, dict(action="append", choices=SWEEP_GRIDS),
+     "sweep grid(s) for C1/C1L/C2/C5 (repeatable; default both)"),
+    ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
+     "execution plan of the sweep (naive: one full forward per site, the oracle)"),
+    ("--lac-token-budget", "token_budget", int, dict(type=int, default=DEFAULT_TOKEN_BUDGET),
+     "max tokens per forward call, cached ones included (memory knob)"),
+    ("--lac-offline", "offline", bool, dict(action="store_true"),
+     "never fetch weights: a missing model is an error (also LAC_OFFLINE=1)"),
+    ("--lac-update-baselines", "update_baselines", bool, dict(action="store_true"),
+     "rewrite each model's expectations (verdicts, cell findings, baselines) from this run"),
+    ("--lac-reports", "report_dir", Path, dict(default=str(REPORTS)),
+     "directory for results.json, REPORT.md and figures"),
+    ("--lac-expected-dir", "expected_dir", Path, dict(default=str(EXPECTED)),
+     "directory of the per-model expectations"),
+]
