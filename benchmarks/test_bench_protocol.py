@@ -8,13 +8,13 @@ import numpy as np
 
 from lac_core import experiments
 from lac_core.engine import Engine
-from lac_core.prompts import load_grids
+from lac_core.grids import resolve_grid
 
 _SEEN = {}
 
 
 def _sweep(benchmark, lm, plan, record, peak_rss):
-    grid = load_grids()["short"]
+    grid = resolve_grid("short")
     with peak_rss() as mem:
         result = benchmark.pedantic(lambda: experiments.sweep(Engine(lm), grid, plan=plan), rounds=1, iterations=1)
     cost = result.cost

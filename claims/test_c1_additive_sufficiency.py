@@ -3,11 +3,11 @@ essentially clean (median 10-token KL <= 0.1 nats at p_last, g1 and g2), on both
 from lac_core import rules
 
 
-def test_c1_additive_sufficiency(lm, grid_name, sweep_summary, thresholds, claim_gate):
-    claim_gate("C1", rules.c1(sweep_summary, thresholds.C1), lm.spec.name, grid_name)
+def test_c1_additive_sufficiency(lm, sweep_grid, sweep_summary, thresholds, claim_gate):
+    claim_gate("C1", rules.c1(sweep_summary, thresholds.C1), lm.spec.name, sweep_grid)
 
 
-def test_cell_additive_no_worse_than_null(lm, grid_name, cell_id, sweep_result, cell_gate):
+def test_cell_additive_no_worse_than_null(lm, sweep_grid, sweep_cell, sweep_result, cell_gate):
     """Per cell, where C1 is decided for each probe: the additive prediction costs no more than
     substituting h_BB alone (rules.additive_vs_null)."""
-    cell_gate("additive_vs_null", sweep_result, lm.spec.name, grid_name, cell_id)
+    cell_gate("additive_vs_null", sweep_result, lm.spec.name, sweep_grid, sweep_cell)

@@ -3,5 +3,5 @@ the median KL at the shallowest, at p_last, g1 and g2."""
 from lac_core import rules
 
 
-def test_c1l_localization(lm, grid_name, sweep_summary, thresholds, claim_gate):
-    claim_gate("C1L", rules.c1l(sweep_summary, thresholds.C1L), lm.spec.name, grid_name)
+def test_c1l_localization(lm, sweep_grid, sweep_summary, thresholds, claim_gate):
+    claim_gate("C1L", rules.c1l(sweep_summary, thresholds.C1L), lm.spec.name, sweep_grid)

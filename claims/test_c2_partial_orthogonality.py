@@ -3,10 +3,10 @@ separable, and their sum points where the composite goes (every swept layer, p_l
 from lac_core import rules
 
 
-def test_c2_partial_orthogonality(lm, grid_name, sweep_summary, thresholds, claim_gate):
-    claim_gate("C2", rules.c2(sweep_summary, thresholds.C2), lm.spec.name, grid_name)
+def test_c2_partial_orthogonality(lm, sweep_grid, sweep_summary, thresholds, claim_gate):
+    claim_gate("C2", rules.c2(sweep_summary, thresholds.C2), lm.spec.name, sweep_grid)
 
 
-def test_cell_sum_beats_alignment(lm, grid_name, cell_id, sweep_result, cell_gate):
+def test_cell_sum_beats_alignment(lm, sweep_grid, sweep_cell, sweep_result, cell_gate):
     """Per cell, at every swept layer and probe: cos(dXY, dX + dY) > cos(dX, dY)."""
-    cell_gate("sum_beats_alignment", sweep_result, lm.spec.name, grid_name, cell_id)
+    cell_gate("sum_beats_alignment", sweep_result, lm.spec.name, sweep_grid, sweep_cell)

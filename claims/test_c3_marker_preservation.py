@@ -4,10 +4,10 @@ loses them (<= 0.5 x clean). Precondition: markers in at least 25% of clean gene
 from lac_core import rules
 
 
-def test_c3_marker_preservation(lm, marker_result, thresholds, claim_gate):
-    claim_gate("C3", rules.c3(marker_result.summary, thresholds.C3), lm.spec.name, "markers")
+def test_c3_marker_preservation(lm, marker_grid, marker_result, thresholds, claim_gate):
+    claim_gate("C3", rules.c3(marker_result.summary, thresholds.C3), lm.spec.name, marker_grid)
 
 
-def test_cell_additive_keeps_a_marker(lm, marker_cell, marker_result, cell_gate):
+def test_cell_additive_keeps_a_marker(lm, marker_grid, marker_cell, marker_result, cell_gate):
     """Per cell: where the clean generation shows a persona marker, the additive one shows one too."""
-    cell_gate("additive_keeps_marker", marker_result, lm.spec.name, "markers", marker_cell)
+    cell_gate("additive_keeps_marker", marker_result, lm.spec.name, marker_grid, marker_cell)

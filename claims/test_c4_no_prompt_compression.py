@@ -5,11 +5,11 @@ not do better. Precondition: median KL(host) >= 0.5."""
 from lac_core import rules
 
 
-def test_c4_no_prompt_compression(lm, host_result, thresholds, claim_gate):
-    claim_gate("C4", rules.c4(host_result.summary, thresholds.C4), lm.spec.name, "markers")
+def test_c4_no_prompt_compression(lm, host_grid, host_result, thresholds, claim_gate):
+    claim_gate("C4", rules.c4(host_result.summary, thresholds.C4), lm.spec.name, host_grid)
 
 
-def test_cell_oracle_no_worse_than_nothing(lm, marker_cell, host_result, cell_gate):
+def test_cell_oracle_no_worse_than_nothing(lm, host_grid, host_cell, host_result, cell_gate):
     """Per cell: the host really differs from the target (KL > 0, finite) and writing the target's own
     residual into the host does not make it worse than no intervention, beyond a tolerance."""
-    cell_gate("oracle_no_worse", host_result, lm.spec.name, "markers", marker_cell)
+    cell_gate("oracle_no_worse", host_result, lm.spec.name, host_grid, host_cell)

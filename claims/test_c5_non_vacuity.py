@@ -4,5 +4,5 @@ must be <= 0.1 and <= half the null KL. Reported beside C1 everywhere."""
 from lac_core import rules
 
 
-def test_c5_non_vacuity(lm, grid_name, sweep_summary, thresholds, claim_gate):
-    claim_gate("C5", rules.c5(sweep_summary, thresholds.C5), lm.spec.name, grid_name)
+def test_c5_non_vacuity(lm, sweep_grid, sweep_summary, thresholds, claim_gate):
+    claim_gate("C5", rules.c5(sweep_summary, thresholds.C5), lm.spec.name, sweep_grid)

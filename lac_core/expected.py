@@ -1,10 +1,12 @@
-"""Per-model expectations (fixtures/expected/<model>.yaml):"""
-# expected verdicts, per-cell findings, and the numeric baselines of the regression gate. A verdict
+"""Expectations per model (fixtures/expected/<model>.yaml): verdicts, cell findings, baselines."""
+# A model's file holds one section per setup (dtype and chat template) and grid (name@hash):
+# expectations recorded under one key are never compared with a run under another. A verdict
 # can stay the same while its deciding numbers move; a library or model upgrade that moves one
 # beyond its tolerance fails the session with a message naming the quantity.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,63 +20,65 @@ TOLERANCES = {"cos": (0.01, 0.0), "count": (1.0, 0.0), "ratio": (0.0, 0.15),
               "default": (0.002, 0.10)}
 _SKIP = {"layer", "shallowest", "deepest", "informative_layers", "bound"}
 HEADER = "# Written by `pytest claims/ --lac-update-baselines`; review before committing.\n"
+FIELDS = ("verdicts", "notes", "cell_findings", "baselines")
+
+
+def file_for(model: str, directory: Path) -> Path:
+    """The expectations file of a model identity (characters unsafe in file names replaced)."""
+    return Path(directory) / (re.sub(r"[^\w.@-]", "_", model) + ".yaml")
 
 
 @dataclass
 class Expectations:
     model: str
-    verdicts: dict = field(default_factory=dict)  # claim -> grid -> status
-    notes: dict = field(default_factory=dict)  # claim -> grid -> why it does not hold
-    cell_findings: dict = field(default_factory=dict)  # check -> grid -> [cells expected to fail]
-    baselines: dict = field(default_factory=dict)  # quantity -> {value, tolerance}
+    setups: dict = field(default_factory=dict)  # setup -> grid key -> {field: ...}
 
-    def verdict(self, claim: str, grid: str) -> str | None:
-        return self.verdicts.get(claim, {}).get(grid)
+    def section(self, setup: str, grid: str) -> dict | None:
+        return self.setups.get(setup, {}).get(grid)
 
-    def cell_fails(self, check: str, grid: str, cell: str) -> bool:
-        return cell in self.cell_findings.get(check, {}).get(grid, [])
+    def verdict(self, setup: str, grid: str, claim: str) -> str | None:
+        return (self.section(setup, grid) or {}).get("verdicts", {}).get(claim)
 
-    def record(self, verdicts: dict, cells: dict) -> None:
-        """Take this run's verdicts ((claim, model, grid) -> (Verdict, _)), per-cell failures of the
-        checks that ran ((check, grid) -> [cells]) and deciding numbers as the expectations."""
-        for (claim, _m, grid), (v, _e) in verdicts.items():
-            self.verdicts.setdefault(claim, {})[grid] = v.status
-            notes = self.notes.setdefault(claim, {})
-            notes[grid] = v.explain()
+    def cell_fails(self, setup: str, grid: str, check: str, cell: str) -> bool:
+        return cell in (self.section(setup, grid) or {}).get("cell_findings", {}).get(check, [])
+
+    def record(self, setup: str, grid: str, verdicts: dict, cells: dict) -> None:
+        """Take one grid's verdicts (claim -> Verdict), failures of the per-cell checks that ran
+        (check -> [cells]) and deciding numbers as its expectations."""
+        sec = self.setups.setdefault(setup, {}).setdefault(grid, {f: {} for f in FIELDS})
+        for claim, v in verdicts.items():
+            sec["verdicts"][claim] = v.status
+            sec["notes"][claim] = v.explain()
             if v.status == HOLDS:
-                del notes[grid]
-            if not notes:
-                del self.notes[claim]
-        for (check, grid), failed in cells.items():
-            self.cell_findings.setdefault(check, {})[grid] = sorted(failed)
-        self.baselines = {**self.baselines, **make_baselines(quantities(verdicts))}
+                del sec["notes"][claim]
+        sec["cell_findings"].update({check: sorted(failed) for check, failed in cells.items()})
+        sec["baselines"].update(make_baselines(quantities(verdicts)))
 
 
 def load(model: str, directory: Path) -> Expectations | None:
     """None when the model has no expectations yet (then every claim is expected to hold)."""
-    path = Path(directory) / f"{model}.yaml"
+    path = file_for(model, directory)
     if not path.exists():
         return None
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise FixtureError(f"{path} is not valid YAML: {exc}") from exc
-    exp = Expectations(model, *(raw.get(k, {}) for k in ("verdicts", "notes", "cell_findings",
-                                                          "baselines")))
-    for claim, per_grid in exp.verdicts.items():
-        for grid, status in per_grid.items():
-            if status not in (HOLDS, FAILS, INCONCLUSIVE):
-                raise FixtureError(f"{path}: verdicts.{claim}.{grid} = {status!r}; "
-                                   "use HOLDS, FAILS or INCONCLUSIVE")
+    exp = Expectations(model, raw.get("setups") or {})
+    for setup, grids in exp.setups.items():
+        for grid, sec in grids.items():
+            for claim, status in sec.get("verdicts", {}).items():
+                if status not in (HOLDS, FAILS, INCONCLUSIVE):
+                    raise FixtureError(f"{path}: {setup} / {grid} / verdicts.{claim} = {status!r}; "
+                                       "use HOLDS, FAILS or INCONCLUSIVE")
     return exp
 
 
 def save(exp: Expectations, directory: Path) -> Path:
-    path = Path(directory) / f"{exp.model}.yaml"
+    path = file_for(exp.model, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"model": exp.model, "verdicts": exp.verdicts, "notes": exp.notes,
-            "cell_findings": exp.cell_findings, "baselines": exp.baselines}
     tmp = path.with_suffix(".yaml.tmp")
+    body = {"model": exp.model, "setups": exp.setups}
     tmp.write_text(HEADER + yaml.safe_dump(body, sort_keys=False, width=120))
     tmp.replace(path)
     return path
@@ -86,15 +90,15 @@ def _kind(name: str) -> str:
     return {"count": "count", "clean": "count", "ratio": "ratio"}.get(name, "default")
 
 
-def quantities(verdicts) -> dict[str, float]:
-    """Deciding numbers of every part of every verdict: 'claim/grid/part/number' -> value."""
+def quantities(verdicts: dict) -> dict[str, float]:
+    """Deciding numbers of every part of every verdict (claim -> Verdict): 'claim/part/number'."""
     out = {}
-    for (claim, _model, grid), (v, _exp) in verdicts.items():
+    for claim, v in verdicts.items():
         for part in v.parts:
             for name, value in part.numbers.items():
                 if name not in _SKIP and isinstance(value, (int, float)) \
                         and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{claim}/{grid}/{part.name}/{name}"] = float(value)
+                    out[f"{claim}/{part.name}/{name}"] = float(value)
     return out
 
 

@@ -12,25 +12,10 @@ from .engine import Engine, Sub
 from .markers import hits
 from .metrics import geometry
 from .plans import PLANS, distinct, floor_tokens
-from .prompts import (
-    CONDITIONS,
-    N_REF,
-    PROBES,
-    WINDOW,
-    Grid,
-    Rendered,
-    layer_fractions_to_layers,
-    mid_layer,
-    multilayer_sets,
-    render,
-)
-from .results import (
-    GEOMETRY_STATS,
-    MARKER_CONDITIONS,
-    HostResult,
-    MarkerResult,
-    SweepResult,
-)
+from .grids import Grid
+from .prompts import (CONDITIONS, N_REF, PROBES, WINDOW, Rendered, mid_layer, multilayer_sets,
+                      render, swept_layers)
+from .results import GEOMETRY_STATS, MARKER_CONDITIONS, HostResult, MarkerResult, SweepResult
 
 WINDOW_OFFSET = {"p_user_last": 0, "p_last": 0, "g1": 1, "g2": 2}  # window start = p_last + offset
 FORCED = 2  # g1, g2 exist in every condition: the XY reference's r[0:2] is appended to each
@@ -44,7 +29,7 @@ def window_start(rendered: Rendered, probe: str) -> int:
 
 
 def render_cell(lm, grid: Grid, cell) -> dict[str, Rendered]:
-    return {c: render(lm.tokenizer, grid.user_text(cell, c)) for c in CONDITIONS}
+    return {c: render(lm.tokenizer, grid.user_text(cell, c), lm.template) for c in CONDITIONS}
 
 
 def _cost(eng: Engine, t0: float, **extra) -> dict:
@@ -58,7 +43,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
     h_BB alone (null) substituted at each probe and swept layer of the clean XY sequence."""
     t0 = time.perf_counter()
     lm = eng.lm
-    layers = tuple(layers or layer_fractions_to_layers(lm.n_layers))
+    layers = swept_layers(lm.n_layers, layers)
     probes = tuple(probes)
     cells = grid.cells
     prompts = [render_cell(lm, grid, cell) for cell in cells]
@@ -81,7 +66,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
         cells=tuple(c.id for c in cells), kl_add=kl["additive"], kl_null=kl["null"], geometry=geo,
         references=references, plan=plan,
         cost=_cost(eng, t0, floor_tokens=floor, floor_layer_tokens=floor_layers),
-    )
+        grid_sha256=grid.sha256)
 
 
 def p_last_residuals(eng: Engine, grid: Grid):
@@ -104,7 +89,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
     for ci, (cell, cp) in enumerate(zip(grid.cells, prompts)):
         bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
         xy = tuple(cp["XY"].ids)
-        bare = tuple(render(lm.tokenizer, grid.user_text(cell, "bare")).ids)
+        bare = tuple(render(lm.tokenizer, grid.user_text(cell, "bare"), lm.template).ids)
         rows += [(xy, None), (xy, xb + by - bb), (xy, hxy - (xb - bb)), (bare, None)]
     out = _generate_at_p_last(eng, rows, layer, n_new)
     texts, tokens, found = {}, {}, {}
@@ -117,7 +102,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
             texts[cell.id][cond], tokens[cell.id][cond] = text, toks
             found[cell.id][cond] = hits(text, words, stems)
     return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
-                        texts, tokens, found, tuple(stems), _cost(eng, t0))
+                        texts, tokens, found, tuple(stems), _cost(eng, t0), grid.sha256)
 
 
 def _generate_at_p_last(eng: Engine, rows, layer: int, n_new: int) -> list[list[int]]:
@@ -175,7 +160,7 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, layer=None) -> Ho
     kl = {cell: {name: float(kls[i, j]) for j, name in enumerate(names)}
           for i, cell in enumerate(cells)}
     return HostResult(lm.spec.name, grid.name, layer, sets, tuple(cells), kl,
-                      dict(zip(cells, target.tokens)), _cost(eng, t0))
+                      dict(zip(cells, target.tokens)), _cost(eng, t0), grid.sha256)
 
 
 def kl_rows(target: torch.Tensor, runs: torch.Tensor, per_cell: int) -> np.ndarray:

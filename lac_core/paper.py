@@ -36,7 +36,7 @@ def sweep_summary(model: str, grid: str) -> SweepSummary:
         for probe, per_layer in d["causal"].items()
     }
     geo = {
-        probe: {int(layer): {s: _given(v[s]) for s in GEOMETRY_STATS}
+        probe: {int(layer): {s: _given(v[s]) for s in GEOMETRY_STATS if s in v}
                 for layer, v in per_layer.items()}
         for probe, per_layer in d["decomposition"].items()
     }

@@ -1,22 +1,25 @@
 """The pytest plugin: options, fixtures, collection and the terminal summary; nothing else."""
-# The root conftest.py only loads this module. Settings are built once from the options and kept
-# with the run's Session (session.py) in the config stash; results are computed once per (model,
-# grid, experiment) and kept there; the session's end writes the report and gates.
+# The root conftest.py only loads this module. Settings are built once from the options and
+# checked with the run's Session (session.py) before any work; results are computed once per
+# (model, grid, experiment) and kept there; the session's end writes the report and gates.
 from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from . import rules
 from .engine import Engine
-from .models import load, resolve
-from .prompts import load_grids
+from .errors import LacError
+from .models import load
 from .session import Session
 from .settings import OPTIONS, Settings
 
 SESSION = pytest.StashKey[Session]()
+KINDS = ("sweep", "marker", "host")  # fixtures <kind>_grid and <kind>_cell
+EXPERIMENT = {"sweep": "sweep", "marker": "markers", "host": "host"}
 
 
 def pytest_addoption(parser):
@@ -26,33 +29,36 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    settings = Settings.from_options(config.getoption)
-    config.stash[SESSION] = Session.start(settings, args=config.invocation_params.args)
+    try:
+        settings = Settings.from_options(config.getoption)
+        session = Session.start(settings, config.invocation_params.args)
+    except LacError as exc:  # one message, no test run, nothing written
+        raise pytest.UsageError(f"lac: {exc}") from None
+    for line in session.checked.warnings:
+        config.issue_config_time_warning(UserWarning(line), stacklevel=2)
+    config.stash[SESSION] = session
 
 
 def pytest_generate_tests(metafunc):
-    settings = metafunc.config.stash[SESSION].settings
-    names, session = metafunc.fixturenames, "session"
+    session = metafunc.config.stash[SESSION]
+    names = metafunc.fixturenames
     if "model_name" in names:
-        ids = [resolve(m).name for m in settings.models]
-        metafunc.parametrize("model_name", settings.models, ids=ids, scope=session)
-    if "grid_name" in names and "cell_id" in names:
-        grids = load_grids()
-        pairs = [(g, c.id) for g in settings.grids for c in grids[g].cells]
-        ids = [f"{g}-{c}" for g, c in pairs]
-        metafunc.parametrize(("grid_name", "cell_id"), pairs, ids=ids, scope=session)
-    elif "grid_name" in names:
-        metafunc.parametrize("grid_name", settings.grids, scope=session)
-    elif "marker_cell" in names:
-        cells = [c.id for c in load_grids()["markers"].cells]
-        metafunc.parametrize("marker_cell", cells, scope=session)
+        metafunc.parametrize("model_name", list(session.checked.models), scope="session")
+    for kind in KINDS:
+        grids = [k for k, g in session.grids.items() if EXPERIMENT[kind] in g.experiments]
+        if f"{kind}_cell" in names:
+            pairs = [(k, c.id) for k in grids for c in session.grids[k].cells]
+            metafunc.parametrize((f"{kind}_grid", f"{kind}_cell"), pairs, scope="session",
+                                 ids=[f"{k}-{c}" for k, c in pairs])
+        elif f"{kind}_grid" in names:
+            metafunc.parametrize(f"{kind}_grid", grids, scope="session")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     """Keep each model's tests together (stable sort after pytest's own reordering), so every model
     is loaded once: pytest would otherwise interleave models to group the session-scoped cells."""
-    models = config.stash[SESSION].settings.models
+    models = list(config.stash[SESSION].checked.models)
 
     def model_index(item):
         spec = getattr(item, "callspec", None)
@@ -85,64 +91,92 @@ def lac_models(lac_session):
     return get
 
 
+@dataclass
+class LoadFailure:
+    """A model that did not load: its first test fails with the cause, the others are skipped."""
+
+    model: str
+    cause: str
+    reported: bool = False
+
+
 @pytest.fixture(scope="session")
 def lm(model_name, lac_session):
-    """The loaded model; pytest groups tests by model, so one is in memory at a time."""
+    """The loaded model (or its LoadFailure); tests are grouped by model, one loaded at a time."""
     t0 = time.perf_counter()
-    loaded = load(model_name, lac_session.settings)
-    lac_session.load_seconds[loaded.spec.name] = round(time.perf_counter() - t0, 1)
-    lac_session.provenance[loaded.spec.name] = loaded.provenance
+    spec = lac_session.checked.models[model_name]
+    try:
+        loaded = load(spec, lac_session.settings, lac_session.checked.template)
+    except Exception as exc:  # noqa: BLE001  any cause: reported once, other models go on
+        yield LoadFailure(model_name, f"{type(exc).__name__}: {exc}")
+        return
+    lac_session.load_seconds[spec.name] = round(time.perf_counter() - t0, 1)
+    lac_session.provenance[spec.name] = loaded.provenance
     yield loaded
     del loaded
     gc.collect()
 
 
+@pytest.fixture(autouse=True)
+def _model_gate(request):
+    """Fail the first test of a model that did not load, with the cause; skip its other tests."""
+    if "model_name" not in request.fixturenames:
+        return
+    model = request.getfixturevalue("lm")
+    if isinstance(model, LoadFailure):
+        if not model.reported:
+            model.reported = True
+            pytest.fail(f"{model.model} failed to load: {model.cause}", pytrace=False)
+        pytest.skip(f"{model.model} failed to load (the cause is reported once, above)")
+
+
 @pytest.fixture(scope="session")
 def compute(lm, lac_session):
-    """compute(grid, kind, experiment, **kw): the experiment's result on this model, once."""
+    """compute(grid, kind, experiment, **kw): the experiment's result on this model, computed once
+    and kept in the session (result fixtures are function-scoped so that _model_gate runs first)."""
     def get(grid: str, kind: str, experiment, **kw):
         key = (lm.spec.name, grid, kind)
         if key not in lac_session.results:
             eng = Engine(lm, lac_session.settings.token_budget)
-            lac_session.results[key] = experiment(eng, load_grids()[grid], **kw)
+            lac_session.results[key] = experiment(eng, lac_session.grids[grid], **kw)
         return lac_session.results[key]
 
     return get
 
 
-@pytest.fixture(scope="session")
-def sweep_result(compute, grid_name, lac_session):
+@pytest.fixture
+def sweep_result(compute, sweep_grid, lac_session):
     from .experiments import sweep
 
-    return compute(grid_name, "sweep", sweep, plan=lac_session.settings.plan)
+    s = lac_session.settings
+    return compute(sweep_grid, "sweep", sweep, layers=s.layers, probes=s.probes, plan=s.plan)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def sweep_summary(sweep_result):
     return sweep_result.summary
 
 
-@pytest.fixture(scope="session")
-def marker_grid_residuals(lm, lac_session):
-    """Residuals at p_last on the marker grid, shared by experiments 2, 3 and 4."""
+def _residuals(compute, grid: str):
+    """Residuals at p_last of the four conditions, shared by experiments 2, 3 and 4."""
     from .experiments import p_last_residuals
 
-    return p_last_residuals(Engine(lm, lac_session.settings.token_budget), load_grids()["markers"])
+    return compute(grid, "residuals", p_last_residuals)
 
 
-@pytest.fixture(scope="session")
-def marker_result(compute, lac_session, marker_grid_residuals):
+@pytest.fixture
+def marker_result(compute, marker_grid, lac_session):
     from .experiments import markers
 
-    return compute("markers", "markers", markers, residuals=marker_grid_residuals,
+    return compute(marker_grid, "markers", markers, residuals=_residuals(compute, marker_grid),
                    stems=lac_session.thresholds.markers.stems)
 
 
-@pytest.fixture(scope="session")
-def host_result(compute, marker_grid_residuals):
+@pytest.fixture
+def host_result(compute, host_grid):
     from .experiments import host_injection
 
-    return compute("markers", "host", host_injection, residuals=marker_grid_residuals)
+    return compute(host_grid, "host", host_injection, residuals=_residuals(compute, host_grid))
 
 
 def _xfail(request, reason: str):

@@ -1,13 +1,10 @@
-"""Grids, the 2x2 prompt sets, chat-template rendering and probe positions. No model calls."""
+"""The 2x2 prompt sets rendered and tokenized, probe positions, layer choices (no model calls)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 
-from .errors import GridError, NoChatTemplateError, TokenizationError
-from .settings import FIXTURES
+from .errors import NoChatTemplateError, TokenizationError, UsageError
+from .templates import FIXES, MODEL, ChatTemplate
 
 CONDITIONS = ("BB", "XB", "BY", "XY")
 PROBES = ("p_user_last", "p_last", "g1", "g2")
@@ -15,88 +12,6 @@ PROMPT_PROBES = ("p_user_last", "p_last")  # probes inside the prompt; g1, g2 ar
 N_REF = 12  # greedy reference tokens r[0:12]
 WINDOW = 10  # teacher-forced KL window length
 
-
-@dataclass(frozen=True)
-class Cell:
-    persona_key: str
-    task_key: str
-    persona: str
-    task: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.persona_key}__{self.task_key}"
-
-
-@dataclass(frozen=True)
-class Grid:
-    name: str
-    personas: dict
-    tasks: dict
-    baseline_persona: str
-    baseline_task: str
-    template: str
-    markers: dict  # persona key -> marker list (may be empty for grids without markers)
-
-    @cached_property
-    def cells(self) -> tuple[Cell, ...]:
-        return tuple(Cell(pk, tk, p, t) for pk, p in self.personas.items()
-                     for tk, t in self.tasks.items())
-
-    def user_text(self, cell: Cell, condition: str) -> str:
-        """The user message of a condition; 'bare' is the task alone, with no persona at all."""
-        if condition == "bare":
-            return cell.task
-        persona = cell.persona if condition[0] == "X" else self.baseline_persona
-        task = cell.task if condition[1] == "Y" else self.baseline_task
-        return self.template.format(persona=persona, task=task)
-
-
-def _need(obj, key, kind, where):
-    if not isinstance(obj, dict) or key not in obj:
-        raise GridError(f"{where}: missing key {key!r}; follow fixtures/grids.json")
-    if not isinstance(obj[key], kind):
-        raise GridError(f"{where}.{key}: expected {kind.__name__}, got {type(obj[key]).__name__}")
-    return obj[key]
-
-
-def _texts(obj, key, where) -> dict:
-    value = _need(obj, key, dict, where)
-    if not value or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
-                            for k, v in value.items()):
-        raise GridError(f"{where}.{key}: must be a non-empty mapping of key -> non-empty text")
-    return dict(value)
-
-
-def load_grids(path: Path | str = FIXTURES / "grids.json") -> dict[str, Grid]:
-    """Read and validate a grid file; a malformed one raises GridError naming the bad entry."""
-    path = where = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GridError(f"cannot read grid file {path}: {exc}") from exc
-    base = _need(data, "baseline", dict, where)
-    template = _need(data, "template", str, where)
-    if "{persona}" not in template or "{task}" not in template:
-        raise GridError(f"{where}.template must contain {{persona}} and {{task}}, got {template!r}")
-    markers, grids = _need(data, "markers", dict, where), {}
-    for name, g in _need(data, "grids", dict, where).items():
-        gw = f"{where}.grids.{name}"
-        personas, tasks = _texts(g, "personas", gw), _texts(g, "tasks", gw)
-        grid_markers = {k: markers[k] for k in personas if k in markers}
-        if name == "markers" and set(personas) - set(grid_markers):
-            raise GridError(f"{gw}: personas {sorted(set(personas) - set(grid_markers))} have no "
-                            "marker list under 'markers'; add one")
-        for k, words in grid_markers.items() if name == "markers" else ():
-            if not words or not all(isinstance(w, str) and w.strip() for w in words):
-                raise GridError(f"{where}.markers.{k}: must be a non-empty list of non-empty "
-                                "strings")
-        grids[name] = Grid(name, personas, tasks, _need(base, "persona", str, f"{where}.baseline"),
-                           _need(base, "task", str, f"{where}.baseline"), template, grid_markers)
-    return grids
-
-
-# ---------------------------------------------------------------- rendering and positions
 
 @dataclass(frozen=True)
 class Rendered:
@@ -112,20 +27,32 @@ class Rendered:
                 "g1": self.p_last + 1, "g2": self.p_last + 2}[probe]
 
 
-def _template_ids(tokenizer, text: str, add_generation_prompt: bool) -> list[int]:
+def _template_ids(tokenizer, text: str, template: ChatTemplate, header: bool) -> list[int]:
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+                                             chat_template=template.text,
+                                             add_generation_prompt=header)
     # The template carries BOS where the model wants it; adding special tokens would double it.
     return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
-def render(tokenizer, text: str) -> Rendered:
-    """Render a single user message; audit BOS and the user-turn prefix."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise NoChatTemplateError("the tokenizer has no chat template; the protocol needs the "
-                                  "model's own")
-    full = _template_ids(tokenizer, text, True)
-    user = _template_ids(tokenizer, text, False)
+def _raw_ids(tokenizer, text: str) -> list[int]:
+    """The user text alone, after the tokenizer's BOS when it adds one (nothing else it adds)."""
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    added = tokenizer(text)["input_ids"]
+    return [bos] + plain if bos is not None and added[:1] == [bos] else plain
+
+
+def render(tokenizer, text: str, template: ChatTemplate = MODEL) -> Rendered:
+    """Render a single user message; audit BOS and the user-turn prefix. In raw mode the prompt
+    is the text itself and p_user_last = p_last."""
+    if template.raw:
+        ids = _raw_ids(tokenizer, text)
+        return Rendered(ids=tuple(ids), p_user_last=len(ids) - 1, p_last=len(ids) - 1)
+    if template.text is None and not getattr(tokenizer, "chat_template", None):
+        raise NoChatTemplateError(f"the tokenizer has no chat template; pass {FIXES}")
+    full = _template_ids(tokenizer, text, template, True)
+    user = _template_ids(tokenizer, text, template, False)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None and len(full) > 1 and full[0] == bos and full[1] == bos:
         raise TokenizationError(f"double BOS at the start of {text[:40]!r}: every position would "
@@ -135,6 +62,21 @@ def render(tokenizer, text: str) -> Rendered:
                                 "prefix of the template with it, so p_user_last is undefined for "
                                 f"{text[:40]!r}")
     return Rendered(ids=tuple(full), p_user_last=len(user) - 1, p_last=len(full) - 1)
+
+
+def swept_layers(n_layers: int, spec: tuple | None = None) -> tuple[int, ...]:
+    """The layers a sweep measures: the paper's depth fractions by default; else each entry of
+    `spec` is a layer index (int) or a depth fraction (float, round(f * n) clipped to [1, n-1])."""
+    if spec is None:
+        return layer_fractions_to_layers(n_layers)
+    layers = [x if isinstance(x, int) else min(max(round(x * n_layers), 1), n_layers - 1)
+              for x in spec]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise UsageError(f"--lac-layers {','.join(map(str, spec))}: layer {bad[0]} is out of range "
+                         f"for a model with {n_layers} layers (0..{n_layers - 1}); pass indices in "
+                         "range or depth fractions like 0.25,0.5")
+    return tuple(dict.fromkeys(layers))
 
 
 def layer_fractions_to_layers(n_layers: int, fractions=(0.25, 0.40, 0.55, 0.70, 0.85)) -> tuple:

@@ -13,7 +13,6 @@ from .figures import kl_by_layer
 from .results import MARKER_CONDITIONS, jsonable
 
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
-GRID_ORDER = {"short": 0, "long": 1, "markers": 2}
 KINDS = {"sweep": "sweeps", "markers": "markers", "host": "host_injection"}
 
 
@@ -38,22 +37,24 @@ def results_document(session) -> dict:
                              for (c, m, g), cells in sorted(session.cell_failures.items())],
            **{name: [] for name in KINDS.values()}}
     for (_m, _g, kind), r in session.results.items():
-        doc[KINDS[kind]].append({**asdict(r), "summary": asdict(r.summary)})
+        if kind in KINDS:
+            doc[KINDS[kind]].append({**asdict(r), "summary": asdict(r.summary)})
     return jsonable(doc)
 
 
+def _cell(session, claim: str, model: str, grid: str) -> str:
+    v, exp = session.verdicts.get((claim, model, grid), (None, None))
+    if v is not None:
+        return v.status + ("" if exp in (None, v.status) else f" (expected {exp})")
+    why = session.grids[grid].not_run(claim)
+    return f"not run: {why}" if why else "-"
+
+
 def verdict_matrix(session) -> list[str]:
-    cols = sorted({(m, g) for (_, m, g) in session.verdicts},
-                  key=lambda mg: (mg[0], GRID_ORDER.get(mg[1], 9), mg[1]))
-    rows = []
-    for claim in rules.CLAIMS:
-        cells = []
-        for m, g in cols:
-            v, exp = session.verdicts.get((claim, m, g), (None, None))
-            flag = "" if v is None or exp in (None, v.status) else f" (expected {exp})"
-            cells.append("" if v is None else v.status + flag)
-        if any(cells):
-            rows.append([claim, *cells])
+    """Claims x (model, grid): a verdict, 'not run' with the reason, or '-' (no test ran it)."""
+    models = list(dict.fromkeys(m for (_c, m, _g) in session.verdicts))
+    cols = [(m, g) for m in models for g in session.grids]
+    rows = [[claim, *(_cell(session, claim, m, g) for m, g in cols)] for claim in rules.CLAIMS]
     return table(["claim", *(f"{m} / {g}" for m, g in cols)], rows)
 
 
@@ -133,9 +134,16 @@ SECTIONS = {
 
 
 def provenance(session) -> list[str]:
-    run = session.run_info()
+    run, template = session.run_info(), session.checked.template
+    raw = " (raw prompts: the user text after the tokenizer's BOS; p_user_last = p_last)"
     lines = ["## Provenance", "", f"- run id {run['run_id']}, wall time {run['wall_seconds']} s, "
              f"plan {run['plan']}, token budget {run['token_budget']}, {run['seed']}",
+             f"- chat template: {template.name}{raw if template.raw else ''}; swept layers "
+             f"{run['layers'] or 'the paper fractions'}; probes {', '.join(run['probes'])}",
+             *(f"- grid {label}: {g.source}, sha256 {g.sha256}, experiments "
+               f"{', '.join(g.experiments)}" for label, g in session.grids.items()),
+             *(f"- no expectations recorded for {k}: the paper's rules decided"
+               for k in session.unexpected()),
              f"- numpy {run['numpy']}, {run['platform']}",
              f"- command: pytest {' '.join(run['args'])}"]
     for model, p in session.provenance.items():
@@ -143,8 +151,9 @@ def provenance(session) -> list[str]:
                      f"{p['architecture']}, {p['n_layers']} layers, d={p['d_model']}; dtype "
                      f"{p['dtype']}; attention "
                      f"{p['attn_implementation']}; device {p['device']}; torch {p['torch']}, "
-                     f"transformers {p['transformers']}; load {session.load_seconds.get(model)} s; "
-                     f"{p['decoding']}")
+                     f"transformers {p['transformers']}; chat template {p['chat_template']} "
+                     f"(sha256 {p['chat_template_sha256'] or '-'}); load "
+                     f"{session.load_seconds.get(model)} s; {p['decoding']}")
     return lines
 
 

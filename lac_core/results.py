@@ -10,7 +10,7 @@ import numpy as np
 
 from .metrics import Summary
 
-GEOMETRY_STATS = ("cos_xy_sum", "cos_x_y", "inter_over_xy")
+GEOMETRY_STATS = ("cos_xy_sum", "cos_x_y", "inter_over_xy", "delta_scale")
 MARKER_CONDITIONS = ("clean", "additive", "remove_x", "bare")
 
 
@@ -46,6 +46,7 @@ class SweepResult:
     references: dict  # cell -> {"tokens": [...], "text": str, "eos_in_reference": bool}
     plan: str = "fast"
     cost: dict = field(default_factory=dict)  # forward tokens, calls, wall seconds
+    grid_sha256: str = ""
 
     @cached_property
     def summary(self) -> SweepSummary:
@@ -111,6 +112,7 @@ class MarkerResult:
     hits: dict  # cell -> condition -> [markers]
     stems: tuple[str, ...] = ()
     cost: dict = field(default_factory=dict)
+    grid_sha256: str = ""
 
     @cached_property
     def summary(self) -> MarkerSummary:
@@ -132,6 +134,7 @@ class HostResult:
     kl: dict  # cell -> intervention ("host", "oracle", "cached", "layers a,b") -> KL
     target_tokens: dict  # cell -> 10 greedy target tokens (the window)
     cost: dict = field(default_factory=dict)
+    grid_sha256: str = ""
 
     def interventions(self) -> list[str]:
         return [k for k in self.kl[self.cells[0]] if k != "host"]

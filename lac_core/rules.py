@@ -63,13 +63,20 @@ def _nan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _unswept(probe: str) -> Part:
+    return _undecided(probe, f"probe {probe} was not swept in this run (see --lac-probes)")
+
+
 def c1(summary, t) -> Verdict:
     parts = []
     for probe in t.probes:
         band = _band(summary, t.max_depth_fraction)
-        if probe not in summary.kl_add or not band:
+        if probe not in summary.kl_add:
+            parts.append(_unswept(probe))
+        elif not band:
             parts.append(_undecided(probe, "no swept layer with depth fraction <= "
                                            f"{t.max_depth_fraction}"))
+        if probe not in summary.kl_add or not band:
             continue
         best = min(band, key=lambda layer: summary.kl_add[probe][layer].median)
         s = summary.kl_add[probe][best]
@@ -85,7 +92,8 @@ def c1l(summary, t) -> Verdict:
     parts = []
     for probe in t.probes:
         if probe not in summary.kl_add or len(summary.layers) < 2:
-            parts.append(_undecided(probe, "needs at least two swept layers"))
+            parts.append(_unswept(probe) if probe not in summary.kl_add
+                         else _undecided(probe, "needs at least two swept layers"))
             continue
         lo, hi = min(summary.layers), max(summary.layers)
         a, b = summary.kl_add[probe][lo].median, summary.kl_add[probe][hi].median
@@ -121,8 +129,9 @@ def c2(summary, t) -> Verdict:
 def c5(summary, t) -> Verdict:
     parts = []
     for probe in t.probes:
-        if summary.kl_null is None:
-            parts.append(_undecided(probe, "no null control was run (h_BB substituted alone)"))
+        if summary.kl_null is None or probe not in summary.kl_null:
+            parts.append(_unswept(probe) if summary.kl_null is not None else
+                         _undecided(probe, "no null control was run (h_BB substituted alone)"))
             continue
         band = _band(summary, t.max_depth_fraction)
         null = {layer: summary.kl_null[probe][layer].median for layer in band}

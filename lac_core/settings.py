@@ -9,12 +9,13 @@ from pathlib import Path
 
 from . import DEFAULT_TOKEN_BUDGET
 from .errors import UsageError
+from .prompts import PROBES
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES, REPORTS = ROOT / "fixtures", ROOT / "reports"
 EXPECTED = FIXTURES / "expected"
 DEFAULT_MODELS = ("smollm2-135m-instruct",)
-SWEEP_GRIDS = ("short", "long")
+DEFAULT_GRIDS = ("short", "long", "markers")
 PLANS = ("fast", "naive")
 
 
@@ -29,9 +30,13 @@ def _env_offline() -> bool:
 @dataclass(frozen=True)
 class Settings:
     models: tuple[str, ...] = DEFAULT_MODELS
-    grids: tuple[str, ...] = SWEEP_GRIDS  # sweep grids (the marker grid always runs)
+    grids: tuple[str, ...] = DEFAULT_GRIDS  # names of files in fixtures/grids/, or paths
     plan: str = "fast"
     token_budget: int = DEFAULT_TOKEN_BUDGET
+    layers: tuple | None = None  # swept layers: indices (int) or depth fractions (float)
+    probes: tuple[str, ...] = PROBES
+    chat_template: str | None = None  # a built-in name or a Jinja file; None: the model's own
+    raw: bool = False  # --no-chat-template
     offline: bool = field(default_factory=_env_offline)
     device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
     cache_dir: Path = field(default_factory=_env_cache_dir)
@@ -46,6 +51,10 @@ class Settings:
         if not isinstance(self.token_budget, int) or self.token_budget < 1:
             raise UsageError(f"--lac-token-budget {self.token_budget!r}: must be a positive number "
                              f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
+        unknown = [p for p in self.probes if p not in PROBES]
+        if unknown or not self.probes:
+            raise UsageError(f"--lac-probes: unknown probe {unknown[0] if unknown else '(none)'}; "
+                             f"choose from {', '.join(PROBES)}")
 
     @classmethod
     def from_options(cls, get) -> "Settings":
@@ -56,11 +65,29 @@ class Settings:
                       if v is not None and v is not False})
 
 
+def _layers(text: str) -> tuple:
+    """'4,8,12' (indices) or '0.25,0.5' (depth fractions)."""
+    try:
+        return tuple(float(x) if "." in x else int(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"--lac-layers {text!r}: give layer indices (4,8,12) or depth fractions "
+                         "(0.25,0.5), comma-separated") from None
+
+
 OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
     ("--model", "models", tuple, dict(action="append"), "model to check: registry name, hub id or "
      f"local directory (repeatable; default {DEFAULT_MODELS[0]})"),
-    ("--grid", "grids", tuple, dict(action="append", choices=SWEEP_GRIDS),
-     "sweep grid(s) for C1/C1L/C2/C5 (repeatable; default both)"),
+    ("--grid", "grids", tuple, dict(action="append"), "grid to run: a name in fixtures/grids "
+     "(short, long, markers, example) or a YAML/JSON grid file (repeatable; default the paper's "
+     "three)"),
+    ("--lac-layers", "layers", _layers, {}, "swept layers: indices (4,8,12) or depth fractions "
+     "(0.25,0.5); default the paper's fractions"),
+    ("--lac-probes", "probes", lambda s: tuple(s.split(",")), {},
+     f"probes to sweep, comma-separated (default {','.join(PROBES)})"),
+    ("--chat-template", "chat_template", str, {}, "render prompts with this chat template: a "
+     "Jinja file or chatml, gemma, llama3 (default: the model's own)"),
+    ("--no-chat-template", "raw", bool, dict(action="store_true"),
+     "raw prompts: the user text after the tokenizer's BOS (for base models)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep (naive: one full forward per site, the oracle)"),
     ("--lac-token-budget", "token_budget", int, dict(type=int, default=DEFAULT_TOKEN_BUDGET),

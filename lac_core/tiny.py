@@ -4,22 +4,16 @@
 # turn for Qwen2), so the token audit meets the same hazards as on the real models.
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM)
 
-from .settings import FIXTURES
+from .grids import GRID_DIR
 
 TINY_SEED = 1234
 TINY_LAYERS = 8
@@ -45,18 +39,21 @@ _STYLES = {  # special tokens and a chat template in the style of each family
                  "'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
                  "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
 }
+_STYLES["gemma3"] = _STYLES["gemma2"]
 ARCHITECTURES = tuple(_STYLES)
 
 
 def _corpus() -> list[str]:
-    grids = json.loads((FIXTURES / "grids.json").read_text())
-    texts = [grids["baseline"]["persona"], grids["baseline"]["task"]]
-    for grid in grids["grids"].values():
+    """The paper grids' texts, in a fixed order: the tokenizer (and so every tiny number) is the
+    same whatever else lies in fixtures/grids."""
+    grids = [yaml.safe_load((GRID_DIR / f"{n}.yaml").read_text())
+             for n in ("short", "long", "markers")]
+    texts = [grids[0]["baseline"]["persona"], grids[0]["baseline"]["task"]]
+    for grid in grids:
         texts += list(grid["personas"].values()) + list(grid["tasks"].values())
-    for words in grids["markers"].values():
+    for words in grids[2]["markers"].values():
         texts += words
-    texts += ["system user assistant model As You are a tiny assistant."]
-    return texts
+    return texts + ["system user assistant model As You are a tiny assistant."]
 
 
 @lru_cache(maxsize=None)
@@ -96,6 +93,9 @@ def tiny_model(arch: str, seed: int = TINY_SEED) -> torch.nn.Module:
         config, cls = Qwen2Config(**common), Qwen2ForCausalLM
     elif arch == "gemma2":
         config, cls = Gemma2Config(head_dim=16, sliding_window=512, **common), Gemma2ForCausalLM
+    elif arch == "gemma3":  # a window of 8, far shorter than any prompt: the cache must handle it
+        config = Gemma3TextConfig(head_dim=16, sliding_window=8, **common)
+        cls = Gemma3ForCausalLM
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHITECTURES}")
     torch.manual_seed(seed)

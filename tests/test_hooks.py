@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 from lac_core.engine import Engine, logprobs_of
 from lac_core.errors import NonFiniteResidualError
 from lac_core.hooks import Sub, capture, on_layer, start_at, substitute
-from lac_core.prompts import load_grids, render
+from lac_core.grids import resolve_grid
+from lac_core.prompts import render
 
 from .conftest import hook_count
 
-GRID = load_grids()["short"]
+GRID = resolve_grid("short")
 HSET = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

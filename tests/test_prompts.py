@@ -1,21 +1,13 @@
 """Token audit of each chat template and the probe positions PROTOCOL.md defines."""
-import json
-
 import pytest
 
-from lac_core.errors import GridError, NoChatTemplateError, TokenizationError
-from lac_core.prompts import (
-    CONDITIONS,
-    PROBES,
-    layer_fractions_to_layers,
-    load_grids,
-    mid_layer,
-    multilayer_sets,
-    render,
-)
+from lac_core.errors import NoChatTemplateError, TokenizationError, UsageError
+from lac_core.grids import resolve_grid
+from lac_core.prompts import (CONDITIONS, PROBES, layer_fractions_to_layers, mid_layer, multilayer_sets,
+                              render, swept_layers)
 from lac_core.tiny import tiny_tokenizer
 
-GRIDS = load_grids()
+GRIDS = {name: resolve_grid(name) for name in ("short", "long", "markers")}
 
 
 def _template_text(tok, text, header):
@@ -91,27 +83,9 @@ def test_paper_layer_mapping():
     assert all(1 <= layer <= 3 for layer in layer_fractions_to_layers(4))
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("baseline"), "missing key 'baseline'"),
-    (lambda d: d.update(template="{persona} only"), "must contain"),
-    (lambda d: d["grids"]["short"].update(tasks={}), "non-empty mapping"),
-    (lambda d: d["markers"].pop("chef"), "no marker list"),
-    (lambda d: d["markers"].update(chef=[]), "non-empty list"),
-    (lambda d: d["grids"]["long"]["personas"].update(engineer=3), "non-empty mapping"),
-])
-def test_malformed_grid_names_the_problem(tmp_path, mutate, message):
-    from lac_core.settings import FIXTURES
-
-    data = json.loads((FIXTURES / "grids.json").read_text())
-    mutate(data)
-    bad = tmp_path / "grids.json"
-    bad.write_text(json.dumps(data))
-    with pytest.raises(GridError, match=message):
-        load_grids(bad)
-
-
-def test_unreadable_grid(tmp_path):
-    bad = tmp_path / "g.json"
-    bad.write_text("{not json")
-    with pytest.raises(GridError, match="cannot read"):
-        load_grids(bad)
+def test_swept_layers_from_indices_or_fractions():
+    assert swept_layers(30) == (8, 12, 16, 21, 26)
+    assert swept_layers(30, (4, 8, 12)) == (4, 8, 12)
+    assert swept_layers(30, (0.25, 0.5, 0.5)) == (8, 15)
+    with pytest.raises(UsageError, match="layer 30 is out of range"):
+        swept_layers(30, (4, 30))

