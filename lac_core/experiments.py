@@ -3,8 +3,6 @@
 # plan's) business; these functions only say what the protocol asks for and assemble results.
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -32,16 +30,15 @@ def render_cell(lm, grid: Grid, cell) -> dict[str, Rendered]:
     return {c: render(lm.tokenizer, grid.user_text(cell, c), lm.template) for c in CONDITIONS}
 
 
-def _cost(eng: Engine, t0: float, **extra) -> dict:
+def _cost(eng: Engine, **extra) -> dict:
+    """The work an experiment pushed through the model (its time is the session's: run block)."""
     return {"forward_tokens": eng.cost.tokens, "forward_layer_tokens": eng.cost.layer_tokens,
-            "forward_calls": eng.cost.calls, **extra,
-            "wall_seconds": round(time.perf_counter() - t0, 3)}
+            "forward_calls": eng.cost.calls, **extra}
 
 
 def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -> SweepResult:
     """Experiment 1: geometry at every layer, and the window KL with h_BB + dX + dY (additive) or
     h_BB alone (null) substituted at each probe and swept layer of the clean XY sequence."""
-    t0 = time.perf_counter()
     lm = eng.lm
     layers = swept_layers(lm.n_layers, layers)
     probes = tuple(probes)
@@ -65,7 +62,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
         model=lm.spec.name, grid=grid.name, n_layers=lm.n_layers, layers=layers, probes=probes,
         cells=tuple(c.id for c in cells), kl_add=kl["additive"], kl_null=kl["null"], geometry=geo,
         references=references, plan=plan,
-        cost=_cost(eng, t0, floor_tokens=floor, floor_layer_tokens=floor_layers),
+        cost=_cost(eng, floor_tokens=floor, floor_layer_tokens=floor_layers),
         grid_sha256=grid.sha256)
 
 
@@ -81,7 +78,6 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
             n_new: int = MARKER_TOKENS) -> MarkerResult:
     """Experiment 2: greedy generations, clean / additive / remove-X / bare, substitutions at
     (mid layer, p_last) during the prompt pass only; persona markers counted in each text."""
-    t0 = time.perf_counter()
     lm = eng.lm
     layer = mid_layer(lm.n_layers) if layer is None else layer
     prompts, h = residuals or p_last_residuals(eng, grid)
@@ -102,7 +98,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
             texts[cell.id][cond], tokens[cell.id][cond] = text, toks
             found[cell.id][cond] = hits(text, words, stems)
     return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
-                        texts, tokens, found, tuple(stems), _cost(eng, t0), grid.sha256)
+                        texts, tokens, found, tuple(stems), _cost(eng), grid.sha256)
 
 
 def _generate_at_p_last(eng: Engine, rows, layer: int, n_new: int) -> list[list[int]]:
@@ -134,7 +130,6 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, layer=None) -> Ho
     # person, {task}`) teacher-forced on the same tokens. KL(target || host) with no intervention,
     # with h_XY (oracle) or h_BB + dX + dY (cached) at (mid, p_last), and with the additive
     # prediction of every layer of each of the paper's layer sets (mapped to this depth) at once.
-    t0 = time.perf_counter()
     lm = eng.lm
     layer = mid_layer(lm.n_layers) if layer is None else layer
     sets = multilayer_sets(lm.n_layers)
@@ -160,7 +155,7 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, layer=None) -> Ho
     kl = {cell: {name: float(kls[i, j]) for j, name in enumerate(names)}
           for i, cell in enumerate(cells)}
     return HostResult(lm.spec.name, grid.name, layer, sets, tuple(cells), kl,
-                      dict(zip(cells, target.tokens)), _cost(eng, t0), grid.sha256)
+                      dict(zip(cells, target.tokens)), _cost(eng), grid.sha256)
 
 
 def kl_rows(target: torch.Tensor, runs: torch.Tensor, per_cell: int) -> np.ndarray:
@@ -169,4 +164,4 @@ def kl_rows(target: torch.Tensor, runs: torch.Tensor, per_cell: int) -> np.ndarr
 
     cells = target.shape[0]
     runs = runs.reshape(cells, per_cell, *runs.shape[1:])
-    return kl_sum(target[:, None], runs).double().cpu().numpy()
+    return kl_sum(target[:, None].to(runs.device), runs).double().cpu().numpy()

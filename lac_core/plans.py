@@ -147,7 +147,8 @@ class FastPlan(NaivePlan):
                 kw = dict(start_layer=layer, hidden=hidden)
             lp = self.eng.prefill(suffixes, after=after, keep=window, group=len(names),
                                   **kw).logprobs
-            kls = kl_sum(clean[:, None], lp.reshape(len(members), len(names), window, -1)).double()
+            runs = lp.reshape(len(members), len(names), window, -1)
+            kls = kl_sum(clean[:, None].to(lp.device), runs).double().cpu()
             for k, name in enumerate(names):
                 out[name][members, pi, li] = kls[:, k]
 

@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import gc
+import os
+import pickle
 import time
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from . import rules
 from .engine import Engine
@@ -28,6 +31,42 @@ def pytest_addoption(parser):
         group.addoption(flag, help=text, **kw)
 
 
+def pytest_cmdline_main(config):
+    """Under pytest-xdist (-n N) each model's tests go to one worker: --dist loadgroup."""
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", "") == "load":
+        option.dist = "loadgroup"
+
+
+class _Xdist:
+    """Hooks that exist only with pytest-xdist: each model's tests go to one worker, and each
+    worker's results reach the controller through xdist's own channel (workeroutput), so
+    workers on other hosts (--tx) work too."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        """Scopes by model (xdist_group needs Item._nodeid, which pytest 9.2 no longer reads)."""
+        from xdist.scheduler import LoadScopeScheduling
+
+        if config.getvalue("dist") not in ("load", "loadgroup"):
+            return None
+        models = sorted(config.stash[SESSION].checked.models, key=len, reverse=True)
+
+        class ByModel(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                params = nodeid.rsplit("[", 1)[-1] if nodeid.endswith("]") else ""
+                return next((m for m in models if params.startswith((f"{m}-", f"{m}]"))),
+                            super()._split_scope(nodeid))
+
+        return ByModel(config, log)
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node, error):
+        data = getattr(node, "workeroutput", {}).get("lac")
+        if data:
+            node.config.stash[SESSION].merge(pickle.loads(data))
+
+
 def pytest_configure(config):
     try:
         settings = Settings.from_options(config.getoption)
@@ -36,7 +75,15 @@ def pytest_configure(config):
         raise pytest.UsageError(f"lac: {exc}") from None
     for line in session.checked.warnings:
         config.issue_config_time_warning(UserWarning(line), stacklevel=2)
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    shared = max(1, (os.cpu_count() or 1) // workers) if workers else None  # cores / workers
+    threads = session.settings.threads or shared
+    if threads:
+        torch.set_num_threads(threads)
+    session.threads = torch.get_num_threads()
     config.stash[SESSION] = session
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_Xdist(), "lac-xdist")
 
 
 def pytest_generate_tests(metafunc):
@@ -137,8 +184,9 @@ def compute(lm, lac_session):
     def get(grid: str, kind: str, experiment, **kw):
         key = (lm.spec.name, grid, kind)
         if key not in lac_session.results:
-            eng = Engine(lm, lac_session.settings.token_budget)
+            eng, t0 = Engine(lm, lac_session.settings.token_budget), time.perf_counter()
             lac_session.results[key] = experiment(eng, lac_session.grids[grid], **kw)
+            lac_session.timings[key] = round(time.perf_counter() - t0, 1)
         return lac_session.results[key]
 
     return get
@@ -226,14 +274,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{claim:4} {model:32} {grid:8} {v.status:12} {d.name if d else '-'}: "
                       f"{d.detail if d else ''}{flag}")
     for model, secs in session.load_seconds.items():
-        runs = {g: r.cost.get("wall_seconds") for (m, g, k), r in session.results.items()
-                if m == model and k == "sweep"}
-        tr.write_line(f"time {model}: load {secs}s, sweeps {runs}")
+        runs = {f"{g} {k}": s for (m, g, k), s in session.timings.items() if m == model}
+        tr.write_line(f"time {model}: load {secs}s, {runs}")
 
 
 def pytest_sessionfinish(session, exitstatus):
     lac = session.config.stash.get(SESSION, None)
     if lac is None:
+        return
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller reports
+        session.config.workeroutput["lac"] = pickle.dumps(lac.export())
         return
     outcome = lac.finish()
     tr = session.config.pluginmanager.get_plugin("terminalreporter")

