@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from lac_core.settings import REPORTS
+from lac_core.plugin import SESSION
+
 
 RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}
 
@@ -97,5 +98,6 @@ def pytest_terminal_summary(terminalreporter):
             extra = {k: v for k, v in row.items() if k != "min"}
             tr.write_line(f"{group:40} {name:28} {row['min'] * 1e3:10.2f} ms  x{row['min'] / base:6.3f} "
                           f"vs {base_name}  {extra if extra else ''}")
-    REPORTS.mkdir(exist_ok=True)
-    (REPORTS / "benchmarks.json").write_text(json.dumps(RESULTS, indent=1))
+    out = terminalreporter.config.stash[SESSION].settings.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(RESULTS, indent=1))

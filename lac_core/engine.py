@@ -92,6 +92,11 @@ class Engine:
     lm: object  # models.LoadedModel
     token_budget: int = DEFAULT_TOKEN_BUDGET
     cost: Cost = field(default_factory=Cost)
+    progress: object = None  # a progress.Progress, told how far long parts are
+
+    def tick(self, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress.tick(fraction)
 
     def __post_init__(self):
         if not isinstance(self.token_budget, int) or self.token_budget < 1:
@@ -187,7 +192,7 @@ class Engine:
                        _stacked(store, range(n)) if tail else None)
 
     def decode(self, state: State, n_new: int, *, stop_at_eos: bool = False,
-               keep_logprobs: bool = False, capture: bool = False) -> Decoded:
+               keep_logprobs: bool = False, capture: bool = False, on_step=None) -> Decoded:
         """`n_new` greedy tokens (argmax; the model's generation config is never read): the first
         from `state.logits`, each later one after feeding the previous back through the cache."""
         lm, dev = self.lm, self.lm.device
@@ -218,6 +223,8 @@ class Engine:
                                    position_ids=last[:, None].to(dev), use_cache=True).logits[:, -1]
             if capture:
                 captured.append(_stacked(store, range(lm.n_layers)))
+            if on_step:
+                on_step(step + 1)
         steps = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(rows)]
         if stop_at_eos and eos is not None:
             steps = [row[: row.index(eos) + 1] if eos in row else row for row in steps]
@@ -230,14 +237,15 @@ class Engine:
         """Prefill then decode, chunk by chunk of rows within the budget (cache included); with
         `capture_tail`, residuals cover the prompt tail and every token fed back."""
         width = max(len(p) for p in prompts)
-        parts = []
-        for rows in self.chunks(len(prompts), (after[2] if after else 0) + width + n_new):
+        parts, chunks = [], self.chunks(len(prompts), (after[2] if after else 0) + width + n_new)
+        for ci, rows in enumerate(chunks):
             cont = (after[0], [after[1][i] for i in rows], after[2]) if after else None
             pre = self.prefill([prompts[i] for i in rows], keep=0, capture_tail=capture_tail,
                                subs=[subs[i] for i in rows] if subs else None, keep_state=True,
                                after=cont, width=width)
             dec = self.decode(pre.state, n_new, stop_at_eos=stop_at_eos,
-                              keep_logprobs=keep_logprobs, capture=capture_tail > 0)
+                              keep_logprobs=keep_logprobs, capture=capture_tail > 0,
+                              on_step=lambda k: self.tick((ci + k / n_new) / len(chunks)))
             dec.residuals = _cat([r for r in (pre.residuals, dec.residuals) if r is not None], 2)
             parts.append(dec)
         return Decoded([t for d in parts for t in d.tokens], _cat([d.logprobs for d in parts]),

@@ -65,6 +65,7 @@ class NaivePlan:
                         sub = [[Sub(layer, p, vec[ci, layer, pi])]]
                         lp = self.eng.prefill([seq[: w0 + window]], subs=sub, keep=window).logprobs
                         out[name][ci, pi, li] = float(kl_sum(clean, lp))
+                self.eng.tick((pi + (ci + 1) / len(seqs)) / len(self.probes))
         return {name: v.numpy() for name, v in out.items()}
 
 
@@ -121,9 +122,10 @@ class FastPlan(NaivePlan):
             for ci in range(len(seqs)):
                 p, w0 = sites[ci][pi]
                 groups.setdefault((self.gen.state.column(ci, p), w0 + window - p), []).append(ci)
-            for (column, length), members in groups.items():
+            for gi, ((column, length), members) in enumerate(groups.items()):
                 runs = [(ci, *sites[ci][pi]) for ci in members]
                 self._group(runs, pi, column, length, seqs, window, layers, vectors, out)
+                self.eng.tick((pi + (gi + 1) / len(groups)) / len(self.probes))
         return {name: v.numpy() for name, v in out.items()}
 
     def _group(self, runs, pi, column, length, seqs, window, layers, vectors, out):

@@ -4,6 +4,7 @@
 # (model, grid, experiment) and kept there; the session's end writes the report and gates.
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -17,6 +18,7 @@ from . import rules
 from .engine import Engine
 from .errors import LacError
 from .models import load
+from .progress import Progress
 from .session import Session
 from .settings import OPTIONS, Settings
 
@@ -43,6 +45,9 @@ class _Xdist:
     worker's results reach the controller through xdist's own channel (workeroutput), so
     workers on other hosts (--tx) work too."""
 
+    def __init__(self, config):
+        self.config = config
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config, log):
         """Scopes by model (xdist_group needs Item._nodeid, which pytest 9.2 no longer reads)."""
@@ -59,6 +64,15 @@ class _Xdist:
                             super()._split_scope(nodeid))
 
         return ByModel(config, log)
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report):
+        """On the controller: the start and end lines a worker attached to its test reports."""
+        progress = self.config.stash[SESSION].progress
+        worker = getattr(getattr(report, "node", None), "gateway", None)
+        for key, lines in report.user_properties:
+            for line in lines if key == "lac_progress" else ():
+                progress.say(f"[{getattr(worker, 'id', '?')}] {line}")
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error):
@@ -81,9 +95,33 @@ def pytest_configure(config):
     if threads:
         torch.set_num_threads(threads)
     session.threads = torch.get_num_threads()
+    verbose, worker = config.option.verbose, hasattr(config, "workerinput")
+    if verbose > -2 and not worker:
+        session.progress = Progress(_say(config), detail=verbose >= 0)
     config.stash[SESSION] = session
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_Xdist(), "lac-xdist")
+        config.pluginmanager.register(_Xdist(config), "lac-xdist")
+
+
+def _say(config):
+    """A line on the terminal, past pytest's output capture (so it shows while tests run)."""
+    def say(line: str) -> None:
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        cap = config.pluginmanager.get_plugin("capturemanager")
+        if tr is not None:
+            with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+                tr.write_line(line)
+    return say
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On an xdist worker: the start and end lines so far travel with the next test report."""
+    outcome = yield
+    session = item.config.stash.get(SESSION, None)
+    if session is not None and hasattr(item.config, "workerinput") and session.progress.lines:
+        outcome.get_result().user_properties.append(("lac_progress", list(session.progress.lines)))
+        session.progress.lines.clear()
 
 
 def pytest_generate_tests(metafunc):
@@ -150,13 +188,17 @@ class LoadFailure:
 @pytest.fixture(scope="session")
 def lm(model_name, lac_session):
     """The loaded model (or its LoadFailure); tests are grouped by model, one loaded at a time."""
-    t0 = time.perf_counter()
+    t0, progress = time.perf_counter(), lac_session.progress
     spec = lac_session.checked.models[model_name]
+    progress.start(f"{model_name} load")
     try:
-        loaded = load(spec, lac_session.settings, lac_session.checked.template)
+        loaded = load(spec, lac_session.settings, lac_session.checked.template,
+                      say=lambda msg: progress.say(f"lac: {msg}"))
     except Exception as exc:  # noqa: BLE001  any cause: reported once, other models go on
+        progress.end(f"failed: {type(exc).__name__}")
         yield LoadFailure(model_name, f"{type(exc).__name__}: {exc}")
         return
+    progress.end(f"{spec.dtype} on {loaded.provenance['device']}")
     lac_session.load_seconds[spec.name] = round(time.perf_counter() - t0, 1)
     lac_session.provenance[spec.name] = loaded.provenance
     yield loaded
@@ -184,9 +226,13 @@ def compute(lm, lac_session):
     def get(grid: str, kind: str, experiment, **kw):
         key = (lm.spec.name, grid, kind)
         if key not in lac_session.results:
-            eng, t0 = Engine(lm, lac_session.settings.token_budget), time.perf_counter()
+            progress, t0 = lac_session.progress, time.perf_counter()
+            eng = Engine(lm, lac_session.settings.token_budget, progress=progress)
+            progress.start(f"{lm.spec.name} / {grid} {kind}")
             lac_session.results[key] = experiment(eng, lac_session.grids[grid], **kw)
             lac_session.timings[key] = round(time.perf_counter() - t0, 1)
+            progress.end(f"{len(lac_session.grids[grid].cells)} cells, {eng.cost.tokens:,} forward "
+                         "tokens")
         return lac_session.results[key]
 
     return get

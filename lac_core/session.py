@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import expected, preflight
+from .progress import Progress
 from .report import write_report_set
 from .settings import Settings
 from .thresholds import load_thresholds
@@ -37,6 +38,7 @@ class Session:
     cell_checks: set = field(default_factory=set)  # (check, model, grid) that ran
     threads: int = 0  # torch CPU threads of this process
     timings: dict = field(default_factory=dict)  # (model, grid, kind) -> wall seconds
+    progress: Progress = field(default_factory=Progress)  # silent unless the plugin gives a say
     _expectations: dict = field(default_factory=dict)
 
     @classmethod

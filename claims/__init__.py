@@ -1,0 +1,1 @@
+"""The claims of "As X, Do Y" as pytest tests: one module per claim, plus the paper replay."""

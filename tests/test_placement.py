@@ -1,0 +1,88 @@
+"""Precision, placement and workers: bfloat16 end to end, float16 overflow named by layer, a model
+spread by accelerate's device map, dtype/device choices, and -n 2 giving the serial results."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lac_core import experiments
+from lac_core.engine import Engine
+from lac_core.errors import NonFiniteResidualError, UsageError
+from lac_core.grids import resolve_grid
+from lac_core.models import load
+from lac_core.models.placement import resolve_device, resolve_dtype
+from lac_core.settings import ROOT, Settings
+
+
+def _claims(tmp_path, name, *args):
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--grid", "example",
+           "--lac-reports", str(tmp_path / name), "--lac-expected-dir", str(tmp_path / "expected"), *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert "Traceback" not in out.stdout, out.stdout[-3000:]
+    return json.loads((tmp_path / name / "results.json").read_text())
+
+
+def _finite(x):
+    return all(_finite(v) for v in x.values()) if isinstance(x, dict) else \
+        all(_finite(v) for v in x) if isinstance(x, list) else x is None or math.isfinite(x)
+
+
+def test_bfloat16_end_to_end(tmp_path):
+    data = _claims(tmp_path, "bf16", "--model", "tiny-llama", "--dtype", "bfloat16")
+    assert data["models"]["tiny-llama"]["dtype"] == "bfloat16"
+    assert {v["claim"] for v in data["verdicts"]} == {"C1", "C1L", "C2", "C3", "C3R", "C4", "C5"}
+    for record in (*data["sweeps"], *data["host_injection"]):
+        assert _finite(record.get("kl_add") or record["kl"]) and _finite(record.get("kl_null", []))
+
+
+def test_float16_overflow_names_the_first_layer(lac_models):
+    lm = load("tiny-llama", Settings(dtype="float16"))
+    assert lm.dtype == torch.float16
+    with torch.no_grad():
+        lm.layers[2].mlp.down_proj.weight.mul_(1e5)  # layer 2's output: the residual entering 3
+    with pytest.raises(NonFiniteResidualError, match=r"entering layer 3 \(dtype torch.float16\).*"
+                                                     r"bfloat16 or float32"):
+        experiments.sweep(Engine(lm), resolve_grid("example"))
+
+
+def test_dtype_and_device_choices():
+    assert resolve_dtype("bfloat16", None, "cpu") == "bfloat16"  # registered: kept on every device
+    assert resolve_dtype(None, None, "cpu") == "float32" and resolve_dtype(None, "auto", "cuda") == "bfloat16"
+    assert resolve_dtype("float32", "float16", "cpu") == "float16"
+    assert resolve_device("cpu") == "cpu" and resolve_device(None) in ("cpu", "cuda", "mps")
+    for bad, message in (("gpu", "choose cpu, cuda, cuda:N, mps or auto"), ("cuda:7", "no such CUDA device")):
+        if bad == "cuda:7" and torch.cuda.device_count() > 7:
+            continue
+        with pytest.raises(UsageError, match=message):
+            resolve_device(bad)
+
+
+def test_a_model_spread_by_a_device_map_gives_the_same_numbers(lac_models):
+    """accelerate's dispatch_model (what device_map='auto' does) wraps each layer in a hook that
+    moves its inputs: captures, substitutions, start-at-layer runs and the cache still work, and
+    the numbers equal the plain model's. (One CPU here: a real multi-GPU run is for a GPU box.)"""
+    from accelerate import dispatch_model
+
+    plain = lac_models("tiny-qwen2")
+    spread = load("tiny-qwen2")
+    n = spread.n_layers
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+                  **{f"model.layers.{i}": "cpu" for i in range(n)}}
+    spread.model = dispatch_model(spread.model, device_map=device_map, force_hooks=True)
+    assert hasattr(spread.layers[n // 2], "_hf_hook") and spread.model.hf_device_map == device_map
+    grid = resolve_grid("example")
+    ours, theirs = experiments.sweep(Engine(spread), grid), experiments.sweep(Engine(plain), grid)
+    np.testing.assert_allclose(ours.kl_add, theirs.kl_add, rtol=1e-5, atol=1e-7)
+    assert ours.references == theirs.references
+
+
+def test_two_workers_give_the_serial_results(tmp_path):
+    models = ["--model", "tiny-llama", "--model", "tiny-qwen2"]
+    serial = _claims(tmp_path, "serial", *models, "--lac-threads", "1")
+    parallel = _claims(tmp_path, "parallel", *models, "-n", "2")
+    assert {k for k in serial if serial[k] != parallel[k]} == {"run"}
+    assert sorted(parallel["models"]) == ["tiny-llama", "tiny-qwen2"] and parallel["sweeps"]
