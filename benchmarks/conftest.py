@@ -10,6 +10,7 @@ import time
 import pytest
 
 from lac_core.plugin import SESSION
+from lac_core.reportset import check, publish
 
 
 RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}
@@ -18,6 +19,13 @@ RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}
 def pytest_addoption(parser):
     parser.addoption("--bench-quick", action="store_true",
                      help="CI mode: tiny model only, fewer rounds (numbers are indicative)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Refuse, at start, to replace a benchmarks.json that lac did not write."""
+    settings = config.stash[SESSION].settings
+    check(settings.report_dir, ["benchmarks.json"], settings.reports_overwrite)
 
 
 def pytest_generate_tests(metafunc):
@@ -98,6 +106,6 @@ def pytest_terminal_summary(terminalreporter):
             extra = {k: v for k, v in row.items() if k != "min"}
             tr.write_line(f"{group:40} {name:28} {row['min'] * 1e3:10.2f} ms  x{row['min'] / base:6.3f} "
                           f"vs {base_name}  {extra if extra else ''}")
-    out = terminalreporter.config.stash[SESSION].settings.report_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.json").write_text(json.dumps(RESULTS, indent=1))
+    text = json.dumps(RESULTS, indent=1)
+    publish(terminalreporter.config.stash[SESSION].settings.report_dir,
+            {"benchmarks.json": lambda path: path.write_text(text)})

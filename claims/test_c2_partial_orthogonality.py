@@ -1,10 +1,11 @@
 """C2: cos(dX, dY) stays well below cos(dXY, dX + dY): persona and task directions are partially
 separable, and their sum points where the composite goes (every swept layer, p_last/g1/g2)."""
-from lac_core import rules
+import pytest
 
 
-def test_c2_partial_orthogonality(lm, sweep_grid, sweep_summary, thresholds, claim_gate):
-    claim_gate("C2", rules.c2(sweep_summary, thresholds.C2), lm.spec.name, sweep_grid)
+@pytest.mark.claim("C2")
+def test_c2_partial_orthogonality(lm, sweep_grid, sweep_result, claim_gate):
+    claim_gate("C2", sweep_result, lm.spec.name, sweep_grid)
 
 
 def test_cell_sum_beats_alignment(lm, sweep_grid, sweep_cell, sweep_result, cell_gate):

@@ -1,11 +1,12 @@
 """C3: with h_BB + dX + dY substituted at (mid layer, p_last) during the prompt pass, 80-token greedy
 generations keep persona markers near the clean count (>= 0.75 x clean), while the bare task prompt
 loses them (<= 0.5 x clean). Precondition: markers in at least 25% of clean generations."""
-from lac_core import rules
+import pytest
 
 
-def test_c3_marker_preservation(lm, marker_grid, marker_result, thresholds, claim_gate):
-    claim_gate("C3", rules.c3(marker_result.summary, thresholds.C3), lm.spec.name, marker_grid)
+@pytest.mark.claim("C3")
+def test_c3_marker_preservation(lm, marker_grid, marker_result, claim_gate):
+    claim_gate("C3", marker_result, lm.spec.name, marker_grid)
 
 
 def test_cell_additive_keeps_a_marker(lm, marker_grid, marker_cell, marker_result, cell_gate):

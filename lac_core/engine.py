@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import DEFAULT_TOKEN_BUDGET
-from .errors import NonFiniteResidualError, UsageError
+from .errors import LacError, NonFiniteResidualError, UsageError
 from .hooks import Sub, start_at, substitute
 from .hooks import capture as capture_hook
 from .kvcache import concat_rows, empty_cache, gather_prefix
@@ -187,6 +187,9 @@ class Engine:
             logits = self._run(ids, start_layer, cache=cache, attention_mask=mask.to(dev),
                                position_ids=pos.to(dev), use_cache=True,
                                logits_to_keep=max(keep, 1)).logits
+        if keep_state and not start_layer and cache.get_seq_length() != mask.shape[1]:
+            raise LacError("the model did not fill the KV cache it was given as `cache=`: lac "
+                           "needs transformers >= 5.24 (an older one ignores the keyword)")
         return Prefill(State(cache, mask, offsets, logits[:, -1]) if keep_state else None,
                        logprobs_of(logits[:, -keep:]) if keep else None,
                        _stacked(store, range(n)) if tail else None)

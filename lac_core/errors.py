@@ -37,5 +37,10 @@ class FixtureError(LacError):
     pass
 
 
+class InvarianceError(LacError):
+    """A cell computed alone differs from the same cell in a batch, or an identity substitution
+    moved the output: the numbers cannot be trusted."""
+
+
 class UsageError(LacError):
     """A bad option or setting, caught before any work."""

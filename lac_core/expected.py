@@ -43,15 +43,17 @@ class Expectations:
         return cell in (self.section(setup, grid) or {}).get("cell_findings", {}).get(check, [])
 
     def record(self, setup: str, grid: str, verdicts: dict, cells: dict) -> None:
-        """Take one grid's verdicts (claim -> Verdict), failures of the per-cell checks that ran
-        (check -> [cells]) and deciding numbers as its expectations."""
+        """Take one grid's verdicts (claim -> Verdict), per-cell checks (check -> (cells that ran,
+        cells that failed)) and deciding numbers as its expectations; what did not run is kept."""
         sec = self.setups.setdefault(setup, {}).setdefault(grid, {f: {} for f in FIELDS})
         for claim, v in verdicts.items():
             sec["verdicts"][claim] = v.status
             sec["notes"][claim] = v.explain()
             if v.status == HOLDS:
                 del sec["notes"][claim]
-        sec["cell_findings"].update({check: sorted(failed) for check, failed in cells.items()})
+        for check, (ran, failed) in cells.items():
+            kept = set(sec["cell_findings"].get(check, [])) - set(ran)
+            sec["cell_findings"][check] = sorted(kept | set(failed))
         sec["baselines"].update(make_baselines(quantities(verdicts)))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .engine import Engine, Sub
+from .errors import InvarianceError, NonFiniteResidualError
 from .markers import hits
 from .metrics import geometry
 from .plans import PLANS, distinct, floor_tokens
@@ -44,16 +45,12 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
     probes = tuple(probes)
     cells = grid.cells
     prompts = [render_cell(lm, grid, cell) for cell in cells]
-    run = PLANS[plan](eng, prompts, probes)
-    refs = run.references(N_REF)
-    h = run.residuals(FORCED)  # [cell, condition, layer, probe, d]
+    refs, h, kl, sites = _sweep_runs(PLANS[plan](eng, prompts, probes), prompts, probes, layers)
+    _finite(kl, [c.id for c in cells], probes, layers)
+    checks = _invariance(Engine(lm, eng.token_budget), plan, prompts, probes, layers, refs, kl)
     bb, xb, by, xy = (h[:, i].numpy() for i in range(4))
     geo = geometry(bb, xb, by, xy)  # stat -> [cell, layer, probe]
     geo = {s: np.transpose(geo[s], (0, 2, 1)) for s in GEOMETRY_STATS}  # -> [cell, probe, layer]
-    vectors = {"additive": h[:, 1] + h[:, 2] - h[:, 0], "null": h[:, 0]}  # h_BB + dX + dY, float32
-    seqs = [list(cp["XY"].ids) + r[: N_REF - 1] for cp, r in zip(prompts, refs)]
-    sites = [[(cp["XY"].position(p), window_start(cp["XY"], p)) for p in probes] for cp in prompts]
-    kl = run.window_kls(seqs, sites, WINDOW, layers, vectors)
     references = {cell.id: {"tokens": r, "text": lm.tokenizer.decode(r),
                             "eos_in_reference": lm.tokenizer.eos_token_id in r}
                   for cell, r in zip(cells, refs)}
@@ -63,7 +60,59 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
         cells=tuple(c.id for c in cells), kl_add=kl["additive"], kl_null=kl["null"], geometry=geo,
         references=references, plan=plan,
         cost=_cost(eng, floor_tokens=floor, floor_layer_tokens=floor_layers),
-        grid_sha256=grid.sha256)
+        grid_sha256=grid.sha256, checks=checks)
+
+
+def _sweep_runs(run, prompts, probes, layers, identity: bool = False):
+    """References, residuals [cell, condition, layer, probe, d], window KLs of the additive and
+    null substitutions (and of h_XY written back over itself), and the sites."""
+    refs = run.references(N_REF)
+    h = run.residuals(FORCED)
+    vectors = {"additive": h[:, 1] + h[:, 2] - h[:, 0], "null": h[:, 0]}  # h_BB + dX + dY, float32
+    if identity:
+        vectors["identity"] = h[:, 3]
+    seqs = [list(cp["XY"].ids) + r[: N_REF - 1] for cp, r in zip(prompts, refs)]
+    sites = [[(cp["XY"].position(p), window_start(cp["XY"], p)) for p in probes] for cp in prompts]
+    return refs, h, run.window_kls(seqs, sites, WINDOW, layers, vectors), sites
+
+
+def _finite(kl: dict, cells, probes, layers) -> None:
+    """Stop at the first non-finite KL, naming its cell, probe and layer: a NaN never reaches a
+    median (nor results.json)."""
+    for name, arr in kl.items():
+        bad = np.argwhere(~np.isfinite(arr))
+        if bad.size:
+            ci, pi, li = bad[0]
+            raise NonFiniteResidualError(
+                f"non-finite {name} KL ({arr[ci, pi, li]}) at cell {cells[ci]}, probe "
+                f"{probes[pi]}, layer {layers[li]}; run in float32 or bfloat16 (float16 overflows "
+                "on many models)")
+
+
+# |dKL| <= atol + rtol x KL for the first cell alone against inside the batch, and the KL of
+# h_XY written back over itself; bfloat16 from measurements (see README: invariance checks).
+INVARIANCE = {torch.float32: (2e-5, 1e-3, 1e-6), torch.bfloat16: (2e-2, 5e-2, 1e-3),
+              torch.float16: (2e-2, 5e-2, 1e-3)}
+
+
+def _invariance(eng: Engine, plan: str, prompts, probes, layers, refs, kl) -> dict:
+    """Run the first cell alone (batch invariance) with the identity substitution too; stop the
+    run with what differed if either check fails."""
+    atol, rtol, ident = INVARIANCE[eng.lm.dtype]
+    alone_refs, _, alone, _ = _sweep_runs(PLANS[plan](eng, prompts[:1], probes), prompts[:1],
+                                          probes, layers, identity=True)
+    dkl = max(float(np.max(np.abs(alone[k][0] - kl[k][0]) - rtol * np.abs(kl[k][0])))
+              for k in ("additive", "null"))
+    worst_identity = float(np.max(np.abs(alone["identity"])))
+    checks = {"batch_invariance_excess": dkl, "tokens_equal": alone_refs[0] == refs[0],
+              "identity_max_kl": worst_identity, "tolerance": {"atol": atol, "rtol": rtol,
+                                                               "identity": ident},
+              "forward_tokens": eng.cost.tokens}
+    if not checks["tokens_equal"] or dkl > atol or worst_identity > ident:
+        raise InvarianceError("the first cell computed alone differs from the same cell in the "
+                              "run's batch, or an identity substitution moved the output: "
+                              f"{checks}")
+    return checks
 
 
 def p_last_residuals(eng: Engine, grid: Grid):

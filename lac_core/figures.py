@@ -1,7 +1,6 @@
-"""Figures of the report (matplotlib, no torch), each written atomically."""
+"""Figures of the report (matplotlib, no torch); reportset.py writes them as part of a set."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import paper
@@ -12,11 +11,8 @@ FIG_PROBES = ("p_last", "g1", "g2")
 def _save(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path.name
 
 

@@ -7,19 +7,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import pickle
 import time
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from . import rules
+from . import distributed, reportset, rules, uncertainty
 from .engine import Engine
 from .errors import LacError
 from .models import load
 from .progress import Progress
-from .session import Session
+from .session import Outcome, Session
 from .settings import OPTIONS, Settings
 
 SESSION = pytest.StashKey[Session]()
@@ -40,48 +39,8 @@ def pytest_cmdline_main(config):
         option.dist = "loadgroup"
 
 
-class _Xdist:
-    """Hooks that exist only with pytest-xdist: each model's tests go to one worker, and each
-    worker's results reach the controller through xdist's own channel (workeroutput), so
-    workers on other hosts (--tx) work too."""
-
-    def __init__(self, config):
-        self.config = config
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_xdist_make_scheduler(self, config, log):
-        """Scopes by model (xdist_group needs Item._nodeid, which pytest 9.2 no longer reads)."""
-        from xdist.scheduler import LoadScopeScheduling
-
-        if config.getvalue("dist") not in ("load", "loadgroup"):
-            return None
-        models = sorted(config.stash[SESSION].checked.models, key=len, reverse=True)
-
-        class ByModel(LoadScopeScheduling):
-            def _split_scope(self, nodeid: str) -> str:
-                params = nodeid.rsplit("[", 1)[-1] if nodeid.endswith("]") else ""
-                return next((m for m in models if params.startswith((f"{m}-", f"{m}]"))),
-                            super()._split_scope(nodeid))
-
-        return ByModel(config, log)
-
-    @pytest.hookimpl
-    def pytest_runtest_logreport(self, report):
-        """On the controller: the start and end lines a worker attached to its test reports."""
-        progress = self.config.stash[SESSION].progress
-        worker = getattr(getattr(report, "node", None), "gateway", None)
-        for key, lines in report.user_properties:
-            for line in lines if key == "lac_progress" else ():
-                progress.say(f"[{getattr(worker, 'id', '?')}] {line}")
-
-    @pytest.hookimpl
-    def pytest_testnodedown(self, node, error):
-        data = getattr(node, "workeroutput", {}).get("lac")
-        if data:
-            node.config.stash[SESSION].merge(pickle.loads(data))
-
-
 def pytest_configure(config):
+    config.addinivalue_line("markers", "claim(id): the claim a test decides (for the run status)")
     try:
         settings = Settings.from_options(config.getoption)
         session = Session.start(settings, config.invocation_params.args)
@@ -99,8 +58,10 @@ def pytest_configure(config):
     if verbose > -2 and not worker:
         session.progress = Progress(_say(config), detail=verbose >= 0)
     config.stash[SESSION] = session
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_Xdist(config), "lac-xdist")
+    if worker:
+        config.pluginmanager.register(distributed.Worker(session, config), "lac-worker")
+    elif config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(distributed.Controller(session), "lac-controller")
 
 
 def _say(config):
@@ -112,16 +73,6 @@ def _say(config):
             with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
                 tr.write_line(line)
     return say
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """On an xdist worker: the start and end lines so far travel with the next test report."""
-    outcome = yield
-    session = item.config.stash.get(SESSION, None)
-    if session is not None and hasattr(item.config, "workerinput") and session.progress.lines:
-        outcome.get_result().user_properties.append(("lac_progress", list(session.progress.lines)))
-        session.progress.lines.clear()
 
 
 def pytest_generate_tests(metafunc):
@@ -151,6 +102,30 @@ def pytest_collection_modifyitems(session, config, items):
         return models.index(name) if name in models else -1
 
     items.sort(key=model_index)
+    lac = config.stash[SESSION]
+    if any("lm" in getattr(item, "fixturenames", ()) for item in items) and \
+            not hasattr(config, "workerinput"):
+        try:
+            s = lac.settings
+            reportset.check(s.report_dir, lac.report_files(), s.reports_overwrite)
+        except LacError as exc:
+            pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    for item in items:
+        mark, params = item.get_closest_marker("claim"), getattr(item, "callspec", None)
+        if mark and params:
+            grid = next(v for k, v in params.params.items() if k.endswith("_grid"))
+            lac.collected[item.nodeid] = (mark.args[0], params.params["model_name"], grid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Why a claim test gave no verdict (its setup error or skip), for the run status."""
+    report = (yield).get_result()
+    lac = item.config.stash.get(SESSION, None)
+    if lac is not None and item.nodeid in lac.collected and report.when == "setup" \
+            and not report.passed:
+        text = str(report.longrepr).strip().splitlines() or [""]
+        lac.outcomes[item.nodeid] = ("error: " if report.failed else "skipped: ") + text[-1][:160]
 
 
 @pytest.fixture(scope="session")
@@ -273,6 +248,18 @@ def host_result(compute, host_grid):
     return compute(host_grid, "host", host_injection, residuals=_residuals(compute, host_grid))
 
 
+def _why(verdict, claim: str, result, thresholds) -> str:
+    """The verdict, its deciding part's numbers and interval, and the cells against the line."""
+    d = verdict.deciding
+    cells = rules.against(claim, d, result, thresholds) if d else []
+    margin = d.intervals.get("margin") if d else None
+    return (verdict.explain() + (f"; margin {d.margin:.4g}, 95% interval [{margin[0]:.4g}, "
+                                 f"{margin[1]:.4g}]" if margin else "")
+            + (f"; FRAGILE: {', '.join(verdict.fragile)}" if verdict.fragile else "")
+            + (f"; cells against the line ({len(cells)}/{len(result.cells)}): "
+               f"{', '.join(cells[:12])}" if cells else ""))
+
+
 def _xfail(request, reason: str):
     request.applymarker(pytest.mark.xfail(strict=True, reason=f"finding: {reason}"))
 
@@ -282,14 +269,15 @@ def claim_gate(request, lac_session):
     """Record a verdict and assert it: a claim must hold unless the model's expectations say
     otherwise, then it is a strict xfail (a change of verdict, either way, fails the run)."""
 
-    def gate(claim: str, verdict: rules.Verdict, model: str, grid: str):
+    def gate(claim: str, result, model: str, grid: str):
+        verdict = uncertainty.judge(claim, result, lac_session.thresholds)
         exp = lac_session.record_verdict(claim, model, grid, verdict)
         if exp is not None and verdict.status != exp:
             pytest.fail(f"{claim} verdict changed on {model} / {grid}: expected {exp}, "
-                        f"got {verdict.explain()}")
+                        f"got {_why(verdict, claim, result, lac_session.thresholds)}")
         if exp is not None and exp != rules.HOLDS:
             _xfail(request, verdict.explain())
-        assert verdict.status == rules.HOLDS, verdict.explain()
+        assert verdict.status == rules.HOLDS, _why(verdict, claim, result, lac_session.thresholds)
 
     return gate
 
@@ -328,10 +316,16 @@ def pytest_sessionfinish(session, exitstatus):
     lac = session.config.stash.get(SESSION, None)
     if lac is None:
         return
-    if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller reports
-        session.config.workeroutput["lac"] = pickle.dumps(lac.export())
+    lac.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop
+                                                                       or session.shouldfail)
+    worker = session.config.pluginmanager.get_plugin("lac-worker")
+    if worker:  # an xdist worker: the controller reports
+        worker.export()
         return
-    outcome = lac.finish()
+    try:
+        outcome = lac.finish()
+    except LacError as exc:  # the report set could not be written: the previous one stands
+        outcome = Outcome([f"lac: {exc}"], failed=True)
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in outcome.lines:
         tr.write_line(line) if tr else print(line)

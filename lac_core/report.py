@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from . import paper, rules
 from .figures import kl_by_layer
+from .reportset import publish
 from .results import MARKER_CONDITIONS, jsonable
 
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
@@ -46,8 +46,9 @@ def results_document(session) -> dict:
 def _cell(session, claim: str, model: str, grid: str) -> str:
     v, exp = session.verdicts.get((claim, model, grid), (None, None))
     if v is not None:
-        return v.status + ("" if exp in (None, v.status) else f" (expected {exp})")
-    why = session.grids[grid].not_run(claim)
+        return v.status + (" FRAGILE" if v.fragile else "") + \
+            ("" if exp in (None, v.status) else f" (expected {exp})")
+    why = session.grids[grid].not_run(claim) or session.not_run().get((claim, model, grid))
     return f"not run: {why}" if why else "-"
 
 
@@ -65,10 +66,32 @@ def claim_details(session) -> list[str]:
     for (claim, m, g), (v, _exp) in sorted(session.verdicts.items()):
         d, pv = v.deciding, theirs.get((claim, paper.PAPER_MODEL, g))
         pd = f"{pv.status}: {pv.deciding.name}: {pv.deciding.detail}" if pv and pv.deciding else "-"
-        rows.append([claim, f"{m} / {g}", v.status, d.name if d else "-", d.detail if d else "",
-                     d.margin if d else None, pd])
+        rows.append([claim, f"{m} / {g}", v.status + (" FRAGILE" if v.fragile else ""),
+                     d.name if d else "-", d.detail if d else "", d.margin if d else None,
+                     (_ci(d, "margin") if d else "").strip() or "-", ", ".join(v.fragile) or "-",
+                     pd])
     return table(["claim", "model / grid", "verdict", "deciding part", "numbers", "margin",
-                  "paper (Gemma-2-2B, same rule)"], rows)
+                  "margin 95% interval", "fragile parts", "paper (Gemma-2-2B, same rule)"], rows)
+
+
+def _ci(part, key: str) -> str:
+    ci = part.intervals.get(key)
+    return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+
+
+def interval_table(session) -> list[str]:
+    """Every part and precondition of every verdict: its numbers with 95% intervals (cells
+    resampled jointly, 2,000 times)."""
+    rows = []
+    for (claim, m, g), (v, _exp) in sorted(session.verdicts.items()):
+        for p in (*v.preconditions, *v.parts):
+            nums = "; ".join(f"{k} {fmt(x)}" + _ci(p, k) for k, x in p.numbers.items()
+                             if isinstance(x, (int, float)))
+            flag = " (fragile)" if p.name in v.fragile else ""
+            rows.append([claim, f"{m} / {g}", p.name, p.status + flag, p.margin,
+                         _ci(p, "margin").strip() or "-", nums or "-"])
+    return table(["claim", "model / grid", "part", "status", "margin", "margin 95% interval",
+                  "numbers [95% interval]"], rows)
 
 
 def sweep_section(r, seconds=None) -> list[str]:
@@ -145,7 +168,11 @@ def provenance(session) -> list[str]:
                f"{', '.join(g.experiments)}" for label, g in session.grids.items()),
              *(f"- no expectations recorded for {k}: the paper's rules decided"
                for k in session.unexpected()),
-             f"- numpy {run['numpy']}, {run['platform']}",
+             f"- lac {run['lac']}, git commit {run['git_commit'] or '-'}"
+             f"{' (dirty: uncommitted changes)' if run['git_dirty'] else ''}; claims.yaml sha256 "
+             f"{run['claims_sha256']}; started {run['started']}; status {run['status']}",
+             f"- torch {run['torch']}, transformers {run['transformers']}, numpy {run['numpy']}, "
+             f"{run['platform']}",
              f"- command: pytest {' '.join(run['args'])}"]
     for model, p in session.provenance.items():
         lines.append(f"- **{model}**: {p['source']}; sha256 {p['sha256'] or '-'}; "
@@ -159,11 +186,21 @@ def provenance(session) -> list[str]:
 
 
 def report_markdown(session, figures: dict) -> str:
-    lines = [f"# lac report: run {session.run_info()['run_id']}", "",
-             "Every number below comes from this one run (settings and versions in Provenance).",
-             "",
+    run = session.run_info()
+    status = run["status"] + ("" if run["status"] == "COMPLETE" else
+                              f": {len(run['not_run'])} planned verdicts did not come (the matrix "
+                              "says why)")
+    lines = [f"# lac report: run {run['run_id']}", "", f"**Run status: {status}.** Every number "
+             "below comes from this one run (settings and versions in Provenance); the regression "
+             "gate covered only what ran.", "",
              "## Verdicts (claims x models)", "", *verdict_matrix(session), "",
-             "## Claim by claim", "", *claim_details(session), ""]
+             "## Claim by claim", "", *claim_details(session), "",
+             "## Every deciding number, with its 95% interval", "",
+             "Intervals resample the grid's cells (2,000 times, fixed seed) and run the same rule "
+             "on each resample. A verdict is FRAGILE when a part's margin interval holds 0 and "
+             "flipping that part alone would change it; the verdict itself is the rule on the full "
+             "grid.", "",
+             *interval_table(session), ""]
     for kind, (title, section, intro) in SECTIONS.items():
         results = sorted((k, r) for k, r in session.results.items() if k[2] == kind)
         lines += [title, "", *([intro, ""] if intro else [])] if results else []
@@ -175,19 +212,18 @@ def report_markdown(session, figures: dict) -> str:
     return "\n".join(lines + provenance(session)) + "\n"
 
 
+def figure_name(model: str, grid: str) -> str:
+    return f"figures/kl_by_layer_{model}_{grid}.png"
+
+
 def write_report_set(session, out: Path) -> None:
-    """results.json, REPORT.md and figures/ of this session into `out`, each file atomically;
-    figures of earlier runs that this one does not redraw are removed."""
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("figures/kl_by_layer_*.png"):
-        stale.unlink()
-    figures = {key: kl_by_layer(r, out / "figures" / f"kl_by_layer_{key[0]}_{key[1]}.png")
-               for key, r in session.results.items() if key[2] == "sweep"}
-    _atomic(out / "results.json", json.dumps(results_document(session), indent=1, allow_nan=False))
-    _atomic(out / "REPORT.md", report_markdown(session, figures))
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """results.json, REPORT.md and figures/ of this session, written into `out` as one set."""
+    sweeps = {key: r for key, r in session.results.items() if key[2] == "sweep"}
+    figures = {key: figure_name(*key[:2]) for key in sweeps}
+    writers = {name: (lambda path, r=sweeps[key]: kl_by_layer(r, path))
+               for key, name in figures.items()}
+    text = json.dumps(results_document(session), indent=1, allow_nan=False)
+    writers["results.json"] = lambda path: path.write_text(text)
+    writers["REPORT.md"] = lambda path: path.write_text(report_markdown(
+        session, {k: Path(n).name for k, n in figures.items()}))
+    publish(out, writers, replaces=("results.json", "REPORT.md", "figures/"))

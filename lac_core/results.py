@@ -45,8 +45,9 @@ class SweepResult:
     geometry: dict  # stat -> [cell, probe, layer 0..n_layers-1]
     references: dict  # cell -> {"tokens": [...], "text": str, "eos_in_reference": bool}
     plan: str = "fast"
-    cost: dict = field(default_factory=dict)  # forward tokens, calls, wall seconds
+    cost: dict = field(default_factory=dict)  # forward tokens, calls
     grid_sha256: str = ""
+    checks: dict = field(default_factory=dict)  # the invariance checks of the run
 
     @cached_property
     def summary(self) -> SweepSummary:

@@ -21,6 +21,7 @@ class Part:
     margin: float  # distance to the nearest threshold; >= 0 means met
     detail: str
     numbers: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)  # margin and each number -> 95% [lo, hi]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Verdict:
     status: str
     deciding: Part | None
     parts: tuple[Part, ...]
+    preconditions: tuple[Part, ...] = ()  # met (HOLDS) or not (INCONCLUSIVE: the verdict too)
+    fragile: tuple[str, ...] = ()  # parts whose interval holds their threshold and would flip it
 
     def explain(self) -> str:
         head = f"{self.claim} {self.status} on {self.subject}"
@@ -166,15 +169,23 @@ def _fraction_part(name, value, clean, factor, at_least: bool) -> Part:
                  {"count": value, "clean": clean, "bound": bound})
 
 
+def with_precondition(claim: str, label: str, pre: Part, parts: list[Part]) -> Verdict:
+    """The parts decide when the precondition is met; otherwise it is INCONCLUSIVE, and the parts
+    are still reported (their numbers, not their verdict)."""
+    if pre.status != HOLDS:
+        return Verdict(claim, label, INCONCLUSIVE, pre, tuple(parts), (pre,))
+    v = combine(claim, label, parts)
+    return Verdict(v.claim, v.subject, v.status, v.deciding, v.parts, (pre,))
+
+
 def _markers(m, t, claim: str, parts) -> Verdict:
-    need = t.min_clean_fraction * m.n_cells
-    if m.any["clean"] < need:
-        p = _undecided("precondition", f"clean any-marker {m.any['clean']}/{m.n_cells} < "
-                                       f"{t.min_clean_fraction:.0%} of cells",
-                       m.any["clean"] - need)
-        return Verdict(claim, m.label, INCONCLUSIVE, p, (p,))
-    return combine(claim, m.label, [_fraction_part(name, m.any[name], m.any["clean"], factor, up)
-                                    for name, factor, up in parts])
+    need, clean = t.min_clean_fraction * m.n_cells, m.any["clean"]
+    ok = clean >= need
+    pre = Part("precondition", HOLDS if ok else INCONCLUSIVE, clean - need,
+               f"clean any-marker {clean}/{m.n_cells} {'>=' if ok else '<'} "
+               f"{t.min_clean_fraction:.0%} of cells", {"clean": clean})
+    return with_precondition(claim, m.label, pre, [
+        _fraction_part(name, m.any[name], clean, factor, up) for name, factor, up in parts])
 
 
 def c3(m, t) -> Verdict:
@@ -188,10 +199,10 @@ def c3r(m, t) -> Verdict:
 
 def c4(h, t) -> Verdict:
     """`h`: a HostSummary with median host KL and median gap closed per intervention."""
-    if h.median_host < t.min_host_kl:
-        p = _undecided("precondition", f"median KL(host) {h.median_host:.3f} < {t.min_host_kl}: "
-                                       "no gap worth closing", h.median_host - t.min_host_kl)
-        return Verdict("C4", h.label, INCONCLUSIVE, p, (p,))
+    ok = h.median_host >= t.min_host_kl
+    pre = Part("precondition", HOLDS if ok else INCONCLUSIVE, h.median_host - t.min_host_kl,
+               f"median KL(host) {h.median_host:.3f} {'>=' if ok else '<'} {t.min_host_kl}"
+               + ("" if ok else ": no gap worth closing"), {"median_host": h.median_host})
     parts = []
     for name, gap in h.median_gap_closed.items():
         ok = gap <= t.max_gap_closed
@@ -201,7 +212,7 @@ def c4(h, t) -> Verdict:
                            f"{h.median_kl[name]:.3f}",
                            {"gap_closed": gap, "median_kl": h.median_kl[name],
                             "median_host": h.median_host}))
-    return combine("C4", h.label, parts)
+    return with_precondition("C4", h.label, pre, parts)
 
 
 SWEEP_RULES = {"C1": c1, "C1L": c1l, "C2": c2, "C5": c5}
@@ -268,3 +279,42 @@ def oracle_no_worse(result, cell: str, t) -> list[str]:
 
 CELL_CHECKS = {"additive_vs_null": additive_vs_null, "sum_beats_alignment": sum_beats_alignment,
                "additive_keeps_marker": additive_keeps_marker, "oracle_no_worse": oracle_no_worse}
+
+
+def against(claim: str, part: Part, result, thresholds) -> list[str]:
+    """The cells on the wrong side of the deciding part's line, with their values: what a
+    failing claim's message names next to its numbers."""
+    t, n = getattr(thresholds, claim), part.numbers
+    name = part.name.split(" ")[0]
+    if claim in ("C1", "C1L", "C2", "C5") and name in getattr(result, "probes", ()):
+        pi = result.probes.index(name)
+        site = int(part.name.split(" L")[-1]) if " L" in part.name else 0
+        layer = n.get("layer", n.get("deepest", site))
+        li = result.layers.index(layer) if layer in result.layers else 0
+        add, null = result.kl_add[:, pi, li], result.kl_null[:, pi, li]
+        cos_xy = result.geometry["cos_x_y"][:, pi, layer]
+        cos_sum = result.geometry["cos_xy_sum"][:, pi, layer]
+        low = result.kl_add[:, pi, result.layers.index(n.get("shallowest", layer))]
+        if claim == "C1":
+            bad = (add > t.max_median_kl, add)
+        elif claim == "C5":
+            bad = (add > np.minimum(t.max_additive_kl, t.max_additive_over_null * null), add)
+        elif claim == "C1L":
+            bad = (add < t.min_ratio * low, add / np.maximum(low, 1e-12))
+        else:
+            bad = ((cos_xy > t.max_cos_x_y) | (cos_sum < t.min_cos_xy_sum), cos_xy)
+    elif claim in ("C3", "C3R"):
+        cond = {"precondition": "clean"}.get(part.name, part.name)
+        has = np.array([bool(result.hits[c][cond]) for c in result.cells])
+        clean = np.array([bool(result.hits[c]["clean"]) for c in result.cells])
+        bad = ((has if cond == "bare" else ~has if cond == "clean" else clean & ~has), has * 1.0)
+    elif claim == "C4":
+        host = np.array([result.kl[c]["host"] for c in result.cells])
+        if part.name == "precondition":
+            bad = (host < t.min_host_kl, host)
+        else:
+            gap = (host - np.array([result.kl[c][part.name] for c in result.cells])) / host
+            bad = (gap > t.max_gap_closed, gap)
+    else:
+        return []
+    return [f"{result.cells[i]} ({bad[1][i]:.3g})" for i in np.flatnonzero(bad[0])]

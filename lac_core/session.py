@@ -8,7 +8,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 
-from . import expected, preflight
+from . import expected, preflight, provenance, rules
 from .progress import Progress
 from .report import write_report_set
 from .settings import Settings
@@ -35,11 +35,16 @@ class Session:
     results: dict = field(default_factory=dict)  # (model, grid, "sweep"|"markers"|"host") -> result
     verdicts: dict = field(default_factory=dict)  # (claim, model, grid) -> (Verdict, expected)
     cell_failures: dict = field(default_factory=dict)  # (check, model, grid) -> [cell ids]
-    cell_checks: set = field(default_factory=set)  # (check, model, grid) that ran
+    cell_checks: dict = field(default_factory=dict)  # (check, model, grid) -> cells that ran
     threads: int = 0  # torch CPU threads of this process
     timings: dict = field(default_factory=dict)  # (model, grid, kind) -> wall seconds
     progress: Progress = field(default_factory=Progress)  # silent unless the plugin gives a say
+    collected: dict = field(default_factory=dict)  # claim test node id -> (claim, model, grid)
+    outcomes: dict = field(default_factory=dict)  # node id -> why it gave no verdict (error, skip)
+    interrupted: bool = False  # Ctrl-C, -x or --maxfail stopped the run
+    refused: list = field(default_factory=list)  # workers' results not merged, and why
     _expectations: dict = field(default_factory=dict)
+    _fingerprint: dict = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings, args=()) -> "Session":
@@ -72,7 +77,7 @@ class Session:
 
     def record_cell(self, check: str, model: str, grid: str, cell: str, problems: list) -> bool:
         """Keep a per-cell outcome; return whether the expectations list it as a finding."""
-        self.cell_checks.add((check, model, grid))
+        self.cell_checks.setdefault((check, model, grid), set()).add(cell)
         if problems:
             self.cell_failures.setdefault((check, model, grid), []).append(cell)
         exp, setup, key = self._key(model, grid)
@@ -86,23 +91,59 @@ class Session:
                 or not self.expectations(m).section(*self._key(m, g)[1:])]
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
-              "cell_checks")
+              "cell_checks", "collected", "outcomes")
+
+    def planned(self) -> set:
+        """Every (claim, model, grid) the settings ask for, where the grid runs its experiment."""
+        return {(c, m, g) for m in self.checked.models for g, grid in self.grids.items()
+                for c in rules.CLAIMS if grid.not_run(c) is None}
+
+    def not_run(self) -> dict:
+        """(claim, model, grid) -> why no verdict came (deselected, interrupted, or an error)."""
+        by_key = {}
+        for node, key in self.collected.items():
+            by_key.setdefault(key, []).append(node)
+        out = {}
+        for key in sorted(self.planned() - set(self.verdicts)):
+            why = next((self.outcomes[n] for n in by_key.get(key, ()) if n in self.outcomes), None)
+            out[key] = "deselected" if key not in by_key else why or (
+                "interrupted" if self.interrupted else "did not run")
+        return out
+
+    def fingerprint(self) -> dict:
+        if not self._fingerprint:
+            self._fingerprint.update(provenance.fingerprint(self.settings.claims_file, self.grids))
+        return self._fingerprint
 
     def export(self) -> dict:
         """What a pytest-xdist worker sends the controller (see merge)."""
-        return {name: getattr(self, name) for name in self.SHARED}
+        return {"fingerprint": self.fingerprint(), **{n: getattr(self, n) for n in self.SHARED}}
 
     def merge(self, other: dict) -> None:
-        """Take in a worker's export: each model runs on one worker, so keys never collide."""
+        """Take in a worker's export: each model runs on one worker, so keys never collide; a
+        worker whose code, rules, grids or libraries differ is refused."""
+        provenance.same_or_refuse(self.fingerprint(), other["fingerprint"], "a worker")
         for name in self.SHARED:
             mine = getattr(self, name)
             mine.update(other[name]) if isinstance(mine, (dict, set)) else None
 
-    def run_info(self) -> dict:
-        import numpy
+    def report_files(self) -> list[str]:
+        """The files this run's report set will write."""
+        from .report import figure_name
 
+        sweeps = [g for g, grid in self.grids.items() if "sweep" in grid.experiments]
+        return ["results.json", "REPORT.md", *(figure_name(m, g) for m in self.checked.models
+                                               for g in sweeps)]
+
+    def run_info(self) -> dict:
         s, c = self.settings, self.checked
+        missing = self.not_run()
         return {"run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started)),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started)),
+                **self.fingerprint(),
+                "status": "PARTIAL" if missing else "COMPLETE",
+                "not_run": [{"claim": c, "model": m, "grid": g, "why": why}
+                            for (c, m, g), why in missing.items()],
                 "wall_seconds": round(time.time() - self.started, 1), "plan": s.plan,
                 "token_budget": s.token_budget, "models_requested": list(s.models),
                 "grids": {label: {"name": g.name, "sha256": g.sha256, "source": g.source,
@@ -112,20 +153,20 @@ class Session:
                 "dtype_option": s.dtype, "device_option": s.device, "torch_threads": self.threads,
                 "load_seconds": self.load_seconds,
                 "seconds": {" / ".join(k): v for k, v in sorted(self.timings.items())},
-                "numpy": numpy.__version__,
                 "platform": platform.platform(),
                 "seed": "deterministic: greedy decoding, no sampling; tiny models seed 1234",
                 "args": self.args}
 
     def update_expectations(self) -> list[str]:
         """Record this run's verdicts, cell findings and deciding numbers as the expectations."""
-        written = []
-        for model in dict.fromkeys(m for (_c, m, _g) in self.verdicts):
+        written, ran = [], [(m, g) for (_c, m, g) in (*self.verdicts, *self.cell_checks)]
+        for model in dict.fromkeys(m for m, _g in ran):
             exp = self.expectations(model) or expected.Expectations(model)
-            for grid in dict.fromkeys(g for (_c, m, g) in self.verdicts if m == model):
+            for grid in dict.fromkeys(g for m, g in ran if m == model):
                 verdicts = {c: v for (c, m, g), (v, _e) in self.verdicts.items()
                             if (m, g) == (model, grid)}
-                cells = {c: self.cell_failures.get((c, m, g), []) for (c, m, g) in self.cell_checks
+                cells = {c: (ran, self.cell_failures.get((c, m, g), []))
+                         for (c, m, g), ran in self.cell_checks.items()
                          if (m, g) == (model, grid)}
                 exp.record(self.setup(model), self.grids[grid].key, verdicts, cells)
             self._expectations[model] = exp
@@ -146,7 +187,7 @@ class Session:
 
     def finish(self) -> Outcome:
         """Write the report set, then update the expectations or apply the regression gate."""
-        if not (self.verdicts or self.results):
+        if not (self.verdicts or self.results or self.refused):
             return Outcome()
         write_report_set(self, self.settings.report_dir)
         if self.settings.update_baselines:
@@ -154,8 +195,7 @@ class Session:
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
                  for k in self.unexpected()]
         msgs = self.drift()
-        if not msgs:
-            return Outcome(notes)
-        return Outcome([*notes, "lac: numeric drift beyond tolerance (regression gate):",
-                        *(f"  {m}" for m in msgs), "lac: if the change is intended, rerun with "
-                        "--lac-update-baselines and review the diff"], failed=True)
+        gate = ["lac: numeric drift beyond tolerance (regression gate):", *(f"  {m}" for m in msgs),
+                "lac: if the change is intended, rerun with --lac-update-baselines and review the "
+                "diff"] if msgs else []
+        return Outcome([*notes, *self.refused, *gate], failed=bool(msgs or self.refused))

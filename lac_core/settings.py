@@ -47,6 +47,7 @@ class Settings:
     expected_dir: Path = EXPECTED
     claims_file: Path = FIXTURES / "claims.yaml"
     update_baselines: bool = False
+    reports_overwrite: bool = False  # replace files in the report folder that lac did not write
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -107,6 +108,8 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "rewrite each model's expectations (verdicts, cell findings, baselines) from this run"),
     ("--lac-reports", "report_dir", Path, {},
      "directory for results.json, REPORT.md and figures (default ./reports)"),
+    ("--lac-reports-overwrite", "reports_overwrite", bool, dict(action="store_true"),
+     "replace files in the report folder that lac did not write"),
     ("--lac-expected-dir", "expected_dir", Path, dict(default=str(EXPECTED)),
      "directory of the per-model expectations"),
 ]

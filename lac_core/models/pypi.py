@@ -38,10 +38,10 @@ def verify(spec: ModelSpec, path: Path) -> None:
     """Raise ChecksumError unless the file has the registered size and sha256."""
     size = path.stat().st_size
     if spec.size is not None and size != spec.size:
-        raise ChecksumError(f"{path}: {size} bytes, expected {spec.size}")
+        raise ChecksumError(f"{path} is corrupt: {size} bytes, expected {spec.size}")
     digest = sha256_of(path)
     if spec.sha256 and digest != spec.sha256:
-        raise ChecksumError(f"{path}: sha256 {digest}, expected {spec.sha256}")
+        raise ChecksumError(f"{path} is corrupt: sha256 {digest}, expected {spec.sha256}")
 
 
 def fetch(spec: ModelSpec, cache_dir: Path, *, offline: bool = False, force: bool = False,
@@ -54,10 +54,8 @@ def fetch(spec: ModelSpec, cache_dir: Path, *, offline: bool = False, force: boo
             return target
         except ChecksumError as exc:
             if offline:
-                raise ChecksumError(
-                    f"cached weights of {spec.name} are corrupt ({exc}) and lac runs offline; "
-                    f"go online and run {spec.fetch_command()}"
-                ) from exc
+                raise ChecksumError(f"{exc}; lac runs offline, so delete it and fetch it again "
+                                    f"online: rm {target} && {spec.fetch_command()}") from exc
             say(f"cached weights of {spec.name} are corrupt ({exc}); fetching again")
             target.unlink()
     if offline:

@@ -1,0 +1,50 @@
+"""What tells two runs apart: the code (lac version, git commit, dirty or not), the rules
+(sha256 of claims.yaml), the grids' hashes and the library versions."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from .errors import LacError
+from .settings import ROOT
+
+
+def _git(*args: str) -> str | None:
+    if not (ROOT / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def fingerprint(claims_file: Path, grids: dict) -> dict:
+    """The code, rules, grids and libraries a run's numbers depend on."""
+    import numpy
+    import torch
+    import transformers
+
+    try:
+        version = metadata.version("lac")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"lac": version, "git_commit": commit, "git_dirty": bool(status) if commit else None,
+            "claims_sha256": hashlib.sha256(Path(claims_file).read_bytes()).hexdigest(),
+            "grids_sha256": {label: g.sha256 for label, g in grids.items()},
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__}
+
+
+def same_or_refuse(mine: dict, theirs: dict, where: str) -> None:
+    """Results of different provenance are never merged into one report."""
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differ:
+        raise LacError(f"results from {where} differ in provenance ({', '.join(differ)}: "
+                       f"{[mine[k] for k in differ]} here, {[theirs.get(k) for k in differ]} "
+                       "there); they are not merged into one report")
