@@ -13,6 +13,9 @@ from safetensors import safe_open
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from lac_core import models
+from lac_core.engine import Engine
+from lac_core.experiments import sweep
+from lac_core.grids import resolve_grid
 from lac_core.models import loadcache
 from lac_core.models.registry import ModelSpec
 from lac_core.prompts import render
@@ -234,6 +237,15 @@ def test_a_gguf_without_a_registered_sha256_is_keyed_by_its_own(tmp_path, load, 
     assert len(load.calls) == 1 and "from the load cache" in said[0]
 
 
+def test_a_cached_model_owns_aligned_memory(tmp_path, load):
+    """Out of the file's mapping: mapped tensors sit at offsets CPU kernels treat as unaligned
+    and gave other window KLs (~4e-7 on SmolLM2) from equal weights."""
+    load(tmp_path)
+    model = load(tmp_path)[0]
+    assert len(load.calls) == 1
+    assert all(t.data_ptr() % 64 == 0 for t in (*model.parameters(), *model.buffers()))
+
+
 def test_editing_a_cached_model_never_writes_to_the_cache(tmp_path, load):
     reference = load(tmp_path)
     weights = load.entry(tmp_path) / loadcache.WEIGHTS
@@ -339,6 +351,10 @@ def test_smollm2_second_load_comes_from_the_cache_bit_identical(smol_loads):
     with torch.inference_mode():
         assert torch.equal(gguf.model(ids).logits, cached.model(ids).logits)
     assert gguf.provenance == cached.provenance
+    short = resolve_grid("short")  # batched, padded forwards: the sweep's numbers, bit for bit
+    a = sweep(Engine(gguf), short, layers=(8, 16), probes=("p_last", "g1"))
+    b = sweep(Engine(cached), short, layers=(8, 16), probes=("p_last", "g1"))
+    assert np.array_equal(a.kl_add, b.kl_add) and np.array_equal(a.kl_null, b.kl_null)
     gguf, cached = gguf.tokenizer, cached.tokenizer
     for text in TEXTS:
         assert gguf(text)["input_ids"] == cached(text)["input_ids"]
