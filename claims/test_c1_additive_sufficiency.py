@@ -10,5 +10,5 @@ def test_c1_additive_sufficiency(lm, sweep_grid, sweep_result, claim_gate):
 
 def test_cell_additive_no_worse_than_null(lm, sweep_grid, sweep_cell, sweep_result, cell_gate):
     """Per cell, where C1 is decided for each probe: the additive prediction costs no more than
-    substituting h_BB alone (rules.additive_vs_null)."""
+    substituting h_BB alone (cells.additive_vs_null)."""
     cell_gate("additive_vs_null", sweep_result, lm.spec.name, sweep_grid, sweep_cell)

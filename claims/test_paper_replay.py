@@ -1,10 +1,11 @@
 """The formalization's first test: the paper's own published per-cell outputs satisfy its claims
-as the rules state them (C5 is INCONCLUSIVE there: the paper ran no null control)."""
+as the rules state them (C5 and C6 are INCONCLUSIVE there: the paper ran no null control)."""
 import pytest
 
 from lac_core import paper, rules
 
 EXPECTED_ON_PAPER = {"C1": rules.HOLDS, "C1L": rules.HOLDS, "C2": rules.HOLDS, "C5": rules.INCONCLUSIVE,
+                     "C6": rules.INCONCLUSIVE,
                      "C3": rules.HOLDS, "C3R": rules.HOLDS, "C4": rules.HOLDS}
 
 
@@ -15,14 +16,14 @@ def paper_verdicts(thresholds):
 
 def test_every_claim_is_replayed(paper_verdicts):
     assert {c for c, _m, _g in paper_verdicts} == set(EXPECTED_ON_PAPER)
-    assert len(paper_verdicts) == 4 * len(paper.SWEEP_FILES) + 3
+    assert len(paper_verdicts) == 5 * len(paper.SWEEP_FILES) + 3
 
 
 @pytest.mark.parametrize("key", sorted(paper.verdicts_keys()), ids=lambda k: "-".join(k))
 def test_paper_replay(paper_verdicts, key):
     verdict = paper_verdicts[key]
     assert verdict.status == EXPECTED_ON_PAPER[key[0]], verdict.explain()
-    if key[0] == "C5":
+    if key[0] in ("C5", "C6"):
         assert all(p.status == rules.INCONCLUSIVE and "no null control" in p.detail for p in verdict.parts)
     if key[0] == "C4":
         assert len(verdict.parts) == 7  # oracle, cached and the five layer sets

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import paper
 
 FIG_PROBES = ("p_last", "g1", "g2")
@@ -16,18 +18,27 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def kl_by_layer(result, path: Path) -> str:
-    """Figure 1 style: median additive KL by depth fraction, p25-p75 band, null dashed, the 0.1
-    line, and the paper's Gemma / Qwen-1.5B curves of the same grid in grey."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def kl_by_layer(result, path: Path, normalized: dict | None = None) -> str:
+    """Figure 1 style: median additive KL by depth fraction, p25-p75 band, null dashed, the 0.1
+    line, and the paper's Gemma / Qwen-1.5B curves of the same grid in grey. Below, normalized
+    faithfulness F by depth, one line per probe (filled: informative site; the paper ran no null
+    control, so it has no F to show)."""
+    plt = _plt()
     s = result.summary
-    fig, axes = plt.subplots(1, len(FIG_PROBES), figsize=(12, 3.6), sharey=True)
+    fig, axd = plt.subplot_mosaic([list(FIG_PROBES), ["F"] * len(FIG_PROBES)],
+                                  figsize=(12, 7), height_ratios=(1, 0.9))
     x = [layer / s.n_layers for layer in s.layers]
-    for ax, probe in zip(axes, FIG_PROBES):
+    for probe in FIG_PROBES:
+        ax = axd[probe]
         if probe not in s.kl_add:
             continue
         add = [s.kl_add[probe][k] for k in s.layers]
@@ -45,8 +56,95 @@ def kl_by_layer(result, path: Path) -> str:
         ax.set_yscale("log")
         ax.set_title(probe)
         ax.set_xlabel("depth fraction (layer / n_layers)")
-    axes[0].set_ylabel("median 10-token KL (nats)")
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Additive substitution KL, {result.model}, {result.grid} grid")
+    axd[FIG_PROBES[0]].set_ylabel("median 10-token KL (nats)")
+    axd[FIG_PROBES[-1]].legend(fontsize=7, loc="lower right")
+    _f_panel(axd["F"], s, normalized or {})
+    fig.suptitle(f"Additive substitution KL and normalized faithfulness, {result.model}, "
+                 f"{result.grid} grid")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _f_panel(ax, s, normalized: dict) -> None:
+    for i, probe in enumerate(FIG_PROBES):
+        per = normalized.get(probe)
+        if not per:
+            continue
+        pts = [(k / s.n_layers, v["F"], v["informative"], v["interval"]) for k, v in per.items()
+               if v["F"] is not None]
+        if not pts:
+            continue
+        xs, fs = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, fs, "-", color=f"C{i}", label=f"{probe}")
+        for xv, fv, informative, ci in pts:
+            ax.plot([xv], [fv], "o", color=f"C{i}", mfc=f"C{i}" if informative else "white")
+            if ci:
+                ax.plot([xv, xv], ci, "-", color=f"C{i}", alpha=0.35, lw=3)
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.axhline(0.0, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("depth fraction (layer / n_layers)")
+    ax.set_ylabel("F = 1 - KL_add / KL_null")
+    ax.set_title("normalized faithfulness F by depth (filled: informative, median null KL >= "
+                 "0.05; bars: 95% interval; the paper has no null runs, so no grey curve)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+
+
+def heatmaps(model: str, panels: list[tuple[str, tuple, tuple | None]], path: Path) -> str:
+    """Persona x task heatmaps of one model: `panels` is [(title, (personas, tasks, values),
+    the paper's (personas, tasks, values) or None)]; the paper's value is printed in grey.
+    Marker panels share one colour scale from 0, so clean / additive / bare compare at a glance."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    counts = [v for title, (_p, _t, v), _ in panels if "markers" in title]
+    top = max([float(np.nanmax(v)) for v in counts] + [1.0])
+    for ax, (title, (personas, tasks, values), theirs) in zip(axes[0], panels):
+        scale = dict(vmin=0, vmax=top, cmap="magma") if "markers" in title else {}
+        im = ax.imshow(values, aspect="auto", **({"cmap": "viridis"} | scale))
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(personas)), personas, fontsize=8)
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                lo, hi = im.get_clim()
+                ax.text(j, i - (0.12 if theirs else 0), f"{v:.3g}", ha="center", va="center",
+                        fontsize=7, color="white" if v < (lo + hi) / 2 else "black")
+                if theirs is not None and np.isfinite(theirs[2][i, j]):
+                    ax.text(j, i + 0.22, f"paper {theirs[2][i, j]:.0f}", ha="center",
+                            va="center", fontsize=6, color="grey")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("task")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    axes[0][0].set_ylabel("persona")
+    fig.suptitle(f"Where composition breaks: {model}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def dose_and_swap(rows: dict, swaps: dict, path: Path) -> str:
+    """Markers and KL to the clean run against the dose a (one line per model), and the swap
+    share against its base rate. rows: model -> dose table; swaps: model -> swap share."""
+    plt = _plt()
+    fig, (m_ax, k_ax, s_ax) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for i, (model, table) in enumerate(rows.items()):
+        a = [r["a"] for r in table]
+        m_ax.plot(a, [r["any_marker"] / r["n_cells"] for r in table], "o-", color=f"C{i}",
+                  label=model)
+        k_ax.plot(a, [r["median_kl"] for r in table], "o-", color=f"C{i}", label=model)
+    m_ax.set(xlabel="dose a (additive + (a - 1) dX)", ylabel="share of cells with a marker",
+             title="persona markers vs dose")
+    k_ax.set(xlabel="dose a", ylabel="median 10-token KL to clean (nats)",
+             title="distance from the clean run vs dose")
+    m_ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    k_ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    m_ax.legend(fontsize=8)
+    names = list(swaps)
+    pos = np.arange(len(names))
+    s_ax.bar(pos - 0.2, [swaps[n]["share"] or 0 for n in names], 0.4, label="A gone, B appears")
+    s_ax.bar(pos + 0.2, [swaps[n]["base_rate"] or 0 for n in names], 0.4, color="grey",
+             label="base rate: B in clean (A, Y)")
+    s_ax.set_xticks(pos, names, fontsize=8)
+    s_ax.set(ylabel="share of swaps (clean has A's markers)", title="persona swap dX_A -> dX_B",
+             ylim=(0, 1))
+    s_ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

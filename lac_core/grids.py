@@ -17,7 +17,7 @@ from .errors import GridError
 from .settings import FIXTURES
 
 GRID_DIR = FIXTURES / "grids"
-EXPERIMENTS = {"sweep": ("C1", "C1L", "C2", "C5"), "markers": ("C3", "C3R"), "host": ("C4",)}
+EXPERIMENTS = {"sweep": ("C1", "C1L", "C2", "C5", "C6"), "markers": ("C3", "C3R"), "host": ("C4",)}
 DEFAULT_TEMPLATE = "As {persona}, {task}"
 
 

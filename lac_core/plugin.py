@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import time
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from . import distributed, reportset, rules, uncertainty
+from . import cells, distributed, reportset, rules, uncertainty
 from .engine import Engine
 from .errors import LacError
 from .models import load
@@ -199,16 +200,24 @@ def compute(lm, lac_session):
     """compute(grid, kind, experiment, **kw): the experiment's result on this model, computed once
     and kept in the session (result fixtures are function-scoped so that _model_gate runs first)."""
     def get(grid: str, kind: str, experiment, **kw):
-        key = (lm.spec.name, grid, kind)
-        if key not in lac_session.results:
-            progress, t0 = lac_session.progress, time.perf_counter()
-            eng = Engine(lm, lac_session.settings.token_budget, progress=progress)
-            progress.start(f"{lm.spec.name} / {grid} {kind}")
-            lac_session.results[key] = experiment(eng, lac_session.grids[grid], **kw)
-            lac_session.timings[key] = round(time.perf_counter() - t0, 1)
-            progress.end(f"{len(lac_session.grids[grid].cells)} cells, {eng.cost.tokens:,} forward "
-                         "tokens")
-        return lac_session.results[key]
+        key, s = (lm.spec.name, grid, kind), lac_session
+        if key in s.results:
+            return s.results[key]
+        rkey = s.result_key(*key, kw)
+        cached = s.resume.get(key, rkey)
+        if cached is not None:
+            s.results[key], s.from_cache[key] = cached, s.resume.used[key]
+            s.progress.say(f"{' / '.join(key)}: from the resume cache (run {s.from_cache[key]})")
+            return cached
+        progress, t0 = s.progress, time.perf_counter()
+        kw = {k: v() if isinstance(v, functools.partial) else v for k, v in kw.items()}
+        eng = Engine(lm, s.settings.token_budget, progress=progress)
+        progress.start(f"{lm.spec.name} / {grid} {kind}")
+        s.results[key] = experiment(eng, s.grids[grid], **kw)
+        s.timings[key] = round(time.perf_counter() - t0, 1)
+        s.resume.put(key, rkey, s.results[key], s.run_info_id())  # kept before it is announced
+        progress.end(f"{len(s.grids[grid].cells)} cells, {eng.cost.tokens:,} forward tokens")
+        return s.results[key]
 
     return get
 
@@ -237,27 +246,38 @@ def _residuals(compute, grid: str):
 def marker_result(compute, marker_grid, lac_session):
     from .experiments import markers
 
-    return compute(marker_grid, "markers", markers, residuals=_residuals(compute, marker_grid),
+    return compute(marker_grid, "markers", markers,
+                   residuals=functools.partial(_residuals, compute, marker_grid),
                    stems=lac_session.thresholds.markers.stems)
+
+
+@pytest.fixture
+def steering_result(compute, marker_grid, marker_result, lac_session):
+    from .steering import steering
+
+    return compute(marker_grid, "steering", steering, marker_result=marker_result,
+                   residuals=functools.partial(_residuals, compute, marker_grid),
+                   pairs=lac_session.settings.swap_pairs)
 
 
 @pytest.fixture
 def host_result(compute, host_grid):
     from .experiments import host_injection
 
-    return compute(host_grid, "host", host_injection, residuals=_residuals(compute, host_grid))
+    return compute(host_grid, "host", host_injection,
+                   residuals=functools.partial(_residuals, compute, host_grid))
 
 
 def _why(verdict, claim: str, result, thresholds) -> str:
     """The verdict, its deciding part's numbers and interval, and the cells against the line."""
     d = verdict.deciding
-    cells = rules.against(claim, d, result, thresholds) if d else []
+    against = cells.against(claim, d, result, thresholds) if d else []
     margin = d.intervals.get("margin") if d else None
     return (verdict.explain() + (f"; margin {d.margin:.4g}, 95% interval [{margin[0]:.4g}, "
                                  f"{margin[1]:.4g}]" if margin else "")
             + (f"; FRAGILE: {', '.join(verdict.fragile)}" if verdict.fragile else "")
-            + (f"; cells against the line ({len(cells)}/{len(result.cells)}): "
-               f"{', '.join(cells[:12])}" if cells else ""))
+            + (f"; cells against the line ({len(against)}/{len(result.cells)}): "
+               f"{', '.join(against[:12])}" if against else ""))
 
 
 def _xfail(request, reason: str):
@@ -284,11 +304,11 @@ def claim_gate(request, lac_session):
 
 @pytest.fixture
 def cell_gate(request, lac_session):
-    """Run a per-cell check (rules.CELL_CHECKS): failures the model's expectations list are
+    """Run a per-cell check (cells.CELL_CHECKS): failures the model's expectations list are
     strict xfails, others must pass."""
 
     def gate(check: str, result, model: str, grid: str, cell: str):
-        problems = rules.CELL_CHECKS[check](result, cell, lac_session.thresholds)
+        problems = cells.CELL_CHECKS[check](result, cell, lac_session.thresholds)
         if lac_session.record_cell(check, model, grid, cell, problems):
             _xfail(request, f"{check} fails on {model} / {grid} / {cell}")
         assert not problems, f"{check} on {model} / {grid} / {cell}: " + "; ".join(problems)

@@ -7,13 +7,14 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from . import paper, rules
+from . import breakdown, findings, paper, rules, uncertainty
 from .figures import kl_by_layer
 from .reportset import publish
 from .results import MARKER_CONDITIONS, jsonable
 
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
-KINDS = {"sweep": "sweeps", "markers": "markers", "host": "host_injection"}
+KINDS = {"sweep": "sweeps", "markers": "markers", "host": "host_injection",
+         "steering": "dose_and_swap"}
 
 
 def fmt(x, nd: int = 4) -> str:
@@ -39,7 +40,11 @@ def results_document(session) -> dict:
            **{name: [] for name in KINDS.values()}}
     for (_m, _g, kind), r in sorted(session.results.items(), key=lambda kv: kv[0]):
         if kind in KINDS:
-            doc[KINDS[kind]].append({**asdict(r), "summary": asdict(r.summary)})
+            doc[KINDS[kind]].append({**asdict(r),
+                                     **findings.extra(kind, r, session.thresholds)})
+    doc["anti_steering"] = [{"model": m, "grid": g, **breakdown.anti_steering(r)}
+                            for (m, g, kind), r in sorted(session.results.items())
+                            if kind == "markers"]
     return jsonable(doc)
 
 
@@ -97,7 +102,7 @@ def interval_table(session) -> list[str]:
 def sweep_section(r, seconds=None) -> list[str]:
     s, c = r.summary, r.cost
     head = (f"#### {r.model} / {r.grid} grid ({len(r.cells)} cells, plan {r.plan}, "
-            f"{seconds} s, {c.get('forward_tokens')} forward tokens "
+            f"{findings.took(seconds)}, {c.get('forward_tokens')} forward tokens "
             f"(floor {c.get('floor_tokens')}), {c.get('forward_layer_tokens')} token-layers "
             f"(floor {c.get('floor_layer_tokens')}))")
 
@@ -190,9 +195,15 @@ def report_markdown(session, figures: dict) -> str:
     status = run["status"] + ("" if run["status"] == "COMPLETE" else
                               f": {len(run['not_run'])} planned verdicts did not come (the matrix "
                               "says why)")
-    lines = [f"# lac report: run {run['run_id']}", "", f"**Run status: {status}.** Every number "
-             "below comes from this one run (settings and versions in Provenance); the regression "
-             "gate covered only what ran.", "",
+    cached = run["from_resume_cache"]
+    origin = ("Every number below comes from this one run" if not cached else
+              f"{len(cached)} experiment results came from the resume cache, computed by earlier "
+              "runs under the same key (same code, model, grid, settings and library versions: "
+              f"{', '.join(f'{k} from run {v}' for k, v in cached.items())}); the rest from this "
+              "run")
+    lines = [f"# lac report: run {run['run_id']}", "", f"**Run status: {status}.** {origin} "
+             "(settings and versions in Provenance); the regression gate covered only what ran.",
+             "",
              "## Verdicts (claims x models)", "", *verdict_matrix(session), "",
              "## Claim by claim", "", *claim_details(session), "",
              "## Every deciding number, with its 95% interval", "",
@@ -209,6 +220,7 @@ def report_markdown(session, figures: dict) -> str:
             if key in figures:
                 lines += [f"![additive KL by layer, {r.model} {r.grid}](figures/{figures[key]})",
                           ""]
+    lines += findings.section(session, table, fmt)
     return "\n".join(lines + provenance(session)) + "\n"
 
 
@@ -220,8 +232,10 @@ def write_report_set(session, out: Path) -> None:
     """results.json, REPORT.md and figures/ of this session, written into `out` as one set."""
     sweeps = {key: r for key, r in session.results.items() if key[2] == "sweep"}
     figures = {key: figure_name(*key[:2]) for key in sweeps}
-    writers = {name: (lambda path, r=sweeps[key]: kl_by_layer(r, path))
-               for key, name in figures.items()}
+    c6 = session.thresholds.C6.min_null_kl
+    writers = {name: (lambda path, r=sweeps[key]: kl_by_layer(
+        r, path, uncertainty.faithfulness_table(r, c6))) for key, name in figures.items()}
+    writers.update(findings.figure_writers(session))
     text = json.dumps(results_document(session), indent=1, allow_nan=False)
     writers["results.json"] = lambda path: path.write_text(text)
     writers["REPORT.md"] = lambda path: path.write_text(report_markdown(

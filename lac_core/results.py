@@ -147,6 +147,26 @@ class HostResult:
         return HostSummary.of(f"{self.model} / {self.grid}", host, runs)
 
 
+@dataclass
+class SteeringResult:
+    """Dose and swap at the marker site: per dose a, per cell, the generation, its markers and
+    its KL to the clean run; per swap (cell of persona A, other persona B), the generation, A's
+    and B's markers in it and in the clean text, and its KL to the clean run."""
+
+    model: str
+    grid: str
+    layer: int
+    n_new_tokens: int
+    cells: tuple[str, ...]
+    doses: tuple[float, ...]
+    pairs: str  # "next", "all" or "custom"
+    dose: dict  # str(a) -> cell -> {"tokens", "text", "hits", "kl"}
+    swaps: list  # [{"cell", "persona", "other", "tokens", "text", "own_hits", "other_hits",
+    #                "clean_own_hits", "clean_other_hits", "kl"}]
+    cost: dict = field(default_factory=dict)
+    grid_sha256: str = ""
+
+
 def jsonable(obj):
     """Plain JSON values from records: arrays and tuples to lists, numpy scalars to Python, keys to
     strings, and non-finite floats (undefined angles) to null, so the file is strict JSON."""

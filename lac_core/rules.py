@@ -8,10 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "FAILS", "INCONCLUSIVE"
-CLAIMS = ("C1", "C1L", "C2", "C3", "C3R", "C4", "C5")  # report order
+CLAIMS = ("C1", "C1L", "C2", "C3", "C3R", "C4", "C5", "C6")  # report order
 
 
 @dataclass(frozen=True)
@@ -129,12 +127,18 @@ def c2(summary, t) -> Verdict:
     return combine("C2", summary.label, parts)
 
 
+def _no_null(summary, probe: str) -> Part | None:
+    """The INCONCLUSIVE part of a probe without null runs (C5, C6), or None when it has them."""
+    if summary.kl_null is None:
+        return _undecided(probe, "no null control was run (h_BB substituted alone)")
+    return None if probe in summary.kl_null else _unswept(probe)
+
+
 def c5(summary, t) -> Verdict:
     parts = []
     for probe in t.probes:
-        if summary.kl_null is None or probe not in summary.kl_null:
-            parts.append(_unswept(probe) if summary.kl_null is not None else
-                         _undecided(probe, "no null control was run (h_BB substituted alone)"))
+        if (missing := _no_null(summary, probe)) is not None:
+            parts.append(missing)
             continue
         band = _band(summary, t.max_depth_fraction)
         null = {layer: summary.kl_null[probe][layer].median for layer in band}
@@ -158,6 +162,54 @@ def c5(summary, t) -> Verdict:
                            {"layer": best, "additive": a, "null": n,
                             "informative_layers": informative}))
     return combine("C5", summary.label, parts)
+
+
+def unexplained(summary, probe: str, layer: int) -> float | None:
+    """U = median additive KL / median null KL at a site, the share the sum leaves unexplained
+    (F = 1 - U). None where the null median is 0: the site carries nothing to explain, so F is
+    undefined there, never 1 or NaN."""
+    null = summary.kl_null[probe][layer].median
+    return summary.kl_add[probe][layer].median / null if null > 0 else None
+
+
+def faithfulness(summary) -> dict:
+    """probe -> layer -> F = 1 - U (None where undefined); {} without a null control."""
+    if summary.kl_null is None:
+        return {}
+    return {p: {k: (None if (u := unexplained(summary, p, k)) is None else 1 - u)
+                for k in summary.layers} for p in summary.probes if p in summary.kl_null}
+
+
+def c6(summary, t) -> Verdict:
+    """C1L's question in normalized form: does the unexplained share grow with depth?"""
+    parts = []
+    for probe in t.probes:
+        if (missing := _no_null(summary, probe)) is not None:
+            parts.append(missing)
+            continue
+        null = {layer: summary.kl_null[probe][layer].median for layer in summary.layers}
+        informative = [layer for layer in summary.layers if null[layer] >= t.min_null_kl]
+        deep = max(summary.layers)
+        if len(informative) < 2 or deep not in informative:
+            parts.append(_undecided(probe, f"informative layers {informative} (median null KL >= "
+                                           f"{t.min_null_kl}): needs two, the deepest swept "
+                                           f"(L{deep}, null {null[deep]:.4f}) among them"))
+            continue
+        lo = min(informative)
+        u_lo, u_hi = unexplained(summary, probe, lo), unexplained(summary, probe, deep)
+        ok = u_hi >= t.min_ratio * u_lo and u_hi > 0
+        margin = u_hi - t.min_ratio * u_lo if u_hi > 0 else min(0.0, u_hi - t.min_ratio * u_lo)
+        ratio = u_hi / u_lo if u_lo > 0 else math.inf
+        parts.append(_part(probe, ok, margin,
+                           f"unexplained share U = 1 - F at L{deep} {u_hi:.3f} vs L{lo} "
+                           f"{u_lo:.3f}: ratio {ratio:.2f} ({'>=' if ok else '<'} "
+                           f"{t.min_ratio}{'' if u_hi > 0 else ', and U at the deepest is 0'}); "
+                           f"informative layers {informative}",
+                           {"shallowest": lo, "deepest": deep, "unexplained_shallowest": u_lo,
+                            "unexplained_deepest": u_hi, "F_shallowest": 1 - u_lo,
+                            "F_deepest": 1 - u_hi, "ratio": ratio,
+                            "informative_layers": informative}))
+    return combine("C6", summary.label, parts)
 
 
 def _fraction_part(name, value, clean, factor, at_least: bool) -> Part:
@@ -215,106 +267,6 @@ def c4(h, t) -> Verdict:
     return with_precondition("C4", h.label, pre, parts)
 
 
-SWEEP_RULES = {"C1": c1, "C1L": c1l, "C2": c2, "C5": c5}
+SWEEP_RULES = {"C1": c1, "C1L": c1l, "C2": c2, "C5": c5, "C6": c6}
 MARKER_RULES = {"C3": c3, "C3R": c3r}
 HOST_RULES = {"C4": c4}
-
-
-# ---------------------------------------------------------------- per-cell checks
-
-def additive_vs_null(result, cell: str, t) -> list[str]:
-    """Where C1 is decided for each probe: a finite, non-negative KL, and the additive prediction
-    costs no more than substituting h_BB alone (beyond a small tolerance)."""
-    tol, floor = t.per_cell.additive_vs_null_tolerance, t.per_cell.kl_floor
-    problems = []
-    for part in c1(result.summary, t.C1).parts:
-        layer = part.numbers.get("layer")
-        if layer is None:
-            continue
-        add = result.cell_kl("additive", cell, part.name, layer)
-        null = result.cell_kl("null", cell, part.name, layer)
-        if not (add >= floor and null >= floor):
-            problems.append(f"{part.name} L{layer}: KL below {floor} (additive {add}, null {null})")
-        elif add > null + tol:
-            problems.append(f"{part.name} L{layer}: additive KL {add:.4f} > null KL {null:.4f} "
-                            f"+ {tol}")
-    return problems
-
-
-def sum_beats_alignment(result, cell: str, t) -> list[str]:
-    """At every swept layer and probe: cos(dXY, dX + dY) > cos(dX, dY)."""
-    ci, problems = result.cells.index(cell), []
-    for probe in t.C2.probes:
-        pi = result.probes.index(probe)
-        for layer in result.layers:
-            s = result.geometry["cos_xy_sum"][ci, pi, layer]
-            xy = result.geometry["cos_x_y"][ci, pi, layer]
-            if not (np.isfinite(s) and np.isfinite(xy)):
-                problems.append(f"{probe} L{layer}: undefined angle (a delta is zero)")
-            elif s <= xy:
-                problems.append(f"{probe} L{layer}: cos(dXY,dX+dY) {s:.3f} <= cos(dX,dY) {xy:.3f}")
-    return problems
-
-
-def additive_keeps_marker(result, cell: str, t) -> list[str]:
-    """Where the clean generation shows a persona marker, the additive one shows one too."""
-    h = result.hits[cell]
-    if h["clean"] and not h["additive"]:
-        return [f"clean has {h['clean']}, additive none: {result.texts[cell]['additive'][:160]!r}"]
-    return []
-
-
-def oracle_no_worse(result, cell: str, t) -> list[str]:
-    """The host really differs from the target (KL > 0, finite) and writing the target's own
-    residual into the host does not make it worse than no intervention, beyond a tolerance."""
-    kl, tol = result.kl[cell], t.per_cell.oracle_vs_host_tolerance
-    if not all(math.isfinite(v) for v in kl.values()):
-        return [f"non-finite KL {kl}"]
-    if not kl["host"] > 0:
-        return [f"KL(host) = {kl['host']} is not positive"]
-    if kl["oracle"] > kl["host"] + tol:
-        return [f"oracle KL {kl['oracle']:.4f} > host KL {kl['host']:.4f} + {tol}"]
-    return []
-
-
-CELL_CHECKS = {"additive_vs_null": additive_vs_null, "sum_beats_alignment": sum_beats_alignment,
-               "additive_keeps_marker": additive_keeps_marker, "oracle_no_worse": oracle_no_worse}
-
-
-def against(claim: str, part: Part, result, thresholds) -> list[str]:
-    """The cells on the wrong side of the deciding part's line, with their values: what a
-    failing claim's message names next to its numbers."""
-    t, n = getattr(thresholds, claim), part.numbers
-    name = part.name.split(" ")[0]
-    if claim in ("C1", "C1L", "C2", "C5") and name in getattr(result, "probes", ()):
-        pi = result.probes.index(name)
-        site = int(part.name.split(" L")[-1]) if " L" in part.name else 0
-        layer = n.get("layer", n.get("deepest", site))
-        li = result.layers.index(layer) if layer in result.layers else 0
-        add, null = result.kl_add[:, pi, li], result.kl_null[:, pi, li]
-        cos_xy = result.geometry["cos_x_y"][:, pi, layer]
-        cos_sum = result.geometry["cos_xy_sum"][:, pi, layer]
-        low = result.kl_add[:, pi, result.layers.index(n.get("shallowest", layer))]
-        if claim == "C1":
-            bad = (add > t.max_median_kl, add)
-        elif claim == "C5":
-            bad = (add > np.minimum(t.max_additive_kl, t.max_additive_over_null * null), add)
-        elif claim == "C1L":
-            bad = (add < t.min_ratio * low, add / np.maximum(low, 1e-12))
-        else:
-            bad = ((cos_xy > t.max_cos_x_y) | (cos_sum < t.min_cos_xy_sum), cos_xy)
-    elif claim in ("C3", "C3R"):
-        cond = {"precondition": "clean"}.get(part.name, part.name)
-        has = np.array([bool(result.hits[c][cond]) for c in result.cells])
-        clean = np.array([bool(result.hits[c]["clean"]) for c in result.cells])
-        bad = ((has if cond == "bare" else ~has if cond == "clean" else clean & ~has), has * 1.0)
-    elif claim == "C4":
-        host = np.array([result.kl[c]["host"] for c in result.cells])
-        if part.name == "precondition":
-            bad = (host < t.min_host_kl, host)
-        else:
-            gap = (host - np.array([result.kl[c][part.name] for c in result.cells])) / host
-            bad = (gap > t.max_gap_closed, gap)
-    else:
-        return []
-    return [f"{result.cells[i]} ({bad[1][i]:.3g})" for i in np.flatnonzero(bad[0])]

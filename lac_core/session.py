@@ -8,7 +8,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 
-from . import expected, preflight, provenance, rules
+from . import expected, preflight, provenance, resume, rules
 from .progress import Progress
 from .report import write_report_set
 from .settings import Settings
@@ -43,14 +43,37 @@ class Session:
     outcomes: dict = field(default_factory=dict)  # node id -> why it gave no verdict (error, skip)
     interrupted: bool = False  # Ctrl-C, -x or --maxfail stopped the run
     refused: list = field(default_factory=list)  # workers' results not merged, and why
+    from_cache: dict = field(default_factory=dict)  # (model, grid, kind) -> run id it came from
+    resume: resume.ResultCache = field(default_factory=lambda: resume.ResultCache(None))
     _expectations: dict = field(default_factory=dict)
     _fingerprint: dict = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings, args=()) -> "Session":
-        """Check the settings, grids, template and models; raises LacError before any work."""
-        return cls(settings, load_thresholds(settings.claims_file), preflight.check(settings),
-                   list(args))
+        """Check the settings, grids, template and models; raises LacError before any work. The
+        code's fingerprint (git commit, dirty or not) is taken now, not when the run ends."""
+        session = cls(settings, load_thresholds(settings.claims_file), preflight.check(settings),
+                      list(args))
+        session.fingerprint()
+        if not settings.no_cache:
+            session.resume = resume.ResultCache(settings.cache_dir / "results")
+        return session
+
+    def run_info_id(self) -> str:
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
+
+    def result_key(self, model: str, grid: str, kind: str, params: dict) -> dict:
+        """Everything that can change an experiment's numbers (see resume.py)."""
+        s, p = self.settings, self.provenance.get(model, {})
+        return {"model": model, "sha256": p.get("sha256"), "dtype": p.get("dtype"),
+                "device": p.get("device"), "attention": p.get("attn_implementation"),
+                "grid": self.grids[grid].sha256, "kind": kind,
+                "template": self.checked.template.key, "plan": s.plan, "layers": s.layers,
+                "probes": s.probes, "token_budget": s.token_budget,
+                "stems": self.thresholds.markers.stems, "swap_pairs": s.swap_pairs,
+                "params": {k: v for k, v in params.items()
+                           if v is None or isinstance(v, (str, int, float, tuple))},
+                **resume.versions()}
 
     @property
     def grids(self) -> dict:
@@ -91,7 +114,7 @@ class Session:
                 or not self.expectations(m).section(*self._key(m, g)[1:])]
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
-              "cell_checks", "collected", "outcomes")
+              "cell_checks", "collected", "outcomes", "from_cache")
 
     def planned(self) -> set:
         """Every (claim, model, grid) the settings ask for, where the grid runs its experiment."""
@@ -138,7 +161,7 @@ class Session:
     def run_info(self) -> dict:
         s, c = self.settings, self.checked
         missing = self.not_run()
-        return {"run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started)),
+        return {"run_id": self.run_info_id(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started)),
                 **self.fingerprint(),
                 "status": "PARTIAL" if missing else "COMPLETE",
@@ -153,6 +176,7 @@ class Session:
                 "dtype_option": s.dtype, "device_option": s.device, "torch_threads": self.threads,
                 "load_seconds": self.load_seconds,
                 "seconds": {" / ".join(k): v for k, v in sorted(self.timings.items())},
+                "from_resume_cache": {" / ".join(k): v for k, v in sorted(self.from_cache.items())},
                 "platform": platform.platform(),
                 "seed": "deterministic: greedy decoding, no sampling; tiny models seed 1234",
                 "args": self.args}

@@ -48,6 +48,8 @@ class Settings:
     claims_file: Path = FIXTURES / "claims.yaml"
     update_baselines: bool = False
     reports_overwrite: bool = False  # replace files in the report folder that lac did not write
+    no_cache: bool = False  # recompute every experiment, ignoring the resume cache
+    swap_pairs: str = "next"  # persona swap: each persona with the next in the grid, or "all"
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -55,6 +57,8 @@ class Settings:
         if not isinstance(self.token_budget, int) or self.token_budget < 1:
             raise UsageError(f"--lac-token-budget {self.token_budget!r}: must be a positive number "
                              f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
+        if self.swap_pairs not in ("next", "all"):
+            raise UsageError(f"--lac-swap-pairs {self.swap_pairs!r}: choose next or all")
         unknown = [p for p in self.probes if p not in PROBES]
         if unknown or not self.probes:
             raise UsageError(f"--lac-probes: unknown probe {unknown[0] if unknown else '(none)'}; "
@@ -102,6 +106,10 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "execution plan of the sweep (naive: one full forward per site, the oracle)"),
     ("--lac-token-budget", "token_budget", int, dict(type=int, default=DEFAULT_TOKEN_BUDGET),
      "max tokens per forward call, cached ones included (memory knob)"),
+    ("--lac-no-cache", "no_cache", bool, dict(action="store_true"),
+     "recompute every experiment: do not reuse results kept by earlier runs (resume cache)"),
+    ("--lac-swap-pairs", "swap_pairs", str, dict(choices=("next", "all")),
+     "persona swap: each persona A with the next in the grid's order (default) or every other"),
     ("--lac-offline", "offline", bool, dict(action="store_true"),
      "never fetch weights: a missing model is an error (also LAC_OFFLINE=1)"),
     ("--lac-update-baselines", "update_baselines", bool, dict(action="store_true"),

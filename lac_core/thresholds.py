@@ -22,6 +22,7 @@ FIELDS = {  # section -> {key: type}; one frozen dataclass per section
     "C4": {"min_host_kl": float, "max_gap_closed": float},
     "C5": {"probes": Names, "max_depth_fraction": float, "min_null_kl": float,
            "max_additive_kl": float, "max_additive_over_null": float},
+    "C6": {"probes": Names, "min_null_kl": float, "min_ratio": float},
     "markers": {"stems": Names},
     "per_cell": {"oracle_vs_host_tolerance": float, "additive_vs_null_tolerance": float,
                  "kl_floor": float},

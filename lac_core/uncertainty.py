@@ -135,3 +135,15 @@ def judge(claim: str, result, thresholds) -> rules.Verdict:
     deciding = next((p for p in (*pres, *parts) if v.deciding and p.name == v.deciding.name),
                     v.deciding)
     return replace(v, parts=parts, preconditions=pres, deciding=deciding, fragile=fragile)
+
+
+def faithfulness_table(result, min_null_kl: float) -> dict:
+    """probe -> layer -> {"F", "interval", "informative"}: normalized faithfulness F = 1 - median
+    additive KL / median null KL (None where the null median is 0: undefined, not 1), its 95%
+    interval over the same resamples as the verdicts, and whether the site is informative
+    (median null KL >= min_null_kl, C6's line)."""
+    full = rules.faithfulness(result.summary)
+    boots = [rules.faithfulness(s) for s in resampled("sweep", result)]
+    return {p: {k: {"F": f, "interval": _interval([b[p][k] for b in boots]),
+                    "informative": result.summary.kl_null[p][k].median >= min_null_kl}
+                for k, f in per.items()} for p, per in full.items()}

@@ -19,7 +19,7 @@ from lac_core.settings import ROOT, Settings
 
 
 def _claims(tmp_path, name, *args):
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--grid", "example",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider", "--grid", "example",
            "--lac-reports", str(tmp_path / name), "--lac-expected-dir", str(tmp_path / "expected"), *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert "Traceback" not in out.stdout, out.stdout[-3000:]
@@ -34,7 +34,7 @@ def _finite(x):
 def test_bfloat16_end_to_end(tmp_path):
     data = _claims(tmp_path, "bf16", "--model", "tiny-llama", "--dtype", "bfloat16")
     assert data["models"]["tiny-llama"]["dtype"] == "bfloat16"
-    assert {v["claim"] for v in data["verdicts"]} == {"C1", "C1L", "C2", "C3", "C3R", "C4", "C5"}
+    assert {v["claim"] for v in data["verdicts"]} == {"C1", "C1L", "C2", "C3", "C3R", "C4", "C5", "C6"}
     for record in (*data["sweeps"], *data["host_injection"]):
         assert _finite(record.get("kl_add") or record["kl"]) and _finite(record.get("kl_null", []))
 

@@ -15,7 +15,7 @@ EXAMPLE = resolve_grid("example").key
 
 
 def _run(tmp_path, *extra, model="tiny-llama"):
-    cmd = [sys.executable, "-m", "pytest", "claims/", "--model", model, "--grid", "example", "-q",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "--model", model, "--grid", "example", "-q",
            "-p", "no:cacheprovider", "--lac-reports", str(tmp_path / "reports"),
            "--lac-expected-dir", str(tmp_path / "expected"), *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -39,7 +39,7 @@ def recorded(tmp_path_factory):
 def test_the_example_grid_runs_every_experiment(recorded):
     tmp, _ = recorded
     data = json.loads((tmp / "reports" / "results.json").read_text())
-    assert {v["claim"] for v in data["verdicts"]} == {"C1", "C1L", "C2", "C3", "C3R", "C4", "C5"}
+    assert {v["claim"] for v in data["verdicts"]} == {"C1", "C1L", "C2", "C3", "C3R", "C4", "C5", "C6"}
     assert all(len(r) == 1 for r in (data["sweeps"], data["markers"], data["host_injection"]))
     grid = data["run"]["grids"]["example"]
     assert grid["sha256"].startswith(EXAMPLE.split("@")[1]) and grid["experiments"] == ["sweep", "markers", "host"]
@@ -105,7 +105,7 @@ def test_a_model_that_does_not_load_fails_once(tmp_path):
     (broken / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     (broken / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-rfs", "-p", "no:cacheprovider", "--model",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--model",
            str(broken), "--model", "tiny-llama", "--grid", "example", "--lac-reports", str(tmp_path / "r"),
            "--lac-expected-dir", str(tmp_path / "expected")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

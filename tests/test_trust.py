@@ -24,7 +24,7 @@ EXAMPLE = resolve_grid("example").key
 
 
 def _claims(tmp_path, *args, reports="reports", env=None):
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-rfs", "-p", "no:cacheprovider", "--grid",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--grid",
            "example", "--lac-expected-dir", str(tmp_path / "expected"), "--lac-reports",
            str(tmp_path / reports), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -215,7 +215,7 @@ def test_intervals_bracket_the_full_grid_numbers(lac_models):
     r = experiments.sweep(Engine(lac_models("tiny-llama")), resolve_grid("example"))
     t = load_thresholds(FIXTURES / "claims.yaml")
     inside = []
-    for claim in ("C1", "C1L", "C2", "C5"):
+    for claim in ("C1", "C1L", "C2", "C5", "C6"):
         v = uncertainty.judge(claim, r, t)
         for p in v.parts:
             for key, (lo, hi) in p.intervals.items():
@@ -224,3 +224,9 @@ def test_intervals_bracket_the_full_grid_numbers(lac_models):
                 inside.append(lo - 1e-9 <= value <= hi + 1e-9)
     assert inside and np.mean(inside) > 0.9  # a percentile interval usually holds the full-grid value
     assert torch.equal(torch.tensor(uncertainty.resample(9)), torch.tensor(uncertainty.resample(9)))
+    f = uncertainty.faithfulness_table(r, t.C6.min_null_kl)  # F beside every median, intervals too
+    for probe, per in f.items():
+        for layer, v in per.items():
+            s = r.summary
+            assert v["F"] == 1 - s.kl_add[probe][layer].median / s.kl_null[probe][layer].median
+            assert v["interval"][0] <= v["interval"][1]

@@ -1,0 +1,92 @@
+"""Where composition breaks and how much persona a vector carries: per-cell severities, the
+anti-steering share, dose and swap tables, persona x task matrices (numpy, no torch)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .results import MarkerResult, SteeringResult
+from .rules import c1
+
+
+def split(cell: str) -> tuple[str, str]:
+    persona, task = cell.split("__", 1)
+    return persona, task
+
+
+def matrix(cells, values: dict) -> tuple[list[str], list[str], np.ndarray]:
+    """Personas (rows), tasks (columns) in grid order and the [persona, task] values (NaN where a
+    cell is missing)."""
+    personas = list(dict.fromkeys(split(c)[0] for c in cells))
+    tasks = list(dict.fromkeys(split(c)[1] for c in cells))
+    out = np.full((len(personas), len(tasks)), np.nan)
+    for c in cells:
+        p, t = split(c)
+        out[personas.index(p), tasks.index(t)] = values[c]
+    return personas, tasks, out
+
+
+def deciding_kl(sweep, thresholds, probe: str = "p_last") -> tuple[int | None, dict]:
+    """C1's deciding layer for a probe and each cell's additive KL there."""
+    part = next((p for p in c1(sweep.summary, thresholds.C1).parts if p.name == probe), None)
+    layer = part.numbers.get("layer") if part else None
+    if layer is None:
+        return None, {}
+    return layer, {c: sweep.cell_kl("additive", c, probe, layer) for c in sweep.cells}
+
+
+def severity(check: str, result, cell: str, thresholds) -> float:
+    """How far a failing cell is from passing its check (larger is worse), to sort by."""
+    if check == "additive_vs_null":
+        layer, kls = deciding_kl(result, thresholds)
+        return kls.get(cell, 0.0) - (result.cell_kl("null", cell, "p_last", layer)
+                                     if layer is not None else 0.0)
+    if check == "sum_beats_alignment":
+        ci = result.cells.index(cell)
+        gap = result.geometry["cos_x_y"][ci] - result.geometry["cos_xy_sum"][ci]
+        return float(np.nanmax(gap))
+    if check == "additive_keeps_marker":
+        return float(len(result.hits[cell]["clean"]))
+    if check == "oracle_no_worse":
+        return result.kl[cell]["oracle"] - result.kl[cell]["host"]
+    return 0.0
+
+
+def worst_first(check: str, result, cells, thresholds) -> list[tuple[str, float]]:
+    return sorted(((c, severity(check, result, c, thresholds)) for c in cells),
+                  key=lambda cs: (-cs[1], cs[0]))
+
+
+def anti_steering(m: MarkerResult) -> dict:
+    """Cells whose additive generation holds fewer distinct persona markers than the bare task
+    prompt's, among the cells whose clean text has any of its persona's markers."""
+    eligible = [c for c in m.cells if m.hits[c]["clean"]]
+    cells = [c for c in eligible if len(m.hits[c]["additive"]) < len(m.hits[c]["bare"])]
+    return {"eligible": len(eligible), "n_cells": len(m.cells), "count": len(cells),
+            "share": len(cells) / len(eligible) if eligible else None, "cells": cells}
+
+
+def dose_table(s: SteeringResult) -> list[dict]:
+    rows = []
+    for a in s.doses:
+        d = s.dose[str(a)]
+        kls = [v["kl"] for v in d.values()]
+        rows.append({"a": a, "n_cells": len(d),
+                     "any_marker": sum(bool(v["hits"]) for v in d.values()),
+                     "distinct_mean": float(np.mean([len(v["hits"]) for v in d.values()])),
+                     "median_kl": float(np.median(kls)) if kls else None})
+    return rows
+
+
+def swap_share(s: SteeringResult) -> dict:
+    """Over the swaps whose clean (A, Y) text has A's markers: the share where A's markers
+    disappear and B's appear, against the base rate of B's markers in those clean texts."""
+    eligible = [w for w in s.swaps if w["clean_own_hits"]]
+    switched = [w for w in eligible if not w["own_hits"] and w["other_hits"]]
+    base = [w for w in eligible if w["clean_other_hits"]]
+    n = len(eligible)
+    return {"swaps": len(s.swaps), "eligible": n, "switched": len(switched),
+            "share": len(switched) / n if n else None,
+            "base_rate": len(base) / n if n else None,
+            "own_kept": sum(bool(w["own_hits"]) for w in eligible),
+            "other_appeared": sum(bool(w["other_hits"]) for w in eligible),
+            "cells": [f"{w['cell']} -> {w['other']}" for w in switched]}

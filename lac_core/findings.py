@@ -1,0 +1,177 @@
+"""The report's "beyond the paper" part: normalized faithfulness F and C6 against C1L, where
+composition breaks (heatmaps, failing cells worst first, anti-steering), dose and swap."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from . import breakdown, figures, paper, uncertainty
+
+
+def extra(kind: str, r, thresholds) -> dict:
+    """What results.json holds beside a record: its summary, F with intervals, dose and swap."""
+    if kind == "steering":
+        return {"dose_table": breakdown.dose_table(r), "swap_share": breakdown.swap_share(r)}
+    out = {"summary": asdict(r.summary)}
+    if kind == "sweep":
+        out["faithfulness"] = uncertainty.faithfulness_table(r, thresholds.C6.min_null_kl)
+    return out
+
+
+def _by_kind(session, kind: str) -> list:
+    return sorted((k, r) for k, r in session.results.items() if k[2] == kind)
+
+
+def figure_writers(session) -> dict:
+    """Report-set file name -> writer, for the heatmaps (per model) and the dose/swap figure."""
+    writers = {}
+    for model in dict.fromkeys(k[0] for k in session.results):
+        panels = _heatmap_panels(session, model)
+        if panels:
+            writers[f"figures/heatmaps_{model}.png"] = (
+                lambda path, m=model, p=panels: figures.heatmaps(m, p, path))
+    steer = _by_kind(session, "steering")
+    if steer:
+        rows = {f"{k[0]} / {k[1]}": breakdown.dose_table(r) for k, r in steer}
+        swaps = {f"{k[0]} / {k[1]}": breakdown.swap_share(r) for k, r in steer}
+        writers["figures/dose_and_swap.png"] = lambda path: figures.dose_and_swap(rows, swaps, path)
+    return writers
+
+
+def _heatmap_panels(session, model: str) -> list:
+    panels = []
+    for (m, grid, _k), r in _by_kind(session, "sweep"):
+        layer, kls = breakdown.deciding_kl(r, session.thresholds) if m == model else (None, {})
+        if kls:
+            panels.append((f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
+                           breakdown.matrix(r.cells, kls), None))
+    for (m, grid, _k), r in _by_kind(session, "markers"):
+        theirs = _paper_hits(r)
+        if m == model:
+            for cond in ("clean", "additive", "bare"):
+                panels.append((f"{grid}: distinct markers, {cond}",
+                               breakdown.matrix(r.cells, {c: len(r.hits[c][cond])
+                                                          for c in r.cells}),
+                               breakdown.matrix(r.cells, {c: len(theirs[c][cond])
+                                                          for c in r.cells}) if theirs else None))
+    return panels
+
+
+def _paper_hits(r) -> dict | None:
+    """The paper's own per-cell marker hits (Gemma-2-2B) when the grid's cells are its cells."""
+    data = paper.marker_data()["results"]
+    if set(r.cells) != set(data):
+        return None
+    names = {"clean": "clean", "additive": "additive", "bare": "bare"}
+    return {c: {k: data[c][v]["hits"] for k, v in names.items()} for c in r.cells}
+
+
+def took(seconds) -> str:
+    """An experiment's wall time, or where its result came from."""
+    return "from the resume cache" if seconds is None else f"{seconds} s"
+
+
+def section(session, table, fmt) -> list[str]:
+    """REPORT.md lines: F tables and C1L vs C6, where composition breaks, dose and swap."""
+    lines = ["## Beyond the paper: normalized localization (C6)", "",
+             "F = 1 - median additive KL / median null KL at each site (1: the sum explains all "
+             "the site carries; 0: no better than h_BB alone), with its 95% interval (cells "
+             "resampled as for the verdicts); * marks informative sites (median null KL >= "
+             f"{session.thresholds.C6.min_null_kl}), '-' an undefined F (null KL 0).", ""]
+    for (m, g, _k), r in _by_kind(session, "sweep"):
+        f = uncertainty.faithfulness_table(r, session.thresholds.C6.min_null_kl)
+
+        def cell(v):
+            if v["F"] is None:
+                return "-"
+            ci = v["interval"]
+            return (f"{v['F']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+                    + ("*" if v["informative"] else ""))
+
+        lines += [f"#### {m} / {g}", "", *table(["probe", *(f"L{k}" for k in r.layers)],
+                                                [[p, *(cell(f[p][k]) for k in r.layers)]
+                                                 for p in f]), "", _agreement(session, m, g), ""]
+    return lines + _breaks(session, table, fmt) + _dose_swap(session, table)
+
+
+def _agreement(session, model: str, grid: str) -> str:
+    a = session.verdicts.get(("C1L", model, grid), (None,))[0]
+    b = session.verdicts.get(("C6", model, grid), (None,))[0]
+    if a is None or b is None:
+        return "C1L against C6: not both ran."
+    if a.status == b.status:
+        return f"C1L {a.status}, C6 {b.status}: they agree."
+    if a.status == "HOLDS" and b.status == "FAILS":
+        return ("C1L HOLDS but C6 FAILS: additivity looks localized in raw KL only because the "
+                "site matters more with depth; the share the sum leaves unexplained does not "
+                "double.")
+    return f"C1L {a.status}, C6 {b.status}: they disagree (C6: {b.explain()})."
+
+
+def _breaks(session, table, fmt) -> list[str]:
+    lines = ["## Where composition breaks", "",
+             "Persona x task heatmaps per model: the additive KL at C1's deciding layer (p_last) "
+             "and the distinct persona markers under clean / additive / bare (in grey, the "
+             "paper's Gemma-2-2B count of the same cell where the grid is the paper's).", ""]
+    for model in dict.fromkeys(k[0] for k in session.results):
+        if _heatmap_panels(session, model):
+            lines += [f"![heatmaps {model}](figures/heatmaps_{model}.png)", ""]
+    rows = []
+    for (check, m, g), cells in sorted(session.cell_failures.items()):
+        r = next((r for (mm, gg, _k), r in session.results.items() if (mm, gg) == (m, g)
+                  and hasattr(r, "cells") and _k in ("sweep", "markers", "host")
+                  and _fits(check, _k)), None)
+        if cells and r is not None:
+            worst = breakdown.worst_first(check, r, sorted(cells), session.thresholds)
+            rows.append([check, f"{m} / {g}", f"{len(cells)}/{len(r.cells)}",
+                         ", ".join(f"{c} ({s:.3g})" for c, s in worst[:10])])
+    lines += ["Cells failing a per-cell check, worst first (how far from passing):", "",
+              *(table(["check", "model / grid", "failing", "cells (severity)"], rows) if rows
+                else ["No cell failed a per-cell check."]), ""]
+    anti = []
+    for (m, g, _k), r in _by_kind(session, "markers"):
+        a = breakdown.anti_steering(r)
+        anti.append([f"{m} / {g}", f"{a['count']}/{a['eligible']}", fmt(a["share"], 3),
+                     f"{a['eligible']}/{a['n_cells']}", ", ".join(a["cells"]) or "-"])
+    if anti:
+        lines += ["Anti-steering: cells whose additive generation holds fewer distinct persona "
+                  "markers than the bare task prompt's, among the cells whose clean text has a "
+                  "marker:", "",
+                  *table(["model / grid", "anti-steering", "share", "cells with clean markers",
+                          "cells"], anti), ""]
+    return lines
+
+
+def _fits(check: str, kind: str) -> bool:
+    return {"additive_vs_null": "sweep", "sum_beats_alignment": "sweep",
+            "additive_keeps_marker": "markers", "oracle_no_worse": "host"}.get(check) == kind
+
+
+def _dose_swap(session, table) -> list[str]:
+    steer = _by_kind(session, "steering")
+    if not steer:
+        return []
+    lines = ["## How much persona a vector carries: dose and swap", "",
+             "Dose: at the marker site (p_last, the layer C3 uses) the additive vector plus "
+             "(a - 1) dX; a = 1 is the additive condition (its generation reused). KL: 10-token "
+             "window KL to the clean run, teacher-forced on its greedy tokens. Swap: h_AY - dX_A "
+             "+ dX_B with B the next persona in the grid (or every other, --lac-swap-pairs all).",
+             "", "![dose and swap](figures/dose_and_swap.png)", ""]
+    for (m, g, _k), r in steer:
+        dose = breakdown.dose_table(r)
+        sw = breakdown.swap_share(r)
+        lines += [f"#### {m} / {g} (layer {r.layer}, {r.cost.get('forward_tokens')} forward "
+                  f"tokens, {took(session.timings.get((m, g, 'steering')))})", "",
+                  *table(["a", "any-marker", "distinct mean", "median KL to clean"],
+                         [[f"{x['a']:g}", f"{x['any_marker']}/{x['n_cells']}",
+                           f"{x['distinct_mean']:.2f}", x["median_kl"]] for x in dose]), "",
+                  f"Swap: {sw['switched']}/{sw['eligible']} swaps (of {sw['swaps']}; those whose "
+                  f"clean text has A's markers) lose A's markers and gain B's: share "
+                  f"{_pct(sw['share'])}, against a base rate of B's markers in the clean text of "
+                  f"{_pct(sw['base_rate'])}; A's markers kept in {sw['own_kept']}, B's appeared in "
+                  f"{sw['other_appeared']}." + (f" Switched: {', '.join(sw['cells'])}."
+                                                if sw["cells"] else ""), ""]
+    return lines
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
