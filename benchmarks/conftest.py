@@ -14,11 +14,15 @@ from lac_core.reportset import check, publish
 
 
 RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}
+TABLES: dict[str, list[str]] = {}  # title -> lines printed as they are at the end (and saved)
 
 
 def pytest_addoption(parser):
     parser.addoption("--bench-quick", action="store_true",
                      help="CI mode: tiny model only, fewer rounds (numbers are indicative)")
+    parser.addoption("--bench-rss", action="store_true",
+                     help="also measure the peak RSS of lac's long-grid sweep on "
+                          "Qwen2.5-Coder-0.5B (slow: tens of minutes on 2 cores)")
 
 
 @pytest.hookimpl(trylast=True)
@@ -95,9 +99,13 @@ def peak_rss():
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    for title, lines in TABLES.items():
+        tr.section(title)
+        for line in lines:
+            tr.write_line(line)
     if not RESULTS:
         return
-    tr = terminalreporter
     tr.section("lac benchmark ratios (same run; min of rounds)")
     for group, rows in sorted(RESULTS.items()):
         base_name = next(iter(rows))
@@ -106,6 +114,6 @@ def pytest_terminal_summary(terminalreporter):
             extra = {k: v for k, v in row.items() if k != "min"}
             tr.write_line(f"{group:40} {name:28} {row['min'] * 1e3:10.2f} ms  x{row['min'] / base:6.3f} "
                           f"vs {base_name}  {extra if extra else ''}")
-    text = json.dumps(RESULTS, indent=1)
+    text = json.dumps({**RESULTS, "tables": TABLES} if TABLES else RESULTS, indent=1)
     publish(terminalreporter.config.stash[SESSION].settings.report_dir,
             {"benchmarks.json": lambda path: path.write_text(text)})
