@@ -92,32 +92,45 @@ def _f_panel(ax, s, normalized: dict) -> None:
 
 def heatmaps(model: str, panels: list[tuple[str, tuple, tuple | None]], path: Path) -> str:
     """Persona x task heatmaps of one model: `panels` is [(title, (personas, tasks, values),
-    the paper's (personas, tasks, values) or None)]; the paper's value is printed in grey.
-    Marker panels share one colour scale from 0, so clean / additive / bare compare at a glance."""
+    the paper's (personas, tasks, values) or None)]; KL panels on the first row, marker panels
+    on the second, on one colour scale from 0 so clean / additive / bare compare at a glance;
+    the paper's value of a cell is printed under ours in grey."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    counts = [v for title, (_p, _t, v), _ in panels if "markers" in title]
-    top = max([float(np.nanmax(v)) for v in counts] + [1.0])
-    for ax, (title, (personas, tasks, values), theirs) in zip(axes[0], panels):
-        scale = dict(vmin=0, vmax=top, cmap="magma") if "markers" in title else {}
-        im = ax.imshow(values, aspect="auto", **({"cmap": "viridis"} | scale))
-        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(personas)), personas, fontsize=8)
-        for (i, j), v in np.ndenumerate(values):
-            if np.isfinite(v):
-                lo, hi = im.get_clim()
-                ax.text(j, i - (0.12 if theirs else 0), f"{v:.3g}", ha="center", va="center",
-                        fontsize=7, color="white" if v < (lo + hi) / 2 else "black")
-                if theirs is not None and np.isfinite(theirs[2][i, j]):
-                    ax.text(j, i + 0.22, f"paper {theirs[2][i, j]:.0f}", ha="center",
-                            va="center", fontsize=6, color="grey")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("task")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    axes[0][0].set_ylabel("persona")
-    fig.suptitle(f"Where composition breaks: {model}")
+    rows = [r for r in ([p for p in panels if "markers" not in p[0]],
+                        [p for p in panels if "markers" in p[0]]) if r]
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(5.2 * ncols, 4.6 * len(rows)),
+                             squeeze=False)
+    top = max([float(np.nanmax(v)) for t, (_p, _t, v), _ in panels if "markers" in t] + [1.0])
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            if c >= len(row):
+                axes[r][c].axis("off")
+                continue
+            _heatmap(fig, axes[r][c], *row[c], top)
+    fig.suptitle(f"Where composition breaks: {model} (rows: persona, columns: task)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _heatmap(fig, ax, title, matrix, theirs, top) -> None:
+    personas, tasks, values = matrix
+    scale = dict(vmin=0, vmax=top, cmap="magma") if "markers" in title else {"cmap": "viridis"}
+    im = ax.imshow(values, aspect="auto", **scale)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(personas)), personas, fontsize=8)
+    lo, hi = im.get_clim()
+    small = len(tasks) > 4
+    for (i, j), v in np.ndenumerate(values):
+        if not np.isfinite(v):
+            continue
+        ax.text(j, i - (0.15 if theirs else 0), f"{v:.2g}", ha="center", va="center",
+                fontsize=6 if small else 8, color="white" if v < (lo + hi) / 2 else "black")
+        if theirs is not None and np.isfinite(theirs[2][i, j]):
+            ax.text(j, i + 0.25, f"paper {theirs[2][i, j]:.0f}", ha="center", va="center",
+                    fontsize=6, color="grey")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
 
 
 def dose_and_swap(rows: dict, swaps: dict, path: Path) -> str:
