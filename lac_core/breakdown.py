@@ -36,10 +36,11 @@ def deciding_kl(sweep, thresholds, probe: str = "p_last") -> tuple[int | None, d
 
 def severity(check: str, result, cell: str, thresholds) -> float:
     """How far a failing cell is from passing its check (larger is worse), to sort by."""
-    if check == "additive_vs_null":
-        layer, kls = deciding_kl(result, thresholds)
-        return kls.get(cell, 0.0) - (result.cell_kl("null", cell, "p_last", layer)
-                                     if layer is not None else 0.0)
+    if check == "additive_vs_null":  # the check's own sites: every probe at C1's layer for it
+        gaps = [result.cell_kl("additive", cell, p.name, p.numbers["layer"])
+                - result.cell_kl("null", cell, p.name, p.numbers["layer"])
+                for p in c1(result.summary, thresholds.C1).parts if "layer" in p.numbers]
+        return max(gaps, default=0.0)
     if check == "sum_beats_alignment":
         ci = result.cells.index(cell)
         gap = result.geometry["cos_x_y"][ci] - result.geometry["cos_xy_sum"][ci]

@@ -16,7 +16,11 @@ def extra(kind: str, r, thresholds) -> dict:
     return out
 
 
-def _by_kind(session, kind: str) -> list:
+CHECKED_ON = {"additive_vs_null": "sweep", "sum_beats_alignment": "sweep",  # check -> experiment
+              "additive_keeps_marker": "markers", "oracle_no_worse": "host"}
+
+
+def by_kind(session, kind: str) -> list:
     return sorted((k, r) for k, r in session.results.items() if k[2] == kind)
 
 
@@ -28,7 +32,7 @@ def figure_writers(session) -> dict:
         if panels:
             writers[f"figures/heatmaps_{model}.png"] = (
                 lambda path, m=model, p=panels: figures.heatmaps(m, p, path))
-    steer = _by_kind(session, "steering")
+    steer = by_kind(session, "steering")
     if steer:
         rows = {f"{k[0]} / {k[1]}": breakdown.dose_table(r) for k, r in steer}
         swaps = {f"{k[0]} / {k[1]}": breakdown.swap_share(r) for k, r in steer}
@@ -38,12 +42,12 @@ def figure_writers(session) -> dict:
 
 def _heatmap_panels(session, model: str) -> list:
     panels = []
-    for (m, grid, _k), r in _by_kind(session, "sweep"):
+    for (m, grid, _k), r in by_kind(session, "sweep"):
         layer, kls = breakdown.deciding_kl(r, session.thresholds) if m == model else (None, {})
         if kls:
             panels.append((f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
                            breakdown.matrix(r.cells, kls), None))
-    for (m, grid, _k), r in _by_kind(session, "markers"):
+    for (m, grid, _k), r in by_kind(session, "markers"):
         theirs = _paper_hits(r)
         if m == model:
             for cond in ("clean", "additive", "bare"):
@@ -76,7 +80,7 @@ def section(session, table, fmt) -> list[str]:
              "the site carries; 0: no better than h_BB alone), with its 95% interval (cells "
              "resampled as for the verdicts); * marks informative sites (median null KL >= "
              f"{session.thresholds.C6.min_null_kl}), '-' an undefined F (null KL 0).", ""]
-    for (m, g, _k), r in _by_kind(session, "sweep"):
+    for (m, g, _k), r in by_kind(session, "sweep"):
         f = uncertainty.faithfulness_table(r, session.thresholds.C6.min_null_kl)
 
         def cell(v):
@@ -116,9 +120,7 @@ def _breaks(session, table, fmt) -> list[str]:
             lines += [f"![heatmaps {model}](figures/heatmaps_{model}.png)", ""]
     rows = []
     for (check, m, g), cells in sorted(session.cell_failures.items()):
-        r = next((r for (mm, gg, _k), r in session.results.items() if (mm, gg) == (m, g)
-                  and hasattr(r, "cells") and _k in ("sweep", "markers", "host")
-                  and _fits(check, _k)), None)
+        r = session.results.get((m, g, CHECKED_ON.get(check)))
         if cells and r is not None:
             worst = breakdown.worst_first(check, r, sorted(cells), session.thresholds)
             rows.append([check, f"{m} / {g}", f"{len(cells)}/{len(r.cells)}",
@@ -127,7 +129,7 @@ def _breaks(session, table, fmt) -> list[str]:
               *(table(["check", "model / grid", "failing", "cells (severity)"], rows) if rows
                 else ["No cell failed a per-cell check."]), ""]
     anti = []
-    for (m, g, _k), r in _by_kind(session, "markers"):
+    for (m, g, _k), r in by_kind(session, "markers"):
         a = breakdown.anti_steering(r)
         anti.append([f"{m} / {g}", f"{a['count']}/{a['eligible']}", fmt(a["share"], 3),
                      f"{a['eligible']}/{a['n_cells']}", ", ".join(a["cells"]) or "-"])
@@ -140,13 +142,8 @@ def _breaks(session, table, fmt) -> list[str]:
     return lines
 
 
-def _fits(check: str, kind: str) -> bool:
-    return {"additive_vs_null": "sweep", "sum_beats_alignment": "sweep",
-            "additive_keeps_marker": "markers", "oracle_no_worse": "host"}.get(check) == kind
-
-
 def _dose_swap(session, table) -> list[str]:
-    steer = _by_kind(session, "steering")
+    steer = by_kind(session, "steering")
     if not steer:
         return []
     lines = ["## How much persona a vector carries: dose and swap", "",

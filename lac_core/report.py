@@ -213,7 +213,7 @@ def report_markdown(session, figures: dict) -> str:
              "grid.", "",
              *interval_table(session), ""]
     for kind, (title, section, intro) in SECTIONS.items():
-        results = sorted((k, r) for k, r in session.results.items() if k[2] == kind)
+        results = findings.by_kind(session, kind)
         lines += [title, "", *([intro, ""] if intro else [])] if results else []
         for key, r in results:
             lines += section(r, session.timings.get(key))

@@ -141,7 +141,15 @@ def faithfulness_table(result, min_null_kl: float) -> dict:
     """probe -> layer -> {"F", "interval", "informative"}: normalized faithfulness F = 1 - median
     additive KL / median null KL (None where the null median is 0: undefined, not 1), its 95%
     interval over the same resamples as the verdicts, and whether the site is informative
-    (median null KL >= min_null_kl, C6's line)."""
+    (median null KL >= min_null_kl, C6's line). Computed once per result and line: the report,
+    its figure and results.json all read it."""
+    cache = result.__dict__.setdefault("_faithfulness", {})
+    if min_null_kl not in cache:
+        cache[min_null_kl] = _faithfulness(result, min_null_kl)
+    return cache[min_null_kl]
+
+
+def _faithfulness(result, min_null_kl: float) -> dict:
     full = rules.faithfulness(result.summary)
     boots = [rules.faithfulness(s) for s in resampled("sweep", result)]
     return {p: {k: {"F": f, "interval": _interval([b[p][k] for b in boots]),
