@@ -9,6 +9,10 @@
 # lets a real token see a later pad).
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -40,14 +44,19 @@ class Cost:
 
 @dataclass
 class State:
-    """A batch's cached positions: row r's sequence position p sits at column offsets[r] + p."""
+    """A batch's cached positions: row r's sequence position p sits at column offsets[r] + p
+    (p >= shared: the first `shared` positions, common to every row, sit at columns 0.. and the
+    rows' padding follows them)."""
 
     cache: object  # transformers DynamicCache
     mask: torch.Tensor  # [rows, columns] 1 where a real token is cached
     offsets: list[int]
     logits: torch.Tensor  # [rows, V] next-token logits after the last position
+    shared: int = 0
 
     def column(self, row: int, position: int) -> int:
+        if position < self.shared:
+            raise ValueError(f"position {position} lies in the shared prefix ({self.shared})")
         return self.offsets[row] + position
 
 
@@ -56,6 +65,7 @@ class Prefill:
     state: State | None  # kept when asked for
     logprobs: torch.Tensor | None  # [rows, keep, V] float32, the last `keep` positions
     residuals: torch.Tensor | None  # [rows, n_layers, tail, d] float32, the captured tail
+    kl: torch.Tensor | None = None  # [rows] float64: KL(against[row] || the row's last `keep`)
 
 
 @dataclass
@@ -76,13 +86,32 @@ def kl_sum(logp_ref: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     return (logp_ref.exp() * (logp_ref - logp)).sum(dim=(-1, -2))
 
 
+# Scored calls keep at most this many logits (float32: 128 MiB) per forward call: a batch of runs
+# scored over a 152k-token vocabulary would otherwise hold gigabytes of logits and log-probs.
+LOGITS_BUDGET = 2 ** 25
+
+
+def release_freed() -> None:
+    """Hand freed heap memory back to the system (glibc only; elsewhere nothing). glibc keeps
+    freed blocks below its adaptive mmap threshold (up to 32 MiB, i.e. most activations and
+    log-prob rows) in the heap: between phases that retained 0.1-0.3 GB of RSS on Qwen2.5-0.5B."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stacked(store: dict, layers) -> torch.Tensor:
     """[rows, len(layers), k, d] on the CPU from a capture store, calls joined along positions."""
     return torch.stack([torch.cat(store[layer], dim=1).cpu() for layer in layers], dim=1)
 
 
 def _cat(parts: list, dim: int = 0):
-    return torch.cat(parts, dim=dim) if parts and parts[0] is not None else None
+    """Parts joined along `dim`; one part is returned as it is (no copy of large log-probs)."""
+    if not parts or parts[0] is None:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 @dataclass
@@ -103,9 +132,12 @@ class Engine:
             raise UsageError(f"token budget must be a positive integer, got {self.token_budget!r}; "
                              "pass --lac-token-budget N with N >= 1")
 
-    def chunks(self, n_rows: int, footprint: int, group: int = 1) -> list[range]:
-        """Consecutive row ranges of whole groups whose rows x footprint stays within the budget."""
+    def chunks(self, n_rows: int, footprint: int, group: int = 1, logits: int = 0) -> list[range]:
+        """Consecutive row ranges of whole groups whose rows x footprint stays within the budget
+        (and rows x `logits`, the logits a row keeps, within LOGITS_BUDGET)."""
         per = group * max(1, self.token_budget // (group * max(footprint, 1)))
+        if logits:
+            per = min(per, group * max(1, LOGITS_BUDGET // (group * logits)))
         return [range(at, min(at + per, n_rows)) for at in range(0, n_rows, per)]
 
     def _run(self, ids: torch.Tensor, start_layer: int = 0, **kw):
@@ -137,8 +169,11 @@ class Engine:
     def prefill(self, prompts: list[list[int]], *, subs: list[list[Sub]] | None = None,
                 after: tuple[State, list[int], int] | None = None, start_layer: int = 0,
                 hidden: torch.Tensor | None = None, keep: int = 1, capture_tail: int = 0,
-                keep_state: bool = False, width: int = 0, group: int = 1) -> Prefill:
-        """Run `prompts`, one row each; the float32 log-probs of their last `keep` positions."""
+                keep_state: bool = False, width: int = 0, group: int = 1,
+                against: list[torch.Tensor] | None = None) -> Prefill:
+        """Run `prompts`, one row each; the float32 log-probs of their last `keep` positions, or
+        with `against` (one [keep, V] float32 log-prob tensor per row) only each row's KL sum
+        against them, scored row by row as each call ends (no batch of log-probs is kept)."""
         # From scratch, prompts are left-padded to a common width (at least `width`). With
         # `after=(state, rows, column)` row i continues the first `column` cached columns of
         # `state` row `rows[i]` (rows may repeat; the prompts then have one length). `subs[i]` are
@@ -151,15 +186,39 @@ class Engine:
             raise ValueError("continuations of cached rows must all have one length")
         if capture_tail > min(len(p) for p in prompts):
             raise ValueError(f"capture_tail {capture_tail} exceeds the shortest prompt")
-        args = (prompts, subs, after, start_layer, hidden, keep, capture_tail, keep_state, width)
+        if against is not None and len(against) != len(prompts):
+            raise ValueError(f"{len(against)} reference log-probs for {len(prompts)} rows")
+        share = self._shareable(prompts, subs, after, start_layer, max(keep, capture_tail, 1))
+        if share:  # the rows' common prefix once, then each row's rest after it (left-padded)
+            after = (self.prefill([prompts[0][:share]], keep=0, keep_state=True).state,
+                     [0] * len(prompts), share)
+            prompts, width = [p[share:] for p in prompts], width - share
+        args = (prompts, subs, after, start_layer, hidden, keep, capture_tail, keep_state, width,
+                against)
         footprint = (after[2] if after else 0) + width
+        logits = keep * self.lm.vocab_size if against is not None else 0
         parts = [self._prefill(list(rows), *args)
-                 for rows in self.chunks(len(prompts), footprint, group)]
+                 for rows in self.chunks(len(prompts), footprint, group, logits)]
         return Prefill(_merge([p.state for p in parts]) if keep_state else None,
-                       _cat([p.logprobs for p in parts]), _cat([p.residuals for p in parts]))
+                       _cat([p.logprobs for p in parts]), _cat([p.residuals for p in parts]),
+                       _cat([p.kl for p in parts]))
+
+    def _shareable(self, prompts, subs, after, start_layer: int, kept: int) -> int:
+        """How many leading tokens every prompt shares and can be computed once: none for one row,
+        a continuation, substitutions or a start layer (their positions count from the prompt's
+        start), or a sliding-window model (its window counts cache columns, and the shared prefix
+        puts each row's padding between columns); the last `kept` positions of each row stay its
+        own."""
+        if len(prompts) < 2 or after is not None or start_layer or (subs and any(subs)):
+            return 0
+        config = self.lm.model.config
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            return 0
+        share = len(os.path.commonprefix([list(p) for p in prompts]))
+        return max(0, min(share, min(len(p) for p in prompts) - kept))
 
     def _prefill(self, rows, prompts, subs, after, start_layer, hidden, keep, tail, keep_state,
-                 width) -> Prefill:
+                 width, against) -> Prefill:
         lm, dev, n = self.lm, self.lm.device, self.lm.n_layers
         prompts = [list(prompts[i]) for i in rows]
         if after is None:
@@ -167,14 +226,18 @@ class Engine:
             ids = torch.tensor([[self._pad()] * o + p for o, p in zip(offsets, prompts)])
             mask = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(offsets, prompts)])
             pos, cache, shift = (mask.cumsum(-1) - 1).clamp(min=0), empty_cache(), offsets
+            shared = 0
         else:
             state, cache_rows, column = after
             picked = [cache_rows[i] for i in rows]
             cache = gather_prefix(state.cache, picked, column, start_layer)
-            new = torch.ones(len(rows), width, dtype=torch.long)
+            pads = [width - len(p) for p in prompts]  # non-zero only after a shared prefix
+            ids = torch.tensor([[self._pad()] * o + p for o, p in zip(pads, prompts)])
+            new = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(pads, prompts)])
             mask = torch.cat([state.mask[picked, :column], new], 1)
-            pos, ids = (mask.cumsum(-1) - 1)[:, column:], torch.tensor(prompts)
-            offsets, shift = [state.offsets[r] for r in picked], [0] * len(rows)
+            pos = (mask.cumsum(-1) - 1)[:, column:].clamp(min=0)
+            offsets = [state.offsets[r] + o for r, o in zip(picked, pads)]
+            shift, shared = pads, column if any(pads) else state.shared
         entries = [[Sub(s.layer, shift[k] + s.position, s.vector) for s in subs[i]]
                    for k, i in enumerate(rows)] if subs else []
         with ExitStack() as stack:
@@ -190,26 +253,34 @@ class Engine:
         if keep_state and not start_layer and cache.get_seq_length() != mask.shape[1]:
             raise LacError("the model did not fill the KV cache it was given as `cache=`: lac "
                            "needs transformers >= 5.24 (an older one ignores the keyword)")
-        return Prefill(State(cache, mask, offsets, logits[:, -1]) if keep_state else None,
-                       logprobs_of(logits[:, -keep:]) if keep else None,
-                       _stacked(store, range(n)) if tail else None)
+        kl = None if against is None else torch.tensor(
+            [float(kl_sum(against[i].to(logits.device), logprobs_of(logits[k, -keep:])))
+             for k, i in enumerate(rows)], dtype=torch.float64)
+        return Prefill(State(cache, mask, offsets, logits[:, -1], shared) if keep_state else None,
+                       logprobs_of(logits[:, -keep:]) if keep and against is None else None,
+                       _stacked(store, range(n)) if tail else None, kl)
 
     def decode(self, state: State, n_new: int, *, stop_at_eos: bool = False,
-               keep_logprobs: bool = False, capture: bool = False, on_step=None) -> Decoded:
+               keep_logprobs: bool = False, capture: bool = False, on_step=None,
+               into: torch.Tensor | None = None) -> Decoded:
         """`n_new` greedy tokens (argmax; the model's generation config is never read): the first
-        from `state.logits`, each later one after feeding the previous back through the cache."""
+        from `state.logits`, each later one after feeding the previous back through the cache.
+        With `keep_logprobs`, step k's log-probs go to [:, k] of `into` ([rows, n_new, V]) when
+        given, so a caller's rows are written where they belong, never copied."""
         lm, dev = self.lm, self.lm.device
         eos, rows = lm.tokenizer.eos_token_id, len(state.offsets)
         mask, logits = state.mask, state.logits
         last = (mask.cumsum(-1) - 1)[:, -1]
-        tokens, logprobs, captured = [], [], []
+        tokens, logprobs, captured = [], into, []
         done = torch.zeros(rows, dtype=torch.bool)
         for step in range(n_new):
             if not torch.isfinite(logits).all():
                 raise NonFiniteResidualError("non-finite logits during greedy decoding; "
                                              "run in bfloat16 or float32")
-            if keep_logprobs:
-                logprobs.append(logprobs_of(logits).cpu())
+            if keep_logprobs:  # written in place: a list then a stack would hold them twice
+                if logprobs is None:
+                    logprobs = torch.empty(rows, n_new, logits.shape[-1])
+                logprobs[:, step] = logprobs_of(logits).cpu()
             nxt = logits.float().argmax(-1).cpu()
             tokens.append(nxt)
             if stop_at_eos and eos is not None:
@@ -231,8 +302,10 @@ class Engine:
         steps = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(rows)]
         if stop_at_eos and eos is not None:
             steps = [row[: row.index(eos) + 1] if eos in row else row for row in steps]
-        return Decoded(steps, torch.stack(logprobs, dim=1) if logprobs else None, _cat(captured, 2),
-                       State(state.cache, mask, state.offsets, logits))
+        if logprobs is not None and len(tokens) < n_new:  # stopped at EOS: the steps taken
+            logprobs = logprobs[:, : len(tokens)]
+        return Decoded(steps, logprobs, _cat(captured, 2),
+                       State(state.cache, mask, state.offsets, logits, state.shared))
 
     def generate(self, prompts: list[list[int]], n_new: int, *, subs=None, after=None,
                  stop_at_eos: bool = False, keep_logprobs: bool = False, capture_tail: int = 0,
@@ -241,6 +314,9 @@ class Engine:
         `capture_tail`, residuals cover the prompt tail and every token fed back."""
         width = max(len(p) for p in prompts)
         parts, chunks = [], self.chunks(len(prompts), (after[2] if after else 0) + width + n_new)
+        if keep_logprobs and stop_at_eos:
+            raise ValueError("keep_logprobs needs every row's n_new steps: not with stop_at_eos")
+        out = torch.empty(len(prompts), n_new, self.lm.vocab_size) if keep_logprobs else None
         for ci, rows in enumerate(chunks):
             cont = (after[0], [after[1][i] for i in rows], after[2]) if after else None
             pre = self.prefill([prompts[i] for i in rows], keep=0, capture_tail=capture_tail,
@@ -248,10 +324,11 @@ class Engine:
                                after=cont, width=width)
             dec = self.decode(pre.state, n_new, stop_at_eos=stop_at_eos,
                               keep_logprobs=keep_logprobs, capture=capture_tail > 0,
-                              on_step=lambda k: self.tick((ci + k / n_new) / len(chunks)))
+                              on_step=lambda k: self.tick((ci + k / n_new) / len(chunks)),
+                              into=out[rows.start: rows.stop] if keep_logprobs else None)
             dec.residuals = _cat([r for r in (pre.residuals, dec.residuals) if r is not None], 2)
             parts.append(dec)
-        return Decoded([t for d in parts for t in d.tokens], _cat([d.logprobs for d in parts]),
+        return Decoded([t for d in parts for t in d.tokens], out,
                        _cat([d.residuals for d in parts]),
                        _merge([d.state for d in parts]) if keep_state else None)
 
@@ -274,4 +351,5 @@ def _merge(states: list[State]) -> State:
     if len(states) == 1:
         return states[0]
     return State(concat_rows([s.cache for s in states]), torch.cat([s.mask for s in states]),
-                 [o for s in states for o in s.offsets], torch.cat([s.logits for s in states]))
+                 [o for s in states for o in s.offsets], torch.cat([s.logits for s in states]),
+                 max(s.shared for s in states))

@@ -3,6 +3,8 @@
 # plan's) business; these functions only say what the protocol asks for and assemble results.
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -173,7 +175,8 @@ def _generate_at_p_last(eng: Engine, rows, layer: int, n_new: int) -> list[list[
     return [generated[k] for k in which]
 
 
-def host_injection(eng: Engine, grid: Grid, *, residuals=None, layer=None) -> HostResult:
+def host_injection(eng: Engine, grid: Grid, *, residuals=None, target=None,
+                   layer=None) -> HostResult:
     """Experiments 3 and 4: KL(target || host) without and with injected vectors."""
     # Target: the clean XY prompt and its 10 greedy tokens. Host: the BY prompt (`As a thoughtful
     # person, {task}`) teacher-forced on the same tokens. KL(target || host) with no intervention,
@@ -184,22 +187,14 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, layer=None) -> Ho
     sets = multilayer_sets(lm.n_layers)
     prompts, h = residuals or p_last_residuals(eng, grid)
     additive = h[:, 1] + h[:, 2] - h[:, 0]  # [cell, layer, d]
-    target = eng.generate([list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_logprobs=True)
-    by_prompts, by_row = distinct(cp["BY"].ids for cp in prompts)  # BY repeats across personas
-    by = eng.prefill(by_prompts, keep=0, keep_state=True)
+    target = target or xy_target(eng, grid, prompts)
+    runs = []  # (cell, substitutions): oracle, cached, then each layer set
+    for ci in range(len(prompts)):
+        runs += [(ci, [(layer, h[ci, 3, layer])]), (ci, [(layer, additive[ci, layer])])]
+        runs += [(ci, [(m, additive[ci, m]) for m in s]) for s in sets]
+    plain, scored = teacher_forced(eng, prompts, "BY", target, runs)
     names = ["host", "oracle", "cached"] + ["layers " + ",".join(map(str, s)) for s in sets]
-    rows, suffixes, subs = [], [], []
-    for ci, cp in enumerate(prompts):
-        runs = [[], [Sub(layer, 0, h[ci, 3, layer])], [Sub(layer, 0, additive[ci, layer])]]
-        runs += [[Sub(m, 0, additive[ci, m]) for m in s] for s in sets]
-        for run in runs:  # position 0 of the continuation is the host's p_last
-            rows.append(by_row[ci])
-            suffixes.append([cp["BY"].ids[-1]] + target.tokens[ci][: HOST_WINDOW - 1])
-            subs.append(run)
-    column = by.state.column(by_row[0], prompts[0]["BY"].p_last)  # left-padded: one for every row
-    host = eng.prefill(suffixes, after=(by.state, rows, column), subs=subs, keep=HOST_WINDOW,
-                       group=len(names))
-    kls = kl_rows(target.logprobs, host.logprobs, len(names))
+    kls = np.concatenate([plain[:, None], scored.reshape(len(prompts), -1)], axis=1)
     cells = [c.id for c in grid.cells]
     kl = {cell: {name: float(kls[i, j]) for j, name in enumerate(names)}
           for i, cell in enumerate(cells)}
@@ -207,10 +202,49 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, layer=None) -> Ho
                       dict(zip(cells, target.tokens)), _cost(eng), grid.sha256)
 
 
-def kl_rows(target: torch.Tensor, runs: torch.Tensor, per_cell: int) -> np.ndarray:
-    """KL(target || run) per cell and run: target [cells, T, V], runs [cells * per_cell, T, V]."""
-    from .engine import kl_sum
+@dataclass(frozen=True)
+class Target:
+    """Each cell's clean XY prompt, its first HOST_WINDOW greedy tokens and their log-probs: the
+    reference that experiments 3-4 and the steering runs score against (computed once per grid)."""
 
-    cells = target.shape[0]
-    runs = runs.reshape(cells, per_cell, *runs.shape[1:])
-    return kl_sum(target[:, None].to(runs.device), runs).double().cpu().numpy()
+    tokens: list[list[int]]
+    logprobs: torch.Tensor  # [cell, HOST_WINDOW, V] float32
+
+
+def xy_target(eng: Engine, grid: Grid, prompts=None) -> Target:
+    prompts = prompts or [render_cell(eng.lm, grid, cell) for cell in grid.cells]
+    out = eng.generate([list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_logprobs=True)
+    return Target(out.tokens, out.logprobs)
+
+
+def teacher_forced(eng: Engine, prompts, condition: str, target: Target, runs):
+    """KL(target || run) over the target's tokens teacher-forced after each cell's `condition`
+    prompt: without intervention ([cell]) and for each run (cell, [(layer, vector)]) with its
+    vectors at p_last ([run]). Each distinct prompt but its last token is computed once; the plain
+    continuations keep every layer's residuals, and each run starts from its lowest substituted
+    layer, fed those (nothing below it can change)."""
+    keys, row = distinct(cp[condition].ids for cp in prompts)
+    pre = eng.prefill(keys, keep=0, keep_state=True)
+    column = pre.state.column(row[0], prompts[0][condition].p_last)  # left-padded: one for all
+    # position 0 of each continuation is p_last, then the target's first tokens
+    suffixes = [[cp[condition].ids[-1]] + target.tokens[ci][: HOST_WINDOW - 1]
+                for ci, cp in enumerate(prompts)]
+    against = list(target.logprobs)
+    plain = eng.prefill(suffixes, after=(pre.state, row, column), keep=HOST_WINDOW,
+                        capture_tail=HOST_WINDOW, against=against)
+    scored = np.zeros(len(runs))
+    by_low: dict[int, list[int]] = {}  # lowest substituted layer -> runs
+    for k, (_, subs) in enumerate(runs):
+        by_low.setdefault(min(m for m, _ in subs), []).append(k)
+    for low, ks in sorted(by_low.items()):
+        cells = [runs[k][0] for k in ks]
+        hidden = torch.stack([plain.residuals[ci, low] for ci in cells])
+        for j, k in enumerate(ks):
+            hidden[j, 0] = dict(runs[k][1])[low]
+        kw = dict(start_layer=low, hidden=hidden) if low else {}
+        subs = [[Sub(m, 0, v) for m, v in runs[k][1] if m != low or not low] for k in ks]
+        kl = eng.prefill([suffixes[ci] for ci in cells], subs=subs, keep=HOST_WINDOW,
+                         after=(pre.state, [row[ci] for ci in cells], column),
+                         against=[against[ci] for ci in cells], **kw).kl
+        scored[ks] = kl.numpy()
+    return plain.kl.numpy(), scored

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine, Sub, kl_sum
+from .engine import Engine, Sub, kl_sum, release_freed
 from .prompts import CONDITIONS, PROMPT_PROBES, Rendered
 
 
@@ -91,6 +91,7 @@ class FastPlan(NaivePlan):
         """XY residuals come from the reference pass itself; each distinct prompt of the other
         conditions (XB repeats across tasks, BY across personas, BB everywhere) runs once, then
         r[0:forced] of each cell after its cached prefix."""
+        release_freed()  # the reference pass's garbage, before this pass allocates its own
         eng, lm, probes, n = self.eng, self.eng.lm, self.probes, len(self.prompts)
         h = torch.empty(n, len(CONDITIONS), lm.n_layers, len(probes), lm.d_model)
         for ci, cp in enumerate(self.prompts):
@@ -116,6 +117,7 @@ class FastPlan(NaivePlan):
         """Per probe, cells grouped by (cache column, run length); per swept layer one batch of
         every cell's runs (one per vector set), computed from the probe on and from the layer up,
         fed the clean residuals the reference pass captured, scored against its own log-probs."""
+        release_freed()
         out = self._zeros(seqs, layers, vectors)
         for pi in range(len(self.probes)):
             groups: dict[tuple[int, int], list[int]] = {}
@@ -136,21 +138,20 @@ class FastPlan(NaivePlan):
                  for ci, p, _ in runs]
         # step k of the reference pass scores position len(prompt) - 1 + k
         first = [w0 - len(self.prompts[ci]["XY"].ids) + 1 for ci, _, w0 in runs]
-        clean = torch.stack([self.gen.logprobs[ci, k: k + window] for ci, k in zip(members, first)])
+        clean = [self.gen.logprobs[ci, k: k + window] for ci, k in zip(members, first)]  # views
+        against = [c for c in clean for _ in names]  # rows: (cell, vector set)
         for li, layer in enumerate(layers):
             hidden = torch.stack([self.gen.residuals[ci, layer, s]
                                   for ci, s in zip(members, spans)])
-            hidden = hidden.repeat_interleave(len(names), dim=0)  # rows: (cell, vector set)
+            hidden = hidden.repeat_interleave(len(names), dim=0)
             for k, name in enumerate(names):
                 hidden[k::len(names), 0] = vectors[name][members, layer, pi]
             if layer == 0:  # nothing below to skip: substitute at the first suffix position instead
                 kw = dict(subs=[[Sub(0, 0, h[0])] for h in hidden])
             else:
                 kw = dict(start_layer=layer, hidden=hidden)
-            lp = self.eng.prefill(suffixes, after=after, keep=window, group=len(names),
-                                  **kw).logprobs
-            runs = lp.reshape(len(members), len(names), window, -1)
-            kls = kl_sum(clean[:, None].to(lp.device), runs).double().cpu()
+            kls = self.eng.prefill(suffixes, after=after, keep=window, group=len(names),
+                                   against=against, **kw).kl.reshape(len(members), len(names))
             for k, name in enumerate(names):
                 out[name][members, pi, li] = kls[:, k]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from . import cells, distributed, reportset, rules, uncertainty
-from .engine import Engine
+from .engine import Engine, release_freed
 from .errors import LacError
 from .models import load
 from .progress import Progress
@@ -211,6 +211,7 @@ def compute(lm, lac_session):
             return cached
         progress, t0 = s.progress, time.perf_counter()
         kw = {k: v() if isinstance(v, functools.partial) else v for k, v in kw.items()}
+        release_freed()  # earlier experiments' garbage would add to this one's peak memory
         eng = Engine(lm, s.settings.token_budget, progress=progress)
         progress.start(f"{lm.spec.name} / {grid} {kind}")
         s.results[key] = experiment(eng, s.grids[grid], **kw)
@@ -242,6 +243,13 @@ def _residuals(compute, grid: str):
     return compute(grid, "residuals", p_last_residuals)
 
 
+def _target(compute, grid: str):
+    """The clean XY prompts' first greedy tokens and log-probs, shared by host and steering."""
+    from .experiments import xy_target
+
+    return compute(grid, "target", xy_target)
+
+
 @pytest.fixture
 def marker_result(compute, marker_grid, lac_session):
     from .experiments import markers
@@ -257,6 +265,7 @@ def steering_result(compute, marker_grid, marker_result, lac_session):
 
     return compute(marker_grid, "steering", steering, marker_result=marker_result,
                    residuals=functools.partial(_residuals, compute, marker_grid),
+                   target=functools.partial(_target, compute, marker_grid),
                    pairs=lac_session.settings.swap_pairs)
 
 
@@ -265,7 +274,8 @@ def host_result(compute, host_grid):
     from .experiments import host_injection
 
     return compute(host_grid, "host", host_injection,
-                   residuals=functools.partial(_residuals, compute, host_grid))
+                   residuals=functools.partial(_residuals, compute, host_grid),
+                   target=functools.partial(_target, compute, host_grid))
 
 
 def _why(verdict, claim: str, result, thresholds) -> str:

@@ -39,6 +39,7 @@ class Settings:
     chat_template: str | None = None  # a built-in name or a Jinja file; None: the model's own
     raw: bool = False  # --no-chat-template
     dtype: str | None = None  # None or "auto": registered dtype, else by device
+    attention: str = "grouped"  # attention.IMPLEMENTATIONS: eager arithmetic without K/V copies
     threads: int | None = None  # torch threads (None: torch's default; under xdist cores/workers)
     offline: bool = field(default_factory=_env_offline)
     device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
@@ -57,6 +58,8 @@ class Settings:
         if not isinstance(self.token_budget, int) or self.token_budget < 1:
             raise UsageError(f"--lac-token-budget {self.token_budget!r}: must be a positive number "
                              f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
+        if self.attention not in ("grouped", "eager", "sdpa"):
+            raise UsageError(f"--attention {self.attention!r}: choose grouped, eager or sdpa")
         if self.swap_pairs not in ("next", "all"):
             raise UsageError(f"--lac-swap-pairs {self.swap_pairs!r}: choose next or all")
         unknown = [p for p in self.probes if p not in PROBES]
@@ -98,6 +101,9 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "raw prompts: the user text after the tokenizer's BOS (for base models)"),
     ("--dtype", "dtype", str, dict(choices=("float32", "bfloat16", "float16", "auto")),
      "model precision (default auto: the registered dtype, else bfloat16 on GPU, float32 on CPU)"),
+    ("--attention", "attention", str, dict(choices=("grouped", "eager", "sdpa")),
+     "attention: grouped (default; eager arithmetic without copying grouped keys/values), eager "
+     "(transformers' own) or sdpa (fused, faster on GPUs; numbers move, see README)"),
     ("--device", "device", str, {}, "cpu, cuda, cuda:N, mps or auto (default; also LAC_DEVICE): "
      "auto spreads a model over several visible GPUs"),
     ("--lac-threads", "threads", int, dict(type=int), "torch CPU threads (default: torch's; under "

@@ -8,8 +8,9 @@ window scored against the clean run (KL to clean)."""
 # so persona B's delta is read from any cell of B.
 from __future__ import annotations
 
-from .engine import Engine, Sub
-from .experiments import (HOST_WINDOW, _cost, _generate_at_p_last, kl_rows, p_last_residuals)
+from .engine import Engine
+from .experiments import (Target, _cost, _generate_at_p_last, p_last_residuals, teacher_forced,
+                          xy_target)
 from .grids import Grid
 from .markers import hits
 from .results import MarkerResult, SteeringResult
@@ -34,7 +35,7 @@ def dose_vector(additive, dx, a: float):
 
 
 def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=None,
-             doses=DOSES, pairs="next", n_new: int | None = None,
+             target: Target | None = None, doses=DOSES, pairs="next", n_new: int | None = None,
              regenerate_a1: bool = False) -> SteeringResult:
     lm, layer, stems = eng.lm, marker_result.layer, marker_result.stems
     n_new = marker_result.n_new_tokens if n_new is None else n_new
@@ -56,7 +57,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
     gen_rows = [(tuple(prompts[ci]["XY"].ids), vec) for ci, kind, a, vec in runs
                 if regenerate_a1 or not (kind == "dose" and a == 1.0)]
     generated = iter(_generate_at_p_last(eng, gen_rows, layer, n_new))
-    kls = _kl_to_clean(eng, prompts, runs, layer, per_cell)
+    kls = _kl_to_clean(eng, prompts, runs, layer, target or xy_target(eng, grid, prompts))
     dose = {str(a): {} for a in doses}
     swap = []
     for k, (ci, kind, a, _vec) in enumerate(runs):
@@ -65,7 +66,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
         toks = marker_result.tokens[cell.id]["additive"] if reuse else next(generated)
         text = lm.tokenizer.decode(toks, skip_special_tokens=True)
         own = hits(text, grid.markers[cell.persona_key], stems)
-        kl = float(kls[ci, k % per_cell])
+        kl = float(kls[k])
         if kind == "dose":
             dose[str(a)][cell.id] = {"tokens": toks, "text": text, "hits": own, "kl": kl}
             continue
@@ -80,16 +81,8 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
                           _cost(eng), grid.sha256)
 
 
-def _kl_to_clean(eng: Engine, prompts, runs, layer: int, per_cell: int):
-    """KL(clean || run) over the clean run's first 10 greedy tokens, teacher-forced: [cell, run].
-    Each XY prompt is computed once; every run continues it from p_last, where its vector lands."""
-    xy = [list(cp["XY"].ids) for cp in prompts]
-    target = eng.generate(xy, HOST_WINDOW, keep_logprobs=True)
-    pre = eng.prefill(xy, keep=0, keep_state=True)
-    column = pre.state.column(0, prompts[0]["XY"].p_last)  # left-padded: one for every row
-    rows = [ci for ci, *_ in runs]
-    suffixes = [[xy[ci][-1]] + target.tokens[ci][: HOST_WINDOW - 1] for ci in rows]
-    subs = [[Sub(layer, 0, vec)] for *_, vec in runs]
-    scored = eng.prefill(suffixes, after=(pre.state, rows, column), subs=subs, keep=HOST_WINDOW,
-                         group=per_cell)
-    return kl_rows(target.logprobs, scored.logprobs, per_cell)
+def _kl_to_clean(eng: Engine, prompts, runs, layer: int, target: Target):
+    """KL(clean || run) over the clean run's first 10 greedy tokens, teacher-forced after the XY
+    prompt with the run's vector at (layer, p_last): [run]."""
+    scored = [(ci, [(layer, vec)]) for ci, *_, vec in runs]
+    return teacher_forced(eng, prompts, "XY", target, scored)[1]

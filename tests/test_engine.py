@@ -1,13 +1,14 @@
 """Each engine operation against the plain one-at-a-time computation: prefill, decode, capture,
 batching under any token budget, and the fast sweep plan against the naive one."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lac_core import experiments
+from lac_core import engine, experiments
 from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.hooks import substitute
@@ -217,3 +218,75 @@ def test_kl_sum_is_kl_of_clean_against_intervened():
     got = float(kl_sum(logprobs_of(p.log()), logprobs_of(q.log())))
     assert got == pytest.approx(by_hand, rel=1e-5) and abs(got - reverse) > 0.05
     assert logprobs_of(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.bfloat16)).dtype == torch.float32
+
+
+def test_a_shared_prefix_runs_once_and_changes_nothing(any_lm):
+    """Rows with a common prefix (the chat template's): the prefix runs once and each row's rest
+    after it, padding in between; log-probs, captured tails, continuations and greedy tokens
+    equal each row alone. A sliding-window model never shares (its window counts columns)."""
+    prompts = _prompts(any_lm, 3, "long") + _prompts(any_lm, 1, "short")
+    common = len(os.path.commonprefix(prompts))
+    assert common > 0
+    eng, single = Engine(any_lm), Engine(any_lm)
+    out = eng.prefill(prompts, keep=3, capture_tail=2, keep_state=True)
+    windowed = any_lm.spec.name in ("tiny-gemma2", "tiny-gemma3")
+    assert out.state.shared == (0 if windowed else common)
+    width = max(len(p) for p in prompts)
+    if not windowed:
+        with pytest.raises(ValueError, match="shared prefix"):
+            out.state.column(0, common - 1)
+        assert eng.cost.tokens == common + len(prompts) * (width - common)
+    tails, rows = [[5, 6, 7], [8, 9, 10], [11, 12, 13]], [0, 3, 1]
+    after = eng.prefill(tails, after=(out.state, rows, width), keep=3).logprobs
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(out.logprobs[i], _plain(any_lm, p)[-3:], **TOL)
+        alone = single.prefill([p], keep=0, capture_tail=2).residuals[0]
+        torch.testing.assert_close(out.residuals[i], alone, **TOL)
+        assert eng.generate(prompts, 6).tokens[i] == single.generate([p], 6).tokens[0]
+    for k, (r, t) in enumerate(zip(rows, tails)):
+        torch.testing.assert_close(after[k], _plain(any_lm, prompts[r] + t)[-3:], **TOL)
+
+
+def test_scoring_against_references_is_the_kl_of_the_log_probs(tiny, monkeypatch):
+    """`against` gives each row's KL sum without returning log-probs, whatever the logits cap."""
+    prompts = _prompts(tiny, 4)
+    subs = [[Sub(1, len(p) - 2, _vec(tiny, i))] for i, p in enumerate(prompts)]
+    eng = Engine(tiny)
+    clean = eng.prefill(prompts, keep=3).logprobs
+    want = kl_sum(clean, eng.prefill(prompts, subs=subs, keep=3).logprobs).double()
+    got = eng.prefill(prompts, subs=subs, keep=3, against=list(clean))
+    assert got.logprobs is None and got.kl.dtype == torch.float64
+    torch.testing.assert_close(got.kl, want, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(engine, "LOGITS_BUDGET", 1)  # one row per call
+    capped = Engine(tiny)
+    torch.testing.assert_close(capped.prefill(prompts, subs=subs, keep=3, against=list(clean)).kl,
+                               want, rtol=1e-6, atol=1e-7)
+    assert capped.cost.calls == len(prompts)  # substituted rows share no prefix: one call each
+    with pytest.raises(ValueError, match="2 reference log-probs for 4 rows"):
+        eng.prefill(prompts, keep=3, against=list(clean[:2]))
+
+
+def test_teacher_forced_runs_equal_full_patched_forwards(tiny):
+    """Host-style scoring: each run from its lowest substituted layer, fed the plain
+    continuation's residuals, equals one full forward of prompt + target with the vectors at
+    p_last; the plain continuation equals the unpatched forward."""
+    grid = GRIDS["short"]
+    prompts = [experiments.render_cell(tiny, grid, c) for c in grid.cells[:3]]
+    eng = Engine(tiny)
+    target = experiments.xy_target(eng, grid, prompts)
+    n = tiny.n_layers
+    runs = [(0, [(1, _vec(tiny, 1))]), (1, [(0, _vec(tiny, 2)), (2, _vec(tiny, 3))]),
+            (2, [(2, _vec(tiny, 4)), (1, _vec(tiny, 5))]), (0, [(n - 1, _vec(tiny, 6))])]
+    plain, scored = experiments.teacher_forced(eng, prompts, "BY", target, runs)
+
+    def full(ci, subs):
+        host, p = list(prompts[ci]["BY"].ids), prompts[ci]["BY"].p_last
+        seq = host + target.tokens[ci][: experiments.HOST_WINDOW - 1]
+        lp = _plain(tiny, seq, [Sub(m, p, v) for m, v in subs])[p:]
+        return float(kl_sum(target.logprobs[ci], lp))
+
+    for ci in range(len(prompts)):
+        assert plain[ci] == pytest.approx(full(ci, []), rel=1e-4, abs=1e-5)
+    for k, (ci, subs) in enumerate(runs):
+        assert scored[k] == pytest.approx(full(ci, subs), rel=1e-4, abs=1e-5)
+    assert len(set(np.round(scored, 6))) == len(runs)  # the vectors matter

@@ -182,7 +182,7 @@ def test_results_are_strict_json_with_provenance_and_identical_across_runs(tmp_p
     for key in ("lac", "git_commit", "git_dirty", "claims_sha256", "grids_sha256", "torch",
                 "transformers", "numpy", "args", "started", "wall_seconds", "status"):
         assert key in run, key
-    assert runs[0]["models"]["tiny-llama"]["attn_implementation"] == "eager"
+    assert runs[0]["models"]["tiny-llama"]["attn_implementation"] == "lac_grouped_eager"
     strip = [json.dumps({k: v for k, v in r.items() if k != "run"}, indent=1) for r in runs]
     assert strip[0] == strip[1]
 

@@ -1,4 +1,4 @@
-"""Loading a resolved model for the engine: weights, tokenizer, dtype, device, eager attention."""
+"""Loading a resolved model for the engine: weights, tokenizer, dtype, device, attention."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..attention import IMPLEMENTATIONS
+from ..engine import release_freed
 from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
 from ..settings import Settings
 from ..templates import FIXES, MODEL, ChatTemplate
@@ -40,6 +42,11 @@ class LoadedModel:
     @property
     def d_model(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output head: the width of every logits vector."""
+        return self.model.get_output_embeddings().weight.shape[0]
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +99,7 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
 
 def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
          template: ChatTemplate = MODEL, say=to_stderr) -> LoadedModel:
-    """Load a resolved model (or a --model argument): registered dtype, eager attention."""
+    """Load a resolved model (or a --model argument) in the run's dtype and attention."""
     import transformers
 
     settings = settings or Settings()
@@ -100,8 +107,9 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
     device = resolve_device(settings.device)
     dtype = resolve_dtype(spec.dtype, settings.dtype, device)
     placed = load_kwargs(device)
-    kw = dict(dtype=DTYPES[dtype], attn_implementation=spec.attn_implementation, **placed)
+    kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", **placed)
     model, tok, where = _from_files(spec, settings, kw, say)
+    model.set_attn_implementation(IMPLEMENTATIONS[settings.attention])  # see attention.py
     own = getattr(tok, "chat_template", None)
     if template is MODEL and not own:
         raise NoChatTemplateError(f"{spec.name} has no chat template; pass {FIXES}")
@@ -111,9 +119,11 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
                                 f"loaded, {spec.n_layers} expected from its metadata")
     model = (model if placed else model.to(device)).eval()
     model.requires_grad_(False)
+    release_freed()  # what dequantizing or copying the weights freed
     provenance = {
         "model": spec.name, "source": where, "dtype": dtype, "sha256": spec.sha256,
-        "attn_implementation": spec.attn_implementation, "architecture": type(model).__name__,
+        "attn_implementation": model.config._attn_implementation,
+        "architecture": type(model).__name__,
         "n_layers": len(model.get_decoder().layers), "d_model": model.config.hidden_size,
         "device": str(device),
         "device_map": {k: str(v) for k, v in getattr(model, "hf_device_map", {"": device}).items()},

@@ -26,7 +26,6 @@ class ModelSpec:
     n_layers: int = 0
     chat_template: bool = True  # whether the model ships one
     dtype: str | None = None  # registered dtype (None: by device); after preflight, the run's
-    attn_implementation: str = "eager"
     hub_id: str | None = None
     local_dir: str | None = None
     gguf_file: str | None = None
