@@ -9,9 +9,6 @@
 # lets a real token see a later pad).
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -22,7 +19,7 @@ from . import DEFAULT_TOKEN_BUDGET
 from .errors import LacError, NonFiniteResidualError, UsageError
 from .hooks import Sub, start_at, substitute
 from .hooks import capture as capture_hook
-from .kvcache import concat_rows, empty_cache, gather_prefix
+from .kvcache import empty_cache, gather_prefix
 
 __all__ = ["Sub", "Cost", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
 
@@ -48,10 +45,10 @@ class State:
     (p >= shared: the first `shared` positions, common to every row, sit at columns 0.. and the
     rows' padding follows them)."""
 
-    cache: object  # transformers DynamicCache
+    cache: object  # a DynamicCache, or a list of them holding consecutive row chunks
     mask: torch.Tensor  # [rows, columns] 1 where a real token is cached
     offsets: list[int]
-    logits: torch.Tensor  # [rows, V] next-token logits after the last position
+    logits: torch.Tensor | None  # [rows, V] next-token logits after the last position
     shared: int = 0
 
     def column(self, row: int, position: int) -> int:
@@ -86,20 +83,11 @@ def kl_sum(logp_ref: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     return (logp_ref.exp() * (logp_ref - logp)).sum(dim=(-1, -2))
 
 
-# Scored calls keep at most this many logits (float32: 128 MiB) per forward call: a batch of runs
+# Scored calls keep at most this many logits (float32: 32 MiB) per forward call: a batch of runs
 # scored over a 152k-token vocabulary would otherwise hold gigabytes of logits and log-probs.
-LOGITS_BUDGET = 2 ** 25
-
-
-def release_freed() -> None:
-    """Hand freed heap memory back to the system (glibc only; elsewhere nothing). glibc keeps
-    freed blocks below its adaptive mmap threshold (up to 32 MiB, i.e. most activations and
-    log-prob rows) in the heap: between phases that retained 0.1-0.3 GB of RSS on Qwen2.5-0.5B."""
-    gc.collect()
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+# The cap changes no number (2^25 and 2^23 give the same KLs bit for bit on SmolLM2 and Qwen2.5)
+# nor SmolLM2's sweep time (side by side, one run); it lowers the sweep's peak memory.
+LOGITS_BUDGET = 2 ** 23
 
 
 def _stacked(store: dict, layers) -> torch.Tensor:
@@ -261,17 +249,23 @@ class Engine:
                        _stacked(store, range(n)) if tail else None, kl)
 
     def decode(self, state: State, n_new: int, *, stop_at_eos: bool = False,
-               keep_logprobs: bool = False, capture: bool = False, on_step=None,
-               into: torch.Tensor | None = None) -> Decoded:
+               keep_logprobs: bool = False, on_step=None, into: torch.Tensor | None = None,
+               capture_into: torch.Tensor | None = None) -> Decoded:
         """`n_new` greedy tokens (argmax; the model's generation config is never read): the first
         from `state.logits`, each later one after feeding the previous back through the cache.
         With `keep_logprobs`, step k's log-probs go to [:, k] of `into` ([rows, n_new, V]) when
-        given, so a caller's rows are written where they belong, never copied."""
+        given, so a caller's rows are written where they belong, never copied; likewise the
+        residuals entering every layer at fed-back token k go to [:, :, k] of `capture_into`
+        ([rows, n_layers, n_new - 1, d])."""
         lm, dev = self.lm, self.lm.device
+        if isinstance(state.cache, list):
+            raise ValueError("decode continues one chunk's cache; this state joins several")
+        if stop_at_eos and capture_into is not None:
+            raise ValueError("capture_into needs every row's n_new steps: not with stop_at_eos")
         eos, rows = lm.tokenizer.eos_token_id, len(state.offsets)
         mask, logits = state.mask, state.logits
         last = (mask.cumsum(-1) - 1)[:, -1]
-        tokens, logprobs, captured = [], into, []
+        tokens, logprobs = [], into
         done = torch.zeros(rows, dtype=torch.bool)
         for step in range(n_new):
             if not torch.isfinite(logits).all():
@@ -292,11 +286,11 @@ class Engine:
             mask, last = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], dim=1), last + 1
             with ExitStack() as stack:
                 store = stack.enter_context(capture_hook(lm.layers, range(lm.n_layers))) \
-                    if capture else None
+                    if capture_into is not None else None
                 logits = self._run(nxt[:, None], cache=state.cache, attention_mask=mask.to(dev),
                                    position_ids=last[:, None].to(dev), use_cache=True).logits[:, -1]
-            if capture:
-                captured.append(_stacked(store, range(lm.n_layers)))
+            if store is not None:
+                capture_into[:, :, step] = _stacked(store, range(lm.n_layers))[:, :, 0]
             if on_step:
                 on_step(step + 1)
         steps = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(rows)]
@@ -304,7 +298,7 @@ class Engine:
             steps = [row[: row.index(eos) + 1] if eos in row else row for row in steps]
         if logprobs is not None and len(tokens) < n_new:  # stopped at EOS: the steps taken
             logprobs = logprobs[:, : len(tokens)]
-        return Decoded(steps, logprobs, _cat(captured, 2),
+        return Decoded(steps, logprobs, capture_into,
                        State(state.cache, mask, state.offsets, logits, state.shared))
 
     def generate(self, prompts: list[list[int]], n_new: int, *, subs=None, after=None,
@@ -314,22 +308,28 @@ class Engine:
         `capture_tail`, residuals cover the prompt tail and every token fed back."""
         width = max(len(p) for p in prompts)
         parts, chunks = [], self.chunks(len(prompts), (after[2] if after else 0) + width + n_new)
-        if keep_logprobs and stop_at_eos:
-            raise ValueError("keep_logprobs needs every row's n_new steps: not with stop_at_eos")
-        out = torch.empty(len(prompts), n_new, self.lm.vocab_size) if keep_logprobs else None
+        if (keep_logprobs or capture_tail) and stop_at_eos:
+            raise ValueError("keep_logprobs and capture_tail need every row's n_new steps: not "
+                             "with stop_at_eos")
+        lm, n = self.lm, len(prompts)  # outputs preallocated: each chunk writes its rows in place
+        out = torch.empty(n, n_new, lm.vocab_size) if keep_logprobs else None
+        res = torch.empty(n, lm.n_layers, capture_tail + n_new - 1, lm.d_model) \
+            if capture_tail else None
         for ci, rows in enumerate(chunks):
             cont = (after[0], [after[1][i] for i in rows], after[2]) if after else None
             pre = self.prefill([prompts[i] for i in rows], keep=0, capture_tail=capture_tail,
                                subs=[subs[i] for i in rows] if subs else None, keep_state=True,
                                after=cont, width=width)
+            if capture_tail:
+                res[rows.start: rows.stop, :, :capture_tail] = pre.residuals
             dec = self.decode(pre.state, n_new, stop_at_eos=stop_at_eos,
-                              keep_logprobs=keep_logprobs, capture=capture_tail > 0,
+                              keep_logprobs=keep_logprobs,
                               on_step=lambda k: self.tick((ci + k / n_new) / len(chunks)),
-                              into=out[rows.start: rows.stop] if keep_logprobs else None)
-            dec.residuals = _cat([r for r in (pre.residuals, dec.residuals) if r is not None], 2)
+                              into=out[rows.start: rows.stop] if keep_logprobs else None,
+                              capture_into=res[rows.start: rows.stop, :, capture_tail:]
+                              if capture_tail else None)
             parts.append(dec)
-        return Decoded([t for d in parts for t in d.tokens], out,
-                       _cat([d.residuals for d in parts]),
+        return Decoded([t for d in parts for t in d.tokens], out, res,
                        _merge([d.state for d in parts]) if keep_state else None)
 
 
@@ -347,9 +347,11 @@ def _by_length(lengths: list[int], budget: int):
 
 
 def _merge(states: list[State]) -> State:
-    """One State from row chunks that share their columns."""
+    """One State from row chunks that share their columns, for continuations only: the caches stay
+    apart (a list; joining them would hold every cache twice, and gather_prefix reads across them)
+    and no logits are kept, since decode runs on one chunk's state."""
     if len(states) == 1:
         return states[0]
-    return State(concat_rows([s.cache for s in states]), torch.cat([s.mask for s in states]),
-                 [o for s in states for o in s.offsets], torch.cat([s.logits for s in states]),
-                 max(s.shared for s in states))
+    parts = [c for s in states for c in (s.cache if isinstance(s.cache, list) else [s.cache])]
+    return State(parts, torch.cat([s.mask for s in states]),
+                 [o for s in states for o in s.offsets], None, max(s.shared for s in states))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine, Sub, kl_sum, release_freed
+from .engine import Engine, Sub, kl_sum
+from .memory import release_freed
 from .prompts import CONDITIONS, PROMPT_PROBES, Rendered
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from . import cells, distributed, reportset, rules, uncertainty
-from .engine import Engine, release_freed
+from .engine import Engine
+from .memory import release_freed
 from .errors import LacError
 from .models import load
 from .progress import Progress

@@ -12,7 +12,7 @@ from lac_core import engine, experiments
 from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.hooks import substitute
-from lac_core.kvcache import concat_rows, gather_prefix
+from lac_core.kvcache import gather_prefix
 from lac_core.grids import resolve_grid
 from lac_core.prompts import render
 
@@ -162,8 +162,12 @@ def test_kv_cache_api_keeps_its_meaning(tiny):
     cut = gather_prefix(cache, [1, 1, 0], 3, start_layer=1)
     first, second = list(cut)[0], list(cut)[1]
     assert first[0].shape[0] == 1 and torch.equal(second[0], keys[1][[1, 1, 0], :, :3])
-    both = concat_rows([cache, cache])
-    assert torch.equal(list(both)[2][1], torch.cat([keys[2] + 1] * 2))
+    other = DynamicCache(ddp_cache_data=[(-k, 1 - k) for k in keys])
+    across = gather_prefix([cache, other], [3, 0, 2, 2], 4)  # rows 2, 3 are the second part's
+    joined = torch.cat([keys[2] + 1, 1 - keys[2]])
+    assert torch.equal(list(across)[2][1], joined[[3, 0, 2, 2], :, :4])
+    with pytest.raises(IndexError, match="cache row 4 of 4"):
+        gather_prefix([cache, other], [4], 4)
 
 
 def test_greedy_ignores_generation_config(tiny):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..attention import IMPLEMENTATIONS
-from ..engine import release_freed
+from ..memory import release_freed
 from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
 from ..settings import Settings
 from ..templates import FIXES, MODEL, ChatTemplate
