@@ -12,7 +12,7 @@ from .engine import Engine, Sub
 from .errors import InvarianceError, NonFiniteResidualError
 from .markers import hits
 from .metrics import geometry
-from .plans import PLANS, distinct, floor_tokens
+from .plans import PLANS, distinct, floor_tokens, in_cell_chunks
 from .grids import Grid
 from .prompts import (CONDITIONS, N_REF, PROBES, WINDOW, Rendered, mid_layer, multilayer_sets,
                       render, swept_layers)
@@ -47,7 +47,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
     probes = tuple(probes)
     cells = grid.cells
     prompts = [render_cell(lm, grid, cell) for cell in cells]
-    refs, h, kl, sites = _sweep_runs(PLANS[plan](eng, prompts, probes), prompts, probes, layers)
+    refs, h, kl, sites = _sweep_runs(plan, eng, prompts, probes, layers)
     _finite(kl, [c.id for c in cells], probes, layers)
     checks = _invariance(Engine(lm, eng.token_budget), plan, prompts, probes, layers, refs, kl)
     bb, xb, by, xy = (h[:, i].numpy() for i in range(4))
@@ -65,9 +65,20 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
         grid_sha256=grid.sha256, checks=checks)
 
 
-def _sweep_runs(run, prompts, probes, layers, identity: bool = False):
+def _sweep_runs(plan: str, eng: Engine, prompts, probes, layers, identity: bool = False):
     """References, residuals [cell, condition, layer, probe, d], window KLs of the additive and
-    null substitutions (and of h_XY written back over itself), and the sites."""
+    null substitutions (and of h_XY written back over itself), and the sites; per chunk of cells
+    (plans.in_cell_chunks), joined in cell order."""
+    parts = in_cell_chunks(eng, len(prompts), lambda cells: _chunk_runs(
+        PLANS[plan](eng, prompts[cells.start: cells.stop], probes),
+        prompts[cells.start: cells.stop], probes, layers, identity))
+    kl = {name: np.concatenate([p[2][name] for p in parts]) for name in parts[0][2]}
+    return ([r for p in parts for r in p[0]], torch.cat([p[1] for p in parts]), kl,
+            [s for p in parts for s in p[3]])
+
+
+def _chunk_runs(run, prompts, probes, layers, identity: bool):
+    """One chunk of cells: its references, residuals, window KLs and sites."""
     refs = run.references(N_REF)
     h = run.residuals(FORCED)
     vectors = {"additive": h[:, 1] + h[:, 2] - h[:, 0], "null": h[:, 0]}  # h_BB + dX + dY, float32
@@ -101,8 +112,7 @@ def _invariance(eng: Engine, plan: str, prompts, probes, layers, refs, kl) -> di
     """Run the first cell alone (batch invariance) with the identity substitution too; stop the
     run with what differed if either check fails."""
     atol, rtol, ident = INVARIANCE[eng.lm.dtype]
-    alone_refs, _, alone, _ = _sweep_runs(PLANS[plan](eng, prompts[:1], probes), prompts[:1],
-                                          probes, layers, identity=True)
+    alone_refs, _, alone, _ = _sweep_runs(plan, eng, prompts[:1], probes, layers, identity=True)
     dkl = max(float(np.max(np.abs(alone[k][0] - kl[k][0]) - rtol * np.abs(kl[k][0])))
               for k in ("additive", "null"))
     worst_identity = float(np.max(np.abs(alone["identity"])))

@@ -7,11 +7,51 @@
 # experiments.py says what is computed; this module only how.
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .engine import Engine, Sub, kl_sum
 from .memory import release_freed
-from .prompts import CONDITIONS, PROMPT_PROBES, Rendered
+from .prompts import CONDITIONS, N_REF, PROMPT_PROBES, Rendered
+
+# The fast plan keeps its reference pass (log-probs [cells, N_REF, V] float32, KV cache, residuals)
+# until its windows are scored, so a sweep takes its cells in chunks whose reference log-probs stay
+# within this many values: one chunk for SmolLM2's grids, three for Qwen2.5's 152k vocabulary on
+# the long grid (334 MB of log-probs otherwise). Each chunk runs its other conditions' prompts.
+REFERENCE_LOGITS = 2 ** 25
+
+
+def cell_chunks(n_cells: int, vocab: int) -> list[range]:
+    """Consecutive, near-equal chunks of cells within REFERENCE_LOGITS."""
+    n = max(1, min(n_cells, -(-n_cells * N_REF * vocab // REFERENCE_LOGITS)))
+    per = -(-n_cells // n)
+    return [range(at, min(at + per, n_cells)) for at in range(0, n_cells, per)]
+
+
+@dataclass
+class _Share:
+    """One chunk's progress, told to the whole sweep's progress as its share."""
+
+    outer: object
+    start: float
+    share: float
+
+    def tick(self, fraction: float) -> None:
+        self.outer.tick(self.start + self.share * fraction)
+
+
+def in_cell_chunks(eng: Engine, n_cells: int, compute) -> list:
+    """`compute(cells)` per chunk of cells (cell_chunks), in order."""
+    chunks, outer = cell_chunks(n_cells, eng.lm.vocab_size), eng.progress
+    try:
+        out = []
+        for k, cells in enumerate(chunks):
+            eng.progress = _Share(outer, k / len(chunks), 1 / len(chunks)) if outer else None
+            out.append(compute(cells))
+        return out
+    finally:
+        eng.progress = outer
 
 
 def distinct(seqs) -> tuple[list[list[int]], list[int]]:

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lac_core import engine, experiments
+from lac_core import engine, experiments, plans
 from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.hooks import substitute
 from lac_core.kvcache import gather_prefix
 from lac_core.grids import resolve_grid
-from lac_core.prompts import render
+from lac_core.prompts import N_REF, render
 
 from .conftest import hook_count
 
@@ -187,6 +187,22 @@ def test_greedy_ignores_generation_config(tiny):
     with torch.inference_mode():
         ref = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=neutral)
     assert ref[0, len(prompt):].tolist() == before
+
+
+def test_a_sweep_in_cell_chunks_equals_one_pass(tiny, monkeypatch):
+    """Cells taken in chunks (bounding the reference pass's memory) give the one-pass numbers."""
+    grid = GRIDS["short"]
+    whole = experiments.sweep(Engine(tiny), grid)
+    monkeypatch.setattr(plans, "REFERENCE_LOGITS", 5 * N_REF * tiny.vocab_size)
+    assert [len(c) for c in plans.cell_chunks(len(grid.cells), tiny.vocab_size)] == [4, 4, 4]
+    parts = experiments.sweep(Engine(tiny), grid)
+    assert parts.references == whole.references
+    # each chunk pads to its own longest prompt: float32 rounding moves, within batch invariance
+    np.testing.assert_allclose(parts.kl_add, whole.kl_add, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(parts.kl_null, whole.kl_null, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(parts.geometry["delta_scale"], whole.geometry["delta_scale"],
+                               rtol=1e-3, atol=1e-6)
+    assert parts.cost["forward_tokens"] > whole.cost["forward_tokens"]  # other conditions again
 
 
 def test_fast_plan_equals_naive_plan(any_lm):
