@@ -19,7 +19,7 @@ from . import DEFAULT_TOKEN_BUDGET
 from .errors import LacError, NonFiniteResidualError, UsageError
 from .hooks import Sub, start_at, substitute
 from .hooks import capture as capture_hook
-from .kvcache import empty_cache, gather_prefix
+from .kvcache import empty_cache, gather_prefix, joined
 
 __all__ = ["Sub", "Cost", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
 
@@ -93,13 +93,6 @@ LOGITS_BUDGET = 2 ** 23
 def _stacked(store: dict, layers) -> torch.Tensor:
     """[rows, len(layers), k, d] on the CPU from a capture store, calls joined along positions."""
     return torch.stack([torch.cat(store[layer], dim=1).cpu() for layer in layers], dim=1)
-
-
-def _cat(parts: list, dim: int = 0):
-    """Parts joined along `dim`; one part is returned as it is (no copy of large log-probs)."""
-    if not parts or parts[0] is None:
-        return None
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 @dataclass
@@ -188,8 +181,8 @@ class Engine:
         parts = [self._prefill(list(rows), *args)
                  for rows in self.chunks(len(prompts), footprint, group, logits)]
         return Prefill(_merge([p.state for p in parts]) if keep_state else None,
-                       _cat([p.logprobs for p in parts]), _cat([p.residuals for p in parts]),
-                       _cat([p.kl for p in parts]))
+                       joined([p.logprobs for p in parts]), joined([p.residuals for p in parts]),
+                       joined([p.kl for p in parts]))
 
     def _shareable(self, prompts, subs, after, start_layer: int, kept: int) -> int:
         """How many leading tokens every prompt shares and can be computed once: none for one row,

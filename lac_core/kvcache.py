@@ -33,7 +33,7 @@ def gather_prefix(cache, rows: list[int], column: int, start_layer: int = 0):
             raise ValueError(f"cache layer {i} holds {parts[0][i][0].shape[-2]} positions, "
                              f"{column} needed")
         picked = [(runs[0][0], runs[0][1][:1])] if i < start_layer else runs
-        out.append(tuple(_cat([_take(parts[j][i][kv], local, column) for j, local in picked])
+        out.append(tuple(joined([_take(parts[j][i][kv], local, column) for j, local in picked])
                          for kv in (0, 1)))
     return DynamicCache(ddp_cache_data=out)
 
@@ -56,5 +56,8 @@ def _take(t: torch.Tensor, rows: list[int], column: int) -> torch.Tensor:
     return t[torch.tensor(rows, device=t.device), :, :column]
 
 
-def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+def joined(parts: list, dim: int = 0):
+    """Parts joined along `dim`; one part is returned as it is (no copy of large log-probs)."""
+    if not parts or parts[0] is None:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
