@@ -1,5 +1,7 @@
 """lac: the persona x task claims of "As X, Do Y" as a pytest suite."""
 
 # tokens per forward call, cached ones included: on Qwen2.5-0.5B fp32 16384 held ~0.8 GB of KV
-# copies and activations per call, 4096 a quarter of that, and ran as fast on 2 CPU cores
-DEFAULT_TOKEN_BUDGET = 4096
+# copies and activations per call. 8192 keeps its long-grid sweep under 3.5 GB peak RSS, and a
+# greedy decode step pays a full read of the weights per row chunk: on SmolLM2 the 96 marker rows
+# took 57 s at 4096 (5 chunks) and 48 s at 8192, with the sweep as fast either way
+DEFAULT_TOKEN_BUDGET = 8192
