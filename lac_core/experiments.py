@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import Engine, Sub
+from .engine import Engine, State, Sub
 from .errors import InvarianceError, NonFiniteResidualError
 from .markers import hits
 from .metrics import geometry
@@ -127,12 +127,51 @@ def _invariance(eng: Engine, plan: str, prompts, probes, layers, refs, kl) -> di
     return checks
 
 
-def p_last_residuals(eng: Engine, grid: Grid):
+@dataclass(frozen=True)
+class PromptPass:
+    """Distinct whole prompts run once (left-padded: every p_last at one column), kept so that
+    the experiments that need a prompt (residuals, generations, teacher-forced windows) continue
+    it from p_last instead of running it again; and the residuals entering each layer there."""
+
+    state: State
+    row: dict[tuple[int, ...], int]  # prompt ids -> its row
+    column: int  # p_last's column
+    residuals: torch.Tensor  # [row, layer, d] float32
+
+    def after(self, seqs) -> tuple[State, list[int], int]:
+        """`Engine.prefill(after=...)` for continuations of `seqs` from their p_last."""
+        return self.state, [self.row[tuple(s)] for s in seqs], self.column
+
+
+def prompt_pass(eng: Engine, seqs) -> PromptPass:
+    keys, _ = distinct(seqs)
+    pre = eng.prefill(keys, keep=0, capture_tail=1, keep_state=True)
+    return PromptPass(pre.state, {tuple(k): i for i, k in enumerate(keys)},
+                      pre.state.column(0, len(keys[0]) - 1), pre.residuals[:, :, 0])
+
+
+def p_last_residuals(eng: Engine, grid: Grid, passed: PromptPass | None = None):
     """Prompts of the four conditions and their residuals at p_last: [cell, cond, layer, d]."""
     prompts = [render_cell(eng.lm, grid, cell) for cell in grid.cells]
-    seqs, index = distinct(cp[c].ids for cp in prompts for c in CONDITIONS)  # XB, BY, BB repeat
-    h = eng.capture(seqs, [[len(k) - 1] for k in seqs])
-    return prompts, h[index, :, 0].reshape(len(prompts), len(CONDITIONS), eng.lm.n_layers, -1)
+    seqs = [cp[c].ids for cp in prompts for c in CONDITIONS]  # XB, BY, BB repeat
+    passed = passed or prompt_pass(eng, seqs)
+    h = passed.residuals[[passed.row[tuple(s)] for s in seqs]]
+    return prompts, h.reshape(len(prompts), len(CONDITIONS), eng.lm.n_layers, -1)
+
+
+def _pass_for(eng: Engine, grid: Grid, *, residuals, conditions, bare: bool = False):
+    """One prompt pass over what an experiment continues (`conditions`, the bare prompts) and,
+    when no residuals were given, the four conditions they are read from; and those residuals."""
+    prompts = [render_cell(eng.lm, grid, cell) for cell in grid.cells]
+    wanted = CONDITIONS if residuals is None else conditions
+    seqs = [cp[c].ids for cp in prompts for c in wanted] + (_bare(eng.lm, grid) if bare else [])
+    passed = prompt_pass(eng, seqs)
+    return passed, residuals or p_last_residuals(eng, grid, passed)
+
+
+def _bare(lm, grid: Grid) -> list[tuple[int, ...]]:
+    return [tuple(render(lm.tokenizer, grid.user_text(c, "bare"), lm.template).ids)
+            for c in grid.cells]
 
 
 def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | None = None,
@@ -141,14 +180,13 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
     (mid layer, p_last) during the prompt pass only; persona markers counted in each text."""
     lm = eng.lm
     layer = mid_layer(lm.n_layers) if layer is None else layer
-    prompts, h = residuals or p_last_residuals(eng, grid)
+    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",), bare=True)
     rows: list[tuple[tuple[int, ...], torch.Tensor | None]] = []  # (prompt, vector at p_last)
-    for ci, (cell, cp) in enumerate(zip(grid.cells, prompts)):
+    for ci, (cp, bare) in enumerate(zip(prompts, _bare(lm, grid))):
         bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
         xy = tuple(cp["XY"].ids)
-        bare = tuple(render(lm.tokenizer, grid.user_text(cell, "bare"), lm.template).ids)
         rows += [(xy, None), (xy, xb + by - bb), (xy, hxy - (xb - bb)), (bare, None)]
-    out = _generate_at_p_last(eng, rows, layer, n_new)
+    out = _generate_at_p_last(eng, rows, layer, n_new, passed)
     texts, tokens, found = {}, {}, {}
     for ci, cell in enumerate(grid.cells):
         words = grid.markers[cell.persona_key]
@@ -162,9 +200,10 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
                         texts, tokens, found, tuple(stems), _cost(eng), grid.sha256)
 
 
-def _generate_at_p_last(eng: Engine, rows, layer: int, n_new: int) -> list[list[int]]:
+def _generate_at_p_last(eng: Engine, rows, layer: int, n_new: int,
+                        passed: PromptPass | None = None) -> list[list[int]]:
     """Greedy continuations (stopping at EOS) of prompts with an optional vector substituted at
-    (layer, p_last). Every prompt but its last token is computed once, then each row continues
+    (layer, p_last). Every prompt is run once (or taken from `passed`), then each row continues
     from p_last, where the substitution lands; a prompt without a substitution runs once."""
     plain: dict[tuple[int, ...], int] = {}
     full, subs, which = [], [], []  # full[k]: prompt of generated row k; which[i]: row of input i
@@ -177,11 +216,9 @@ def _generate_at_p_last(eng: Engine, rows, layer: int, n_new: int) -> list[list[
         which.append(len(full))
         full.append(ids)
         subs.append([] if vec is None else [Sub(layer, 0, vec)])  # continuation position 0: p_last
-    prefixes, at = distinct(ids[:-1] for ids in full)
-    pre = eng.prefill(prefixes, keep=0, keep_state=True)
-    width = max(len(p) for p in prefixes)
+    passed = passed or prompt_pass(eng, full)
     generated = eng.generate([[ids[-1]] for ids in full], n_new, subs=subs,
-                             after=(pre.state, at, width), stop_at_eos=True).tokens
+                             after=passed.after(full), stop_at_eos=True).tokens
     return [generated[k] for k in which]
 
 
@@ -195,14 +232,15 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, target=None,
     lm = eng.lm
     layer = mid_layer(lm.n_layers) if layer is None else layer
     sets = multilayer_sets(lm.n_layers)
-    prompts, h = residuals or p_last_residuals(eng, grid)
+    wanted = ("BY",) if target else ("XY", "BY")
+    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=wanted)
     additive = h[:, 1] + h[:, 2] - h[:, 0]  # [cell, layer, d]
-    target = target or xy_target(eng, grid, prompts)
+    target = target or xy_target(eng, grid, prompts, passed)
     runs = []  # (cell, substitutions): oracle, cached, then each layer set
     for ci in range(len(prompts)):
         runs += [(ci, [(layer, h[ci, 3, layer])]), (ci, [(layer, additive[ci, layer])])]
         runs += [(ci, [(m, additive[ci, m]) for m in s]) for s in sets]
-    plain, scored = teacher_forced(eng, prompts, "BY", target, runs)
+    plain, scored = teacher_forced(eng, prompts, "BY", target, runs, passed)
     names = ["host", "oracle", "cached"] + ["layers " + ",".join(map(str, s)) for s in sets]
     kls = np.concatenate([plain[:, None], scored.reshape(len(prompts), -1)], axis=1)
     cells = [c.id for c in grid.cells]
@@ -221,26 +259,29 @@ class Target:
     logprobs: torch.Tensor  # [cell, HOST_WINDOW, V] float32
 
 
-def xy_target(eng: Engine, grid: Grid, prompts=None) -> Target:
+def xy_target(eng: Engine, grid: Grid, prompts=None, passed: PromptPass | None = None) -> Target:
     prompts = prompts or [render_cell(eng.lm, grid, cell) for cell in grid.cells]
-    out = eng.generate([list(cp["XY"].ids) for cp in prompts], HOST_WINDOW, keep_logprobs=True)
+    seqs = [cp["XY"].ids for cp in prompts]
+    passed = passed or prompt_pass(eng, seqs)
+    out = eng.generate([[s[-1]] for s in seqs], HOST_WINDOW, after=passed.after(seqs),
+                       keep_logprobs=True)
     return Target(out.tokens, out.logprobs)
 
 
-def teacher_forced(eng: Engine, prompts, condition: str, target: Target, runs):
+def teacher_forced(eng: Engine, prompts, condition: str, target: Target, runs,
+                   passed: PromptPass | None = None):
     """KL(target || run) over the target's tokens teacher-forced after each cell's `condition`
     prompt: without intervention ([cell]) and for each run (cell, [(layer, vector)]) with its
-    vectors at p_last ([run]). Each distinct prompt but its last token is computed once; the plain
+    vectors at p_last ([run]). Each distinct prompt is run once (or taken from `passed`); the plain
     continuations keep every layer's residuals, and each run starts from its lowest substituted
     layer, fed those (nothing below it can change)."""
-    keys, row = distinct(cp[condition].ids for cp in prompts)
-    pre = eng.prefill(keys, keep=0, keep_state=True)
-    column = pre.state.column(row[0], prompts[0][condition].p_last)  # left-padded: one for all
+    seqs = [cp[condition].ids for cp in prompts]
+    state, row, column = (passed or prompt_pass(eng, seqs)).after(seqs)
     # position 0 of each continuation is p_last, then the target's first tokens
     suffixes = [[cp[condition].ids[-1]] + target.tokens[ci][: HOST_WINDOW - 1]
                 for ci, cp in enumerate(prompts)]
     against = list(target.logprobs)
-    plain = eng.prefill(suffixes, after=(pre.state, row, column), keep=HOST_WINDOW,
+    plain = eng.prefill(suffixes, after=(state, row, column), keep=HOST_WINDOW,
                         capture_tail=HOST_WINDOW, against=against)
     scored = np.zeros(len(runs))
     by_low: dict[int, list[int]] = {}  # lowest substituted layer -> runs
@@ -254,7 +295,7 @@ def teacher_forced(eng: Engine, prompts, condition: str, target: Target, runs):
         kw = dict(start_layer=low, hidden=hidden) if low else {}
         subs = [[Sub(m, 0, v) for m, v in runs[k][1] if m != low or not low] for k in ks]
         kl = eng.prefill([suffixes[ci] for ci in cells], subs=subs, keep=HOST_WINDOW,
-                         after=(pre.state, [row[ci] for ci in cells], column),
+                         after=(state, [row[ci] for ci in cells], column),
                          against=[against[ci] for ci in cells], **kw).kl
         scored[ks] = kl.numpy()
     return plain.kl.numpy(), scored

@@ -9,8 +9,8 @@ window scored against the clean run (KL to clean)."""
 from __future__ import annotations
 
 from .engine import Engine
-from .experiments import (Target, _cost, _generate_at_p_last, p_last_residuals, teacher_forced,
-                          xy_target)
+from .experiments import (PromptPass, Target, _cost, _generate_at_p_last, _pass_for,
+                          teacher_forced, xy_target)
 from .grids import Grid
 from .markers import hits
 from .results import MarkerResult, SteeringResult
@@ -39,7 +39,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
              regenerate_a1: bool = False) -> SteeringResult:
     lm, layer, stems = eng.lm, marker_result.layer, marker_result.stems
     n_new = marker_result.n_new_tokens if n_new is None else n_new
-    prompts, h = residuals or p_last_residuals(eng, grid)
+    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",))
     cells = grid.cells
     at = {}  # persona -> a cell of it
     for ci, cell in enumerate(cells):
@@ -56,8 +56,9 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
         raise ValueError("every persona needs as many swap partners as every other")
     gen_rows = [(tuple(prompts[ci]["XY"].ids), vec) for ci, kind, a, vec in runs
                 if regenerate_a1 or not (kind == "dose" and a == 1.0)]
-    generated = iter(_generate_at_p_last(eng, gen_rows, layer, n_new))
-    kls = _kl_to_clean(eng, prompts, runs, layer, target or xy_target(eng, grid, prompts))
+    generated = iter(_generate_at_p_last(eng, gen_rows, layer, n_new, passed))
+    target = target or xy_target(eng, grid, prompts, passed)
+    kls = _kl_to_clean(eng, prompts, runs, layer, target, passed)
     dose = {str(a): {} for a in doses}
     swap = []
     for k, (ci, kind, a, _vec) in enumerate(runs):
@@ -81,8 +82,8 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
                           _cost(eng), grid.sha256)
 
 
-def _kl_to_clean(eng: Engine, prompts, runs, layer: int, target: Target):
+def _kl_to_clean(eng: Engine, prompts, runs, layer: int, target: Target, passed: PromptPass):
     """KL(clean || run) over the clean run's first 10 greedy tokens, teacher-forced after the XY
     prompt with the run's vector at (layer, p_last): [run]."""
     scored = [(ci, [(layer, vec)]) for ci, *_, vec in runs]
-    return teacher_forced(eng, prompts, "XY", target, scored)[1]
+    return teacher_forced(eng, prompts, "XY", target, scored, passed)[1]
