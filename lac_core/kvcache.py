@@ -1,18 +1,68 @@
-"""KV caches kept between engine calls, through transformers' public DynamicCache API only:"""
-# the constructor (`ddp_cache_data=`) and iteration over (keys, values, ...) per layer; a test in
-# tests/test_engine.py fails if either changes meaning. Caches are built without the model config,
-# so every layer keeps all its positions: a sliding-window layer is masked by the model's own
-# sliding mask, not truncated, and a prefix can be cut at any column.
+"""KV caches kept between engine calls, through transformers' public cache API: a DynamicCache
+whose layers write each new position into spare room instead of concatenating."""
+# DynamicLayer.update joins the whole cache to each new position with torch.cat: a decode step
+# copies every layer's keys and values. RoomyLayer subclasses it (update, the `keys`/`values`
+# views every reader uses) and RoomyCache builds on Cache's public `layers=` constructor, keeping
+# DynamicCache's iteration over (keys, values, ...) per layer; tests in tests/test_engine.py fail
+# if either changes meaning. Caches are built without the model config, so every layer keeps all
+# its positions: a sliding-window layer is masked by the model's own sliding mask, not
+# truncated, and a prefix can be cut at any column.
 from __future__ import annotations
 
 import bisect
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+ROOM = 64  # spare positions a layer adds when a one-token step finds it full
+
+
+class RoomyLayer(DynamicLayer):
+    """keys/values are views of the first positions of larger buffers; an update writes after
+    them, and only a layer out of room copies (into n + new, plus ROOM for a decode step)."""
+
+    def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
+        super().__init__()
+        if keys is not None:  # taken as they are: contiguous, and no other holder writes them
+            self.device, self.is_initialized = keys.device, True
+            keys, values = keys.contiguous(), values.contiguous()
+            self._buf, self.keys, self.values = (keys, values), keys, values
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.device, self.is_initialized = key_states.device, True
+        self._buf = tuple(t.new_empty(*t.shape[:-2], 0, t.shape[-1])
+                          for t in (key_states, value_states))
+        self.keys, self.values = self._buf
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, q = self.keys.shape[-2], key_states.shape[-2]
+        if n + q > self._buf[0].shape[-2]:
+            size = n + q + (ROOM if q == 1 else 0)
+            grown = tuple(b.new_empty(*b.shape[:-2], size, b.shape[-1]) for b in self._buf)
+            for new, old in zip(grown, (self.keys, self.values)):
+                new[..., :n, :] = old
+            self._buf = grown
+        for buf, states in zip(self._buf, (key_states, value_states)):
+            buf[..., n: n + q, :] = states
+        self.keys, self.values = (b[..., : n + q, :] for b in self._buf)
+        return self.keys, self.values
+
+
+class RoomyCache(DynamicCache):
+    """A DynamicCache of RoomyLayers: from `data` (a (keys, values) pair per layer) or empty."""
+
+    def __init__(self, data=None):
+        if data is None:
+            Cache.__init__(self, layer_class_to_replicate=RoomyLayer)
+        else:
+            Cache.__init__(self, layers=[RoomyLayer(k, v) for k, v in data])
 
 
 def empty_cache() -> DynamicCache:
-    return DynamicCache()
+    return RoomyCache()
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -35,7 +85,7 @@ def gather_prefix(cache, rows: list[int], column: int, start_layer: int = 0):
         picked = [(runs[0][0], runs[0][1][:1])] if i < start_layer else runs
         out.append(tuple(joined([_take(parts[j][i][kv], local, column) for j, local in picked])
                          for kv in (0, 1)))
-    return DynamicCache(ddp_cache_data=out)
+    return RoomyCache(out)
 
 
 def _runs(rows: list[int], sizes: list[int]) -> list[tuple[int, list[int]]]:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lac_core import engine, experiments, plans
+from lac_core import engine, experiments, kvcache, plans
 from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.hooks import substitute
-from lac_core.kvcache import gather_prefix
+from lac_core.kvcache import ROOM, RoomyCache, gather_prefix
 from lac_core.grids import resolve_grid
 from lac_core.prompts import N_REF, render
 
@@ -152,13 +152,27 @@ def test_chunks_keep_groups_whole(tiny, budget, rows):
 
 
 def test_kv_cache_api_keeps_its_meaning(tiny):
-    """lac builds caches only through DynamicCache's constructor and iterates (keys, values, ...) per
-    layer (lac_core/kvcache.py); if transformers changes either, this fails first."""
+    """lac builds caches through Cache's `layers=` constructor with DynamicLayer subclasses and
+    iterates (keys, values, ...) per layer (lac_core/kvcache.py); if transformers changes either,
+    this fails first. A one-token update writes in place once the layer has room."""
     keys = [torch.randn(2, 2, 5, 16) for _ in range(3)]
-    cache = DynamicCache(ddp_cache_data=[(k, k + 1) for k in keys])
+    cache = RoomyCache([(k, k + 1) for k in keys])
+    assert isinstance(cache, DynamicCache)
     assert cache.get_seq_length() == 5 and len(list(cache)) == 3
     for k, layer in zip(keys, cache):
         assert torch.equal(layer[0], k) and torch.equal(layer[1], k + 1)
+    grown = RoomyCache([(k.clone(), k + 1) for k in keys])
+    step = [torch.randn(2, 2, 1, 16) for _ in range(ROOM + 1)]
+    grown.update(step[0], -step[0], 0)  # full: grows by ROOM
+    at = list(grown)[0][0].data_ptr()
+    for s in step[1:ROOM + 1]:
+        grown.update(s, -s, 0)
+        assert list(grown)[0][0].data_ptr() == at  # in place
+    k0, v0 = list(grown)[0][:2]
+    assert torch.equal(k0, torch.cat([keys[0], *step], dim=-2)) and torch.equal(v0[..., 5:, :],
+                                                                              -torch.cat(step, -2))
+    grown.update(step[0], step[0], 0)  # out of room again: copies, keeps every position
+    assert list(grown)[0][0].data_ptr() != at and grown.get_seq_length(0) == 5 + ROOM + 2
     cut = gather_prefix(cache, [1, 1, 0], 3, start_layer=1)
     first, second = list(cut)[0], list(cut)[1]
     assert first[0].shape[0] == 1 and torch.equal(second[0], keys[1][[1, 1, 0], :, :3])
@@ -168,6 +182,29 @@ def test_kv_cache_api_keeps_its_meaning(tiny):
     assert torch.equal(list(across)[2][1], joined[[3, 0, 2, 2], :, :4])
     with pytest.raises(IndexError, match="cache row 4 of 4"):
         gather_prefix([cache, other], [4], 4)
+
+
+def test_roomy_caches_decode_as_dynamic_caches_do(tiny, monkeypatch):
+    """Greedy tokens and log-probs past ROOM steps, from scratch and continuing a kept state,
+    bit for bit as with transformers' DynamicCache (which concatenates at every step)."""
+    prompts, n_new = _prompts(tiny, 3), ROOM + 6
+
+    def run():
+        eng = Engine(tiny)
+        scratch = eng.generate(prompts, n_new, keep_logprobs=True)
+        state = eng.prefill([p[:-1] for p in prompts], keep=0, keep_state=True).state
+        width = max(len(p) for p in prompts) - 1
+        after = eng.generate([[p[-1]] for p in prompts], n_new, keep_logprobs=True,
+                             after=(state, [0, 1, 2], width))
+        return scratch, after
+
+    roomy = run()
+    monkeypatch.setattr(engine, "empty_cache", DynamicCache)
+    monkeypatch.setattr(kvcache, "RoomyCache", lambda data: DynamicCache(ddp_cache_data=data))
+    plain = run()
+    for a, b in zip(roomy, plain):
+        assert a.tokens == b.tokens
+        assert torch.equal(a.logprobs, b.logprobs)
 
 
 def test_greedy_ignores_generation_config(tiny):
