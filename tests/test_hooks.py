@@ -152,3 +152,19 @@ def test_vectors_are_placed_on_the_layer_they_enter():
     hidden = torch.zeros(2, 3, 4, dtype=torch.bfloat16)
     out = on_layer(torch.ones(4, dtype=torch.float32), hidden)
     assert out.dtype == torch.bfloat16 and out.device == hidden.device
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_stop_greedy_decoding(tiny, bad):
+    """One inf or nan logit in a row stops generation with an error, before any token is taken."""
+    head = tiny.model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head[7].fill_(bad)
+        with pytest.raises(NonFiniteResidualError, match="non-finite logits"):
+            Engine(tiny).generate([_seq(tiny)], 3)
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    assert len(Engine(tiny).generate([_seq(tiny)], 3).tokens[0]) == 3
