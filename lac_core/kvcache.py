@@ -15,7 +15,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-ROOM = 64  # spare positions a layer adds when a one-token step finds it full
+ROOM = 16  # spare positions a layer adds when a one-token step finds it full (bounded: a kept
+# state carries them until it is freed)
 
 
 class RoomyLayer(DynamicLayer):
