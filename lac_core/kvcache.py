@@ -25,7 +25,7 @@ class RoomyLayer(DynamicLayer):
 
     def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
         super().__init__()
-        if keys is not None:  # taken as they are: contiguous, and no other holder writes them
+        if keys is not None:  # kept (made contiguous): the first update copies them, never writes
             self.device, self.is_initialized = keys.device, True
             keys, values = keys.contiguous(), values.contiguous()
             self._buf, self.keys, self.values = (keys, values), keys, values
