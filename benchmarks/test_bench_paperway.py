@@ -38,7 +38,7 @@ import torch
 from lac_core import experiments, straightforward
 from lac_core.engine import Cost, Engine, kl_sum, logprobs_of
 from lac_core.grids import resolve_grid
-from lac_core.prompts import CONDITIONS, N_REF, WINDOW, mid_layer, render
+from lac_core.prompts import CONDITIONS, N_REF, WINDOW, mid_layer
 
 from .conftest import RESULTS, TABLES
 
@@ -227,8 +227,7 @@ def test_paperway_markers(paper_lm, grids, thresholds):
     # the longest generation.
     prompts = [experiments.render_cell(lm, grid, cell) for cell in grid.cells]
     xy = [list(cp["XY"].ids) for cp in prompts]
-    bare = list(dict.fromkeys(tuple(render(lm.tokenizer, grid.user_text(cell, "bare"),
-                                           lm.template).ids) for cell in grid.cells))
+    bare = list(dict.fromkeys(experiments.bare_prompts(lm, grid)))
     seqs = [cp[c].ids for cp in prompts for c in CONDITIONS] + bare
     layer = mid_layer(lm.n_layers)
     token_layers = _trie(seqs) * lm.n_layers + 2 * len(prompts) * (lm.n_layers - layer)

@@ -150,26 +150,26 @@ def prompt_pass(eng: Engine, seqs) -> PromptPass:
                       pre.state.column(0, len(keys[0]) - 1), pre.residuals[:, :, 0])
 
 
-def p_last_residuals(eng: Engine, grid: Grid, passed: PromptPass | None = None):
+def p_last_residuals(eng: Engine, grid: Grid, passed: PromptPass | None = None, prompts=None):
     """Prompts of the four conditions and their residuals at p_last: [cell, cond, layer, d]."""
-    prompts = [render_cell(eng.lm, grid, cell) for cell in grid.cells]
+    prompts = prompts or [render_cell(eng.lm, grid, cell) for cell in grid.cells]
     seqs = [cp[c].ids for cp in prompts for c in CONDITIONS]  # XB, BY, BB repeat
     passed = passed or prompt_pass(eng, seqs)
     h = passed.residuals[[passed.row[tuple(s)] for s in seqs]]
     return prompts, h.reshape(len(prompts), len(CONDITIONS), eng.lm.n_layers, -1)
 
 
-def _pass_for(eng: Engine, grid: Grid, *, residuals, conditions, bare: bool = False):
-    """One prompt pass over what an experiment continues (`conditions`, the bare prompts) and,
+def _pass_for(eng: Engine, grid: Grid, *, residuals, conditions, extra=()):
+    """One prompt pass over what an experiment continues (`conditions`, `extra` prompts) and,
     when no residuals were given, the four conditions they are read from; and those residuals."""
-    prompts = [render_cell(eng.lm, grid, cell) for cell in grid.cells]
+    prompts = residuals[0] if residuals else [render_cell(eng.lm, grid, c) for c in grid.cells]
     wanted = CONDITIONS if residuals is None else conditions
-    seqs = [cp[c].ids for cp in prompts for c in wanted] + (_bare(eng.lm, grid) if bare else [])
-    passed = prompt_pass(eng, seqs)
-    return passed, residuals or p_last_residuals(eng, grid, passed)
+    passed = prompt_pass(eng, [cp[c].ids for cp in prompts for c in wanted] + list(extra))
+    return passed, residuals or p_last_residuals(eng, grid, passed, prompts)
 
 
-def _bare(lm, grid: Grid) -> list[tuple[int, ...]]:
+def bare_prompts(lm, grid: Grid) -> list[tuple[int, ...]]:
+    """Each cell's task without any persona sentence, rendered: the markers' bare condition."""
     return [tuple(render(lm.tokenizer, grid.user_text(c, "bare"), lm.template).ids)
             for c in grid.cells]
 
@@ -180,9 +180,11 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
     (mid layer, p_last) during the prompt pass only; persona markers counted in each text."""
     lm = eng.lm
     layer = mid_layer(lm.n_layers) if layer is None else layer
-    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",), bare=True)
+    bares = bare_prompts(lm, grid)
+    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",),
+                                     extra=bares)
     rows: list[tuple[tuple[int, ...], torch.Tensor | None]] = []  # (prompt, vector at p_last)
-    for ci, (cp, bare) in enumerate(zip(prompts, _bare(lm, grid))):
+    for ci, (cp, bare) in enumerate(zip(prompts, bares)):
         bb, xb, by, hxy = (h[ci, i, layer] for i in range(4))
         xy = tuple(cp["XY"].ids)
         rows += [(xy, None), (xy, xb + by - bb), (xy, hxy - (xb - bb)), (bare, None)]
