@@ -4,7 +4,8 @@
 # optionally from a layer up) -> Prefill; `decode` (greedy steps from a cache) -> Decoded;
 # `capture` (residuals entering layers) -> tensor; `generate` chains prefill and decode. Each call
 # splits its rows so that rows x (cached + new positions) stays within the token budget (a row
-# longer than the budget runs alone) and adds its work to the engine's Cost. Prompts are left-
+# longer than the budget runs alone; cached columns a continuation reads in place, from a state
+# held already, are not counted) and adds its work to the engine's Cost. Prompts are left-
 # padded with a mask and explicit position ids; captures run right-padded (a causal model never
 # lets a real token see a later pad).
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from . import DEFAULT_TOKEN_BUDGET
+from .attention import reads_in_place
 from .errors import LacError, NonFiniteResidualError, UsageError
 from .hooks import Sub, start_at, substitute
 from .hooks import capture as capture_hook
-from .kvcache import empty_cache, gather_prefix, joined
+from .kvcache import empty_cache, gather_prefix, joined, read_in_place
 
 __all__ = ["Sub", "Cost", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
 
@@ -151,7 +153,7 @@ class Engine:
                 after: tuple[State, list[int], int] | None = None, start_layer: int = 0,
                 hidden: torch.Tensor | None = None, keep: int = 1, capture_tail: int = 0,
                 keep_state: bool = False, width: int = 0, group: int = 1,
-                against: list[torch.Tensor] | None = None) -> Prefill:
+                against: list[torch.Tensor] | None = None, in_place: bool = False) -> Prefill:
         """Run `prompts`, one row each; the float32 log-probs of their last `keep` positions, or
         with `against` (one [keep, V] float32 log-prob tensor per row) only each row's KL sum
         against them, scored row by row as each call ends (no batch of log-probs is kept)."""
@@ -162,6 +164,11 @@ class Engine:
         # layers from it run, fed `hidden` ([rows, length, d], the residual entering it): nothing
         # below a substitution can change. `capture_tail` records the residuals entering every
         # layer at each row's last positions. Rows are split in whole `group`s, never inside one.
+        # With `in_place`, continuations read the cached columns where they are (see _in_place; a
+        # state kept from them cannot be continued again). `generate` asks for it: there every
+        # row chunk reads all the weights at every step, so a chunk saved is worth far more than
+        # the copies; measured on prefill continuations (host, sweep windows) it gained nothing
+        # and cost the short sweep ~5%.
         width = max(width, *(len(p) for p in prompts))
         if after is not None and len({len(p) for p in prompts}) != 1:
             raise ValueError("continuations of cached rows must all have one length")
@@ -169,14 +176,15 @@ class Engine:
             raise ValueError(f"capture_tail {capture_tail} exceeds the shortest prompt")
         if against is not None and len(against) != len(prompts):
             raise ValueError(f"{len(against)} reference log-probs for {len(prompts)} rows")
+        in_place = in_place and self._in_place(after)  # a caller's `after` only
         share = self._shareable(prompts, subs, after, start_layer, max(keep, capture_tail, 1))
         if share:  # the rows' common prefix once, then each row's rest after it (left-padded)
             after = (self.prefill([prompts[0][:share]], keep=0, keep_state=True).state,
                      [0] * len(prompts), share)
             prompts, width = [p[share:] for p in prompts], width - share
         args = (prompts, subs, after, start_layer, hidden, keep, capture_tail, keep_state, width,
-                against)
-        footprint = (after[2] if after else 0) + width
+                against, in_place)
+        footprint = (after[2] if after and not in_place else 0) + width
         logits = keep * self.lm.vocab_size if against is not None else 0
         parts = [self._prefill(list(rows), *args)
                  for rows in self.chunks(len(prompts), footprint, group, logits)]
@@ -198,8 +206,14 @@ class Engine:
         share = len(os.path.commonprefix([list(p) for p in prompts]))
         return max(0, min(share, min(len(p) for p in prompts) - kept))
 
+    def _in_place(self, after) -> bool:
+        """Whether continuations of `after` may read its cached columns in place, not copied per
+        row (kvcache.Shared; not from row chunks kept apart), costing no budget: they are held."""
+        return (after is not None and not isinstance(after[0].cache, list)
+                and reads_in_place(self.lm.model.config))
+
     def _prefill(self, rows, prompts, subs, after, start_layer, hidden, keep, tail, keep_state,
-                 width, against) -> Prefill:
+                 width, against, in_place) -> Prefill:
         lm, dev, n = self.lm, self.lm.device, self.lm.n_layers
         prompts = [list(prompts[i]) for i in rows]
         if after is None:
@@ -211,7 +225,8 @@ class Engine:
         else:
             state, cache_rows, column = after
             picked = [cache_rows[i] for i in rows]
-            cache = gather_prefix(state.cache, picked, column, start_layer)
+            cache = read_in_place(state.cache, picked, column) if in_place else \
+                gather_prefix(state.cache, picked, column, start_layer)
             pads = [width - len(p) for p in prompts]  # non-zero only after a shared prefix
             ids = torch.tensor([[self._pad()] * o + p for o, p in zip(pads, prompts)])
             new = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(pads, prompts)])
@@ -299,10 +314,13 @@ class Engine:
     def generate(self, prompts: list[list[int]], n_new: int, *, subs=None, after=None,
                  stop_at_eos: bool = False, keep_logprobs: bool = False, capture_tail: int = 0,
                  keep_state: bool = False) -> Decoded:
-        """Prefill then decode, chunk by chunk of rows within the budget (cache included); with
-        `capture_tail`, residuals cover the prompt tail and every token fed back."""
-        width = max(len(p) for p in prompts)
-        parts, chunks = [], self.chunks(len(prompts), (after[2] if after else 0) + width + n_new)
+        """Prefill then decode, chunk by chunk of rows within the budget (cache included; columns
+        continued from `after` are read in place where they can be); with `capture_tail`,
+        residuals cover the prompt tail and every token fed back."""
+        # a state kept to be continued again holds copies: in-place layers hold only their own
+        in_place = not keep_state and self._in_place(after)
+        width, copied = max(len(p) for p in prompts), after and not in_place
+        parts, chunks = [], self.chunks(len(prompts), (after[2] if copied else 0) + width + n_new)
         if (keep_logprobs or capture_tail) and stop_at_eos:
             raise ValueError("keep_logprobs and capture_tail need every row's n_new steps: not "
                              "with stop_at_eos")
@@ -314,7 +332,7 @@ class Engine:
             cont = (after[0], [after[1][i] for i in rows], after[2]) if after else None
             pre = self.prefill([prompts[i] for i in rows], keep=0, capture_tail=capture_tail,
                                subs=[subs[i] for i in rows] if subs else None, keep_state=True,
-                               after=cont, width=width)
+                               after=cont, width=width, in_place=in_place)
             if capture_tail:
                 res[rows.start: rows.stop, :, :capture_tail] = pre.residuals
             dec = self.decode(pre.state, n_new, stop_at_eos=stop_at_eos,

@@ -10,6 +10,8 @@ whose layers write each new position into spare room instead of concatenating.""
 from __future__ import annotations
 
 import bisect
+from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -52,14 +54,70 @@ class RoomyLayer(DynamicLayer):
         return self.keys, self.values
 
 
-class RoomyCache(DynamicCache):
-    """A DynamicCache of RoomyLayers: from `data` (a (keys, values) pair per layer) or empty."""
+@dataclass(frozen=True)
+class Shared:
+    """A continuation's keys (or values) as lac's grouped attention reads them: a prefix left in
+    the kept cache it came from ([P, kv, C, d], one row per prompt), then each row's own positions
+    ([rows, kv, t, d]). `slots` [P, g] lays the rows out by the prompt they continue (g: the most
+    rows on one prompt; spare slots repeat row 0 and are discarded) and `slot[r]` is row r's
+    place, so each prompt's prefix is read by one product over all its rows, never copied."""
 
-    def __init__(self, data=None):
-        if data is None:
+    prefix: torch.Tensor
+    own: torch.Tensor
+    slots: torch.Tensor
+    slot: torch.Tensor
+
+    def _by_prompt(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """[P*g, kv, m, n] slot tensor -> [P, kv, g*m, n]."""
+        p, g = self.slots.shape
+        return t.view(p, g, *t.shape[1:]).transpose(1, 2).reshape(p, t.shape[1], -1, n)
+
+    def _by_row(self, t: torch.Tensor, m: int) -> torch.Tensor:
+        """[P, kv, g*m, n] -> [rows, kv, m, n]."""
+        p, g = self.slots.shape
+        return t.view(p, t.shape[1], g, m, -1).transpose(1, 2).reshape(p * g, t.shape[1], m, -1)[
+            self.slot]
+
+    def scores(self, grouped: torch.Tensor) -> torch.Tensor:
+        """Queries [rows, kv, m, d] against the prefix keys: [rows, kv, m, C]."""
+        m, d = grouped.shape[-2:]
+        return self._by_row(torch.matmul(self._by_prompt(grouped[self.slots.flatten()], d),
+                                         self.prefix.transpose(2, 3)), m)
+
+    def weigh(self, weights: torch.Tensor) -> torch.Tensor:
+        """Attention weights [rows, kv, m, C] over the prefix values: [rows, kv, m, d]."""
+        rows, kv, m, c = weights.shape
+        spread = weights.new_zeros(self.slots.numel(), kv, m, c)
+        spread[self.slot] = weights
+        return self._by_row(torch.matmul(self._by_prompt(spread, c), self.prefix), m)
+
+
+class SharedLayer(RoomyLayer):
+    """A cache layer whose first C positions are read in place from a kept cache (see Shared);
+    its own positions grow as a RoomyLayer's. Only lac's grouped attention reads it."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                 slot: torch.Tensor):
+        super().__init__()
+        self.prefix, self.slots, self.slot = (keys, values), slots, slot
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        own = super().update(key_states, value_states)
+        return tuple(Shared(p, o, self.slots, self.slot) for p, o in zip(self.prefix, own))
+
+    def get_seq_length(self) -> int:
+        return self.prefix[0].shape[-2] + super().get_seq_length()
+
+
+class RoomyCache(DynamicCache):
+    """A DynamicCache of RoomyLayers: from `data` (a (keys, values) pair per layer), from
+    `layers`, or empty."""
+
+    def __init__(self, data=None, layers=None):
+        if data is None and layers is None:
             Cache.__init__(self, layer_class_to_replicate=RoomyLayer)
         else:
-            Cache.__init__(self, layers=[RoomyLayer(k, v) for k, v in data])
+            Cache.__init__(self, layers=layers or [RoomyLayer(k, v) for k, v in data])
 
 
 def empty_cache() -> DynamicCache:
@@ -67,7 +125,31 @@ def empty_cache() -> DynamicCache:
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if any(isinstance(layer, SharedLayer) for layer in cache.layers):
+        raise ValueError("a continuation that reads its prefix in place cannot be continued: its "
+                         "layers hold only their own positions")
     return [(layer[0], layer[1]) for layer in cache]
+
+
+def read_in_place(cache: DynamicCache, rows: list[int], column: int) -> RoomyCache:
+    """A cache continuing, for output row i, the first `column` positions of cache row `rows[i]`
+    (rows may repeat) with nothing copied: each layer reads them from `cache` (see Shared)."""
+    lo, hi = min(rows), max(rows) + 1  # a view of the prompts the rows continue, and between
+    g = max(Counter(rows).values())
+    table: list[list[int]] = [[] for _ in range(hi - lo)]
+    slot = []
+    for r, p in enumerate(rows):
+        slot.append((p - lo) * g + len(table[p - lo]))
+        table[p - lo].append(r)
+    slots = torch.tensor([t + [0] * (g - len(t)) for t in table])
+    out = []
+    for keys, values in _layers(cache):
+        if keys.shape[-2] < column:
+            raise ValueError(f"a cache layer holds {keys.shape[-2]} positions, {column} needed")
+        dev = keys.device
+        out.append(SharedLayer(keys[lo:hi, :, :column], values[lo:hi, :, :column],
+                               slots.to(dev), torch.tensor(slot, device=dev)))
+    return RoomyCache(layers=out)
 
 
 def gather_prefix(cache, rows: list[int], column: int, start_layer: int = 0):

@@ -1,12 +1,13 @@
 """Grouped eager attention against transformers' eager: the same arithmetic, no K/V copies."""
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers.models.gemma2 import modeling_gemma2
 from transformers.models.llama import modeling_llama
 
-from lac_core.attention import GROUPED, grouped_eager
+from lac_core.attention import GROUPED, grouped_eager, reads_in_place
 from lac_core.engine import Engine
 from lac_core.errors import UsageError
 from lac_core.models import load
@@ -71,3 +72,12 @@ def test_attention_setting():
         Settings(attention="flash")
     lm = load("tiny-llama", Settings(attention="eager"))
     assert lm.provenance["attn_implementation"] == lm.model.config._attn_implementation == "eager"
+
+
+def test_prefixes_are_read_in_place_only_where_known_to_work(tiny):
+    """Only lac's grouped attention reads a kept prefix in place, and only on the model types whose
+    attention was checked to hand the cache's keys and values over untouched."""
+    assert reads_in_place(tiny.model.config)
+    for impl, model_type in ((GROUPED, "mistral"), ("eager", "llama"), ("sdpa", "llama")):
+        assert not reads_in_place(SimpleNamespace(_attn_implementation=impl,
+                                                  model_type=model_type))

@@ -186,8 +186,10 @@ def test_kv_cache_api_keeps_its_meaning(tiny):
 
 def test_roomy_caches_decode_as_dynamic_caches_do(tiny, monkeypatch):
     """Greedy tokens and log-probs past ROOM steps, from scratch and continuing a kept state,
-    bit for bit as with transformers' DynamicCache (which concatenates at every step)."""
+    bit for bit as with transformers' DynamicCache (which concatenates at every step). The
+    continuation copies its prefix here (read in place, it sums in another order: see below)."""
     prompts, n_new = _prompts(tiny, 3), ROOM + 6
+    monkeypatch.setattr(Engine, "_in_place", lambda self, after: False)
 
     def run():
         eng = Engine(tiny)
@@ -205,6 +207,54 @@ def test_roomy_caches_decode_as_dynamic_caches_do(tiny, monkeypatch):
     for a, b in zip(roomy, plain):
         assert a.tokens == b.tokens
         assert torch.equal(a.logprobs, b.logprobs)
+
+
+def test_continuations_read_in_place_equal_copies(tiny, monkeypatch):
+    """A generation continuing a kept prompt pass reads the cached prefix where it is: the same
+    tokens and log-probs (to float rounding: two sums added instead of one) as copying it per row,
+    rows repeated and out of order, and the prefix costs no budget (here one chunk, not three)."""
+    prompts = _prompts(tiny, 3)
+    width = max(len(p) for p in prompts) - 1
+    rows = [2, 0, 2, 1, 2, 0]
+    vec = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(3))
+    subs = [[Sub(1, 0, vec)] if k % 2 else [] for k in range(len(rows))]
+
+    def run():  # the pass in one chunk (a pass kept in row chunks is copied from)
+        state = Engine(tiny).prefill([p[:-1] for p in prompts], keep=0, keep_state=True).state
+        eng = Engine(tiny, token_budget=2 * (width + 1 + ROOM + 6))
+        out = eng.generate([[prompts[r][-1]] for r in rows], ROOM + 6, keep_logprobs=True,
+                           subs=subs, after=(state, rows, width))
+        return out, eng.cost.calls
+
+    (shared, calls), real = run(), Engine._in_place
+    monkeypatch.setattr(Engine, "_in_place", lambda self, after: False)
+    copied, copied_calls = run()
+    assert shared.tokens == copied.tokens
+    torch.testing.assert_close(shared.logprobs, copied.logprobs, rtol=1e-5, atol=1e-4)
+    assert calls < copied_calls
+    state = Engine(tiny).prefill(prompts, keep=0, keep_state=True).state
+    assert real(Engine(tiny), (state, [0], 3))
+    with pytest.raises(ValueError, match="cannot be continued"):
+        gather_prefix(kvcache.read_in_place(state.cache, [1, 1], 3), [0], 2)
+
+
+def test_shared_prefix_scores_and_sums_as_gathered_keys():
+    """kvcache.Shared reads each prompt's prefix once for all its rows: scores and weighted sums
+    equal those against keys and values gathered per row (to float rounding: another product
+    shape may sum in another order)."""
+    gen = torch.Generator().manual_seed(0)
+    prefix, rows = torch.randn(4, 2, 7, 8, generator=gen), [3, 0, 3, 3, 1]
+    slots, slot = torch.tensor([[1, 0, 0], [4, 0, 0], [0, 0, 0], [0, 2, 3]]), \
+        torch.tensor([9, 0, 10, 11, 3])
+    shared = kvcache.Shared(prefix, None, slots, slot)
+    q = torch.randn(len(rows), 2, 3, 8, generator=gen)
+    gathered = prefix[rows]
+    torch.testing.assert_close(shared.scores(q), q @ gathered.transpose(2, 3))
+    w = torch.softmax(torch.randn(len(rows), 2, 3, 7, generator=gen), -1)
+    torch.testing.assert_close(shared.weigh(w), w @ gathered)
+    cache = RoomyCache([(prefix, prefix)])
+    layer = kvcache.read_in_place(cache, rows, 7).layers[0]
+    assert torch.equal(layer.slots, slots) and torch.equal(layer.slot, slot)
 
 
 def test_greedy_ignores_generation_config(tiny):
