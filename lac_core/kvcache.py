@@ -143,9 +143,8 @@ def read_in_place(cache: DynamicCache, rows: list[int], column: int) -> RoomyCac
         table[p - lo].append(r)
     slots = torch.tensor([t + [0] * (g - len(t)) for t in table])
     out = []
-    for keys, values in _layers(cache):
-        if keys.shape[-2] < column:
-            raise ValueError(f"a cache layer holds {keys.shape[-2]} positions, {column} needed")
+    for i, (keys, values) in enumerate(_layers(cache)):
+        _check_holds(keys, i, column)
         dev = keys.device
         out.append(SharedLayer(keys[lo:hi, :, :column], values[lo:hi, :, :column],
                                slots.to(dev), torch.tensor(slot, device=dev)))
@@ -162,13 +161,16 @@ def gather_prefix(cache, rows: list[int], column: int, start_layer: int = 0):
     runs = _runs(rows, [p[0][0].shape[0] for p in parts])
     out = []
     for i in range(len(parts[0])):
-        if parts[0][i][0].shape[-2] < column:
-            raise ValueError(f"cache layer {i} holds {parts[0][i][0].shape[-2]} positions, "
-                             f"{column} needed")
+        _check_holds(parts[0][i][0], i, column)
         picked = [(runs[0][0], runs[0][1][:1])] if i < start_layer else runs
         out.append(tuple(joined([_take(parts[j][i][kv], local, column) for j, local in picked])
                          for kv in (0, 1)))
     return RoomyCache(out)
+
+
+def _check_holds(keys: torch.Tensor, layer: int, column: int) -> None:
+    if keys.shape[-2] < column:
+        raise ValueError(f"cache layer {layer} holds {keys.shape[-2]} positions, {column} needed")
 
 
 def _runs(rows: list[int], sizes: list[int]) -> list[tuple[int, list[int]]]:

@@ -236,6 +236,8 @@ def test_continuations_read_in_place_equal_copies(tiny, monkeypatch):
     assert real(Engine(tiny), (state, [0], 3))
     with pytest.raises(ValueError, match="cannot be continued"):
         gather_prefix(kvcache.read_in_place(state.cache, [1, 1], 3), [0], 2)
+    with pytest.raises(ValueError, match="cache layer 0 holds"):
+        kvcache.read_in_place(state.cache, [0], 10 ** 6)
 
 
 def test_shared_prefix_scores_and_sums_as_gathered_keys():
