@@ -52,6 +52,22 @@ def test_prefill_equals_a_plain_forward(any_lm):
         assert not torch.allclose(patched[i], plain[i])
 
 
+def test_the_output_head_reads_kept_positions_as_one_block(tiny):
+    """The head gets the kept positions contiguous, one or several per row: on transformers'
+    strided slice it runs one product per row, each reading the whole head."""
+    seen = []
+    head = tiny.model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        for keep in (1, 3):
+            Engine(tiny).prefill(_prompts(tiny, 3, "long"), keep=keep)
+    finally:
+        hook.remove()
+    rows = [tuple(h.shape) for h in seen if h.shape[0] == 3]  # not a shared prefix's own pass
+    assert rows == [(3, 1, tiny.d_model), (3, 3, tiny.d_model)]
+    assert all(h.is_contiguous() for h in seen)
+
+
 def test_prefill_after_a_cached_prefix_equals_a_plain_forward(any_lm):
     """Continuing cached rows (rows repeated, one from each layer up) equals the full sequences."""
     eng = Engine(any_lm)
