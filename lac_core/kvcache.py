@@ -141,13 +141,12 @@ def read_in_place(cache: DynamicCache, rows: list[int], column: int) -> RoomyCac
     for r, p in enumerate(rows):
         slot.append((p - lo) * g + len(table[p - lo]))
         table[p - lo].append(r)
-    slots = torch.tensor([t + [0] * (g - len(t)) for t in table])
+    slots, slot = torch.tensor([t + [0] * (g - len(t)) for t in table]), torch.tensor(slot)
     out = []
-    for i, (keys, values) in enumerate(_layers(cache)):
+    for i, (keys, values) in enumerate(_layers(cache)):  # .to: no copy on the same device
         _check_holds(keys, i, column)
-        dev = keys.device
         out.append(SharedLayer(keys[lo:hi, :, :column], values[lo:hi, :, :column],
-                               slots.to(dev), torch.tensor(slot, device=dev)))
+                               slots.to(keys.device), slot.to(keys.device)))
     return RoomyCache(layers=out)
 
 
