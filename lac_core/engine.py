@@ -10,7 +10,6 @@
 # lets a real token see a later pad).
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -21,7 +20,8 @@ from .attention import reads_in_place
 from .errors import LacError, NonFiniteResidualError, UsageError
 from .hooks import Sub, start_at, substitute
 from .hooks import capture as capture_hook
-from .kvcache import empty_cache, gather_prefix, joined, read_in_place
+from .kvcache import State, empty_cache, gather_prefix, joined, merged, read_in_place
+from .prefixes import Layout, layout
 
 __all__ = ["Sub", "Cost", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
 
@@ -39,24 +39,6 @@ class Cost:
         self.tokens += rows * length
         self.layer_tokens += rows * length * layers
         self.calls += 1
-
-
-@dataclass
-class State:
-    """A batch's cached positions: row r's sequence position p sits at column offsets[r] + p
-    (p >= shared: the first `shared` positions, common to every row, sit at columns 0.. and the
-    rows' padding follows them)."""
-
-    cache: object  # a DynamicCache, or a list of them holding consecutive row chunks
-    mask: torch.Tensor  # [rows, columns] 1 where a real token is cached
-    offsets: list[int]
-    logits: torch.Tensor | None  # [rows, V] next-token logits after the last position
-    shared: int = 0
-
-    def column(self, row: int, position: int) -> int:
-        if position < self.shared:
-            raise ValueError(f"position {position} lies in the shared prefix ({self.shared})")
-        return self.offsets[row] + position
 
 
 @dataclass
@@ -184,34 +166,49 @@ class Engine:
         if against is not None and len(against) != len(prompts):
             raise ValueError(f"{len(against)} reference log-probs for {len(prompts)} rows")
         in_place = in_place and self._in_place(after)  # a caller's `after` only
-        share = self._shareable(prompts, subs, after, start_layer, max(keep, capture_tail, 1))
-        if share:  # the rows' common prefix once, then each row's rest after it (left-padded)
-            after = (self.prefill([prompts[0][:share]], keep=0, keep_state=True).state,
-                     [0] * len(prompts), share)
-            prompts, width = [p[share:] for p in prompts], width - share
-        args = (prompts, subs, after, start_layer, hidden, keep, capture_tail, keep_state, width,
+        plan = self._shareable(prompts, subs, after, start_layer, max(keep, capture_tail, 1))
+        if plan.common:  # computed once; then each row's rest after it (left-padded)
+            after, prompts, width = self._shared(plan, prompts, width)
+        return self._chunked(prompts, subs, after, start_layer, hidden, keep, capture_tail,
+                             keep_state, width, against, in_place, group)
+
+    def _chunked(self, prompts, subs, after, start_layer, hidden, keep, tail, keep_state, width,
+                 against, in_place, group) -> Prefill:
+        args = (prompts, subs, after, start_layer, hidden, keep, tail, keep_state, width,
                 against, in_place)
         footprint = (after[2] if after and not in_place else 0) + width
         logits = keep * self.lm.vocab_size if against is not None else 0
         parts = [self._prefill(list(rows), *args)
                  for rows in self.chunks(len(prompts), footprint, group, logits)]
-        return Prefill(_merge([p.state for p in parts]) if keep_state else None,
+        return Prefill(merged([p.state for p in parts]) if keep_state else None,
                        joined([p.logprobs for p in parts]), joined([p.residuals for p in parts]),
                        joined([p.kl for p in parts]))
 
-    def _shareable(self, prompts, subs, after, start_layer: int, kept: int) -> int:
-        """How many leading tokens every prompt shares and can be computed once: none for one row,
-        a continuation, substitutions or a start layer (their positions count from the prompt's
-        start), or a sliding-window model (its window counts cache columns, and the shared prefix
-        puts each row's padding between columns); the last `kept` positions of each row stay its
-        own."""
+    def _shared(self, plan: Layout, prompts, width: int):
+        """The common prefix once and, with groups, each group's segment once after it: the
+        `after` every row's rest continues, the rests and their width (columns unchanged)."""
+        c, n = plan.common, len(prompts)
+        state = self.prefill([prompts[0][:c]], keep=0, keep_state=True).state
+        if not plan.groups:
+            return (state, [0] * n, c), [p[c:] for p in prompts], width - c
+        seg, of = max(s for s, _ in plan.groups), plan.segment_of()
+        segs = [prompts[rows[0]][c: c + s] for s, rows in plan.groups]
+        state = self._chunked(segs, None, (state, [0] * len(segs), c), 0, None, 0, 0, True, seg,
+                              None, False, 1).state
+        return ((state, [of[i][0] for i in range(n)], c + seg),
+                [p[c + of[i][1]:] for i, p in enumerate(prompts)], width - c - seg)
+
+    def _shareable(self, prompts, subs, after, start_layer: int, kept: int) -> Layout:
+        """What the rows share and can compute once (prefixes.layout): nothing for one row, a
+        continuation, substitutions or a start layer (their positions count from the prompt's
+        start), or a sliding-window model (its window counts cache columns, and sharing puts
+        each row's padding between columns); the last `kept` positions of each row stay its own."""
         if len(prompts) < 2 or after is not None or start_layer or (subs and any(subs)):
-            return 0
+            return Layout(0)
         config = self.lm.model.config
         if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-            return 0
-        share = len(os.path.commonprefix([list(p) for p in prompts]))
-        return max(0, min(share, min(len(p) for p in prompts) - kept))
+            return Layout(0)
+        return layout([list(p) for p in prompts], kept)
 
     def _in_place(self, after) -> bool:
         """Whether continuations of `after` may read its cached columns in place, not copied per
@@ -228,7 +225,7 @@ class Engine:
             ids = torch.tensor([[self._pad()] * o + p for o, p in zip(offsets, prompts)])
             mask = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(offsets, prompts)])
             pos, cache, shift = (mask.cumsum(-1) - 1).clamp(min=0), empty_cache(), offsets
-            shared = 0
+            shared = [0] * len(rows)
         else:
             state, cache_rows, column = after
             picked = [cache_rows[i] for i in rows]
@@ -240,7 +237,9 @@ class Engine:
             mask = torch.cat([state.mask[picked, :column], new], 1)
             pos = (mask.cumsum(-1) - 1)[:, column:].clamp(min=0)
             offsets = [state.offsets[r] + o for r, o in zip(picked, pads)]
-            shift, shared = pads, column if any(pads) else state.shared
+            cached = state.mask[picked, :column].sum(-1).tolist()  # a padded row's rest follows
+            shared = [c if o else state.shared[r] for c, o, r in zip(cached, pads, picked)]
+            shift = pads
         entries = [[Sub(s.layer, shift[k] + s.position, s.vector) for s in subs[i]]
                    for k, i in enumerate(rows)] if subs else []
         with ExitStack() as stack:
@@ -349,7 +348,7 @@ class Engine:
                               if capture_tail else None)
             parts.append(dec)
         return Decoded([t for d in parts for t in d.tokens], out, res,
-                       _merge([d.state for d in parts]) if keep_state else None)
+                       merged([d.state for d in parts]) if keep_state else None)
 
 
 def _by_length(lengths: list[int], budget: int):
@@ -363,14 +362,3 @@ def _by_length(lengths: list[int], budget: int):
         width = max(width, n)
     if batch:
         yield batch
-
-
-def _merge(states: list[State]) -> State:
-    """One State from row chunks that share their columns, for continuations only: the caches stay
-    apart (a list; joining them would hold every cache twice, and gather_prefix reads across them)
-    and no logits are kept, since decode runs on one chunk's state."""
-    if len(states) == 1:
-        return states[0]
-    parts = [c for s in states for c in (s.cache if isinstance(s.cache, list) else [s.cache])]
-    return State(parts, torch.cat([s.mask for s in states]),
-                 [o for s in states for o in s.offsets], None, max(s.shared for s in states))

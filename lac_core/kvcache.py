@@ -1,5 +1,6 @@
 """KV caches kept between engine calls, through transformers' public cache API: a DynamicCache
-whose layers write each new position into spare room instead of concatenating."""
+whose layers write each new position into spare room instead of concatenating; and the State
+that says where each row's positions sit in one."""
 # DynamicLayer.update joins the whole cache to each new position with torch.cat: a decode step
 # copies every layer's keys and values. RoomyLayer subclasses it (update, the `keys`/`values`
 # views every reader uses) and RoomyCache builds on Cache's public `layers=` constructor, keeping
@@ -195,3 +196,34 @@ def joined(parts: list, dim: int = 0):
     if not parts or parts[0] is None:
         return None
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+@dataclass
+class State:
+    """A batch's cached positions: row r's sequence position p sits at column offsets[r] + p
+    for p >= shared[r] (its earlier positions, computed once for several rows, sit before
+    padding that separates them from the rest)."""
+
+    cache: object  # a DynamicCache, or a list of them holding consecutive row chunks
+    mask: torch.Tensor  # [rows, columns] 1 where a real token is cached
+    offsets: list[int]
+    logits: torch.Tensor | None  # [rows, V] next-token logits after the last position
+    shared: list[int]
+
+    def column(self, row: int, position: int) -> int:
+        if position < self.shared[row]:
+            raise ValueError(f"position {position} lies in the shared prefix "
+                             f"({self.shared[row]})")
+        return self.offsets[row] + position
+
+
+def merged(states: list[State]) -> State:
+    """One State from row chunks that share their columns, for continuations only: the caches stay
+    apart (a list; joining them would hold every cache twice, and gather_prefix reads across them)
+    and no logits are kept, since decode runs on one chunk's state."""
+    if len(states) == 1:
+        return states[0]
+    parts = [c for s in states for c in (s.cache if isinstance(s.cache, list) else [s.cache])]
+    return State(parts, torch.cat([s.mask for s in states]),
+                 [o for s in states for o in s.offsets], None,
+                 [r for s in states for r in s.shared])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lac_core import engine, experiments, kvcache, plans
+from lac_core import engine, experiments, kvcache, plans, prefixes
 from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.hooks import substitute
@@ -355,12 +355,20 @@ def test_a_shared_prefix_runs_once_and_changes_nothing(any_lm):
     eng, single = Engine(any_lm), Engine(any_lm)
     out = eng.prefill(prompts, keep=3, capture_tail=2, keep_state=True)
     windowed = any_lm.spec.name in ("tiny-gemma2", "tiny-gemma3")
-    assert out.state.shared == (0 if windowed else common)
-    width = max(len(p) for p in prompts)
-    if not windowed:
-        with pytest.raises(ValueError, match="shared prefix"):
-            out.state.column(0, common - 1)
-        assert eng.cost.tokens == common + len(prompts) * (width - common)
+    plan = prefixes.layout(prompts, 3)
+    shared, width = out.state.shared, max(len(p) for p in prompts)
+    if windowed:
+        assert set(shared) == {0}
+    else:
+        assert common == plan.common and max(shared) >= common
+        assert eng.cost.tokens == plan.positions([len(p) for p in prompts])
+    for i, p in enumerate(prompts):  # each row's own positions: real, in order, p_last last
+        cols = [out.state.column(i, q) for q in range(shared[i], len(p))]
+        assert cols == list(range(width - len(p) + shared[i], width))
+        assert out.state.mask[i, cols].all() and int(out.state.mask[i].sum()) == len(p)
+        if shared[i]:
+            with pytest.raises(ValueError, match="shared prefix"):
+                out.state.column(i, shared[i] - 1)
     tails, rows = [[5, 6, 7], [8, 9, 10], [11, 12, 13]], [0, 3, 1]
     after = eng.prefill(tails, after=(out.state, rows, width), keep=3).logprobs
     for i, p in enumerate(prompts):
@@ -370,6 +378,68 @@ def test_a_shared_prefix_runs_once_and_changes_nothing(any_lm):
         assert eng.generate(prompts, 6).tokens[i] == single.generate([p], 6).tokens[0]
     for k, (r, t) in enumerate(zip(rows, tails)):
         torch.testing.assert_close(after[k], _plain(any_lm, prompts[r] + t)[-3:], **TOL)
+
+
+def _persona_task_prompts(lm, n=6):
+    """Distinct XB, XY and BY prompts of the long grid's first cells: persona sentences that
+    several tasks repeat after the chat template's common head."""
+    g = GRIDS["long"]
+    seqs = [tuple(render(lm.tokenizer, g.user_text(c, cond)).ids)
+            for c in g.cells[:n] for cond in ("XB", "XY", "BY")]
+    return [list(s) for s in dict.fromkeys(seqs)]
+
+
+def test_persona_segments_run_once_per_group_and_change_nothing(any_lm):
+    """Prompts sharing a persona sentence after the common head (prefixes.layout groups them):
+    the head runs once, each group's segment once, each row's rest after it. The columns, p_last's
+    column, log-probs, captured tails, continuations and greedy tokens equal each row alone, and
+    the work is the layout's positions, below one level's."""
+    prompts = _persona_task_prompts(any_lm)
+    lengths, width = [len(p) for p in prompts], max(len(p) for p in prompts)
+    plan = prefixes.layout(prompts, 2)
+    assert plan.groups and 1 < len(plan.groups) < len(prompts)
+    assert plan.positions(lengths) < prefixes.Layout(plan.common).positions(lengths)
+    eng, single = Engine(any_lm), Engine(any_lm)
+    out = eng.prefill(prompts, keep=2, capture_tail=2, keep_state=True)
+    assert out.state.mask.shape[1] == width
+    windowed = any_lm.spec.name in ("tiny-gemma2", "tiny-gemma3")
+    if not windowed:
+        assert eng.cost.tokens == plan.positions(lengths)
+        assert eng.cost.calls == 3
+    rows = [0, len(prompts) - 1, 1]
+    after = eng.prefill([[5, 6], [7, 8], [9, 10]], after=(out.state, rows, width), keep=2)
+    for i, p in enumerate(prompts):
+        assert out.state.column(i, len(p) - 1) == width - 1
+        torch.testing.assert_close(out.logprobs[i], _plain(any_lm, p)[-2:], **TOL)
+        alone = single.prefill([p], keep=0, capture_tail=2).residuals[0]
+        torch.testing.assert_close(out.residuals[i], alone, **TOL)
+    gen = eng.generate(prompts, 5).tokens
+    assert gen == [single.generate([p], 5).tokens[0] for p in prompts]
+    for k, (r, t) in enumerate(zip(rows, [[5, 6], [7, 8], [9, 10]])):
+        torch.testing.assert_close(after.logprobs[k], _plain(any_lm, prompts[r] + t)[-2:], **TOL)
+
+
+def test_layout_keeps_the_kept_tokens_and_the_columns():
+    """A property of prefixes.layout over persona x task token grids: every row keeps its last
+    `kept` tokens out of shared work, rests fit the widest prompt's columns, and a second level is
+    taken only when it saves."""
+    head, personas = [1, 2, 3], [[10], [11, 12, 13, 14, 15, 16], [17, 18, 19, 20, 21]]
+    tasks = [[30, 31, 32, 33], [40, 41], [50, 51, 52, 53, 54, 55, 56]]
+    prompts = [head + p + t + [9] for p in personas for t in tasks]
+    lengths = [len(p) for p in prompts]
+    for kept in (1, 2, 3, 8):
+        plan = prefixes.layout(prompts, kept)
+        one = prefixes.Layout(plan.common).positions(lengths)
+        assert plan.common == max(0, min(3, min(lengths) - kept))
+        for s, members in plan.groups:
+            shared = os.path.commonprefix([prompts[r] for r in members])
+            assert plan.common + s <= len(shared)
+            assert all(lengths[r] - plan.common - s >= kept for r in members)
+        assert sorted(r for _, m in plan.groups for r in m) in ([], list(range(len(prompts))))
+        if plan.groups:
+            assert plan.positions(lengths) <= prefixes.SAVING * one
+    assert prefixes.layout(prompts, 1).groups  # the personas are worth sharing here
+    assert not prefixes.layout([head + t for t in tasks], 1).groups  # too few rows
 
 
 def test_scoring_against_references_is_the_kl_of_the_log_probs(tiny, monkeypatch):
