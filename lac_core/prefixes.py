@@ -3,12 +3,13 @@
 "As <persona>," that every task of one persona repeats)."""
 # A batch runs left-padded to its longest row, so a pass costs rows x width positions. After the
 # common prefix, a second level runs each group's segment once (groups x the longest segment) and
-# each row's rest after it (rows x the longest rest). Groups come from the prompts' trie: start
-# from the branches after the common prefix and split, one at a time, the group holding the
-# longest rest; the cheapest layout seen wins, if it beats one level by SAVING. A layout keeps the
-# widest prompt's columns (each row's rest padded to width - common - the longest segment), so a
-# kept state's footprint, which `Engine.generate` budgets, and the columns that row chunks of one
-# generation share stay what one level gives; a layout whose rests do not fit is not taken.
+# each row's rest after it (rows x what is left of the width). Groups come from the prompts'
+# trie: start from the branches after the common prefix and split, one at a time, the group
+# holding the longest rest; the cheapest layout seen wins, if it beats one level by SAVING. A
+# layout keeps the widest prompt's columns (each row's rest padded to width - common - the
+# longest segment), so a kept state's footprint, which `Engine.generate` budgets, and the columns
+# that row chunks of one generation share stay what one level gives; a layout whose rests do not
+# fit is not taken.
 from __future__ import annotations
 
 import os
