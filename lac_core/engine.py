@@ -193,8 +193,9 @@ class Engine:
             return (state, [0] * n, c), [p[c:] for p in prompts], width - c
         seg, of = max(s for s, _ in plan.groups), plan.segment_of()
         segs = [prompts[rows[0]][c: c + s] for s, rows in plan.groups]
-        state = self._chunked(segs, None, (state, [0] * len(segs), c), 0, None, 0, 0, True, seg,
-                              None, False, 1).state
+        state = self._chunked(segs, subs=None, after=(state, [0] * len(segs), c), start_layer=0,
+                              hidden=None, keep=0, tail=0, keep_state=True, width=seg,
+                              against=None, in_place=False, group=1).state
         return ((state, [of[i][0] for i in range(n)], c + seg),
                 [p[c + of[i][1]:] for i, p in enumerate(prompts)], width - c - seg)
 
@@ -237,7 +238,7 @@ class Engine:
             mask = torch.cat([state.mask[picked, :column], new], 1)
             pos = (mask.cumsum(-1) - 1)[:, column:].clamp(min=0)
             offsets = [state.offsets[r] + o for r, o in zip(picked, pads)]
-            cached = state.mask[picked, :column].sum(-1).tolist()  # a padded row's rest follows
+            cached = mask[:, :column].sum(-1).tolist()  # a padded row's rest follows them
             shared = [c if o else state.shared[r] for c, o, r in zip(cached, pads, picked)]
             shift = pads
         entries = [[Sub(s.layer, shift[k] + s.position, s.vector) for s in subs[i]]

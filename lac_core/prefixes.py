@@ -45,12 +45,11 @@ class Layout:
 
 def layout(prompts: list[list[int]], kept: int) -> Layout:
     """The cheapest sharing of `prompts` whose last `kept` tokens stay each row's own."""
-    shortest = min(len(p) for p in prompts)
-    common = max(0, min(len(os.path.commonprefix(prompts)), shortest - kept))
+    lengths = [len(p) for p in prompts]
+    common = max(0, min(len(os.path.commonprefix(prompts)), min(lengths) - kept))
     one = Layout(common)
     if common == 0 or len(prompts) < 3:
         return one
-    lengths = [len(p) for p in prompts]
 
     def group(rows: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
         shared = len(os.path.commonprefix([prompts[r] for r in rows]))
