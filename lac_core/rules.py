@@ -68,44 +68,52 @@ def _unswept(probe: str) -> Part:
     return _undecided(probe, f"probe {probe} was not swept in this run (see --lac-probes)")
 
 
+def _each_probe(claim: str, summary, t, missing, decide) -> Verdict:
+    """One part per probe of the thresholds: `missing(probe)` is the INCONCLUSIVE part of a probe
+    that cannot be decided (or None), `decide(probe)` the part of one that can."""
+    parts = [missing(probe) or decide(probe) for probe in t.probes]
+    return combine(claim, summary.label, parts)
+
+
+def _unswept_part(summary, probe: str) -> Part | None:
+    return None if probe in summary.kl_add else _unswept(probe)
+
+
 def c1(summary, t) -> Verdict:
-    parts = []
-    for probe in t.probes:
-        band = _band(summary, t.max_depth_fraction)
-        if probe not in summary.kl_add:
-            parts.append(_unswept(probe))
-        elif not band:
-            parts.append(_undecided(probe, "no swept layer with depth fraction <= "
-                                           f"{t.max_depth_fraction}"))
-        if probe not in summary.kl_add or not band:
-            continue
+    band = _band(summary, t.max_depth_fraction)
+
+    def missing(probe):
+        return _unswept_part(summary, probe) or (None if band else _undecided(
+            probe, f"no swept layer with depth fraction <= {t.max_depth_fraction}"))
+
+    def decide(probe):
         best = min(band, key=lambda layer: summary.kl_add[probe][layer].median)
         s = summary.kl_add[probe][best]
         ok = s.median <= t.max_median_kl
-        parts.append(_part(probe, ok, t.max_median_kl - s.median,
-                           f"smallest median additive KL in the band is {s.median:.4f} at L{best} "
-                           f"({'<=' if ok else '>'} {t.max_median_kl})",
-                           {"layer": best, "median": s.median, "p25": s.p25, "p75": s.p75}))
-    return combine("C1", summary.label, parts)
+        return _part(probe, ok, t.max_median_kl - s.median,
+                     f"smallest median additive KL in the band is {s.median:.4f} at L{best} "
+                     f"({'<=' if ok else '>'} {t.max_median_kl})",
+                     {"layer": best, "median": s.median, "p25": s.p25, "p75": s.p75})
+    return _each_probe("C1", summary, t, missing, decide)
 
 
 def c1l(summary, t) -> Verdict:
-    parts = []
-    for probe in t.probes:
-        if probe not in summary.kl_add or len(summary.layers) < 2:
-            parts.append(_unswept(probe) if probe not in summary.kl_add
-                         else _undecided(probe, "needs at least two swept layers"))
-            continue
-        lo, hi = min(summary.layers), max(summary.layers)
+    lo, hi = min(summary.layers, default=None), max(summary.layers, default=None)
+
+    def missing(probe):
+        return _unswept_part(summary, probe) or (None if len(summary.layers) >= 2 else _undecided(
+            probe, "needs at least two swept layers"))
+
+    def decide(probe):
         a, b = summary.kl_add[probe][lo].median, summary.kl_add[probe][hi].median
         ok = b >= t.min_ratio * a
         ratio = b / a if a > 0 else math.inf
-        parts.append(_part(probe, ok, b - t.min_ratio * a,
-                           f"median KL L{hi} {b:.4f} vs L{lo} {a:.4f}: ratio {ratio:.2f} "
-                           f"({'>=' if ok else '<'} {t.min_ratio})",
-                           {"shallowest": lo, "deepest": hi, "median_shallowest": a,
-                            "median_deepest": b, "ratio": ratio}))
-    return combine("C1L", summary.label, parts)
+        return _part(probe, ok, b - t.min_ratio * a,
+                     f"median KL L{hi} {b:.4f} vs L{lo} {a:.4f}: ratio {ratio:.2f} "
+                     f"({'>=' if ok else '<'} {t.min_ratio})",
+                     {"shallowest": lo, "deepest": hi, "median_shallowest": a,
+                      "median_deepest": b, "ratio": ratio})
+    return _each_probe("C1L", summary, t, missing, decide)
 
 
 def c2(summary, t) -> Verdict:
@@ -135,19 +143,15 @@ def _no_null(summary, probe: str) -> Part | None:
 
 
 def c5(summary, t) -> Verdict:
-    parts = []
-    for probe in t.probes:
-        if (missing := _no_null(summary, probe)) is not None:
-            parts.append(missing)
-            continue
-        band = _band(summary, t.max_depth_fraction)
+    band = _band(summary, t.max_depth_fraction)
+
+    def decide(probe):
         null = {layer: summary.kl_null[probe][layer].median for layer in band}
         informative = [layer for layer in band if null[layer] >= t.min_null_kl]
         if not informative:
-            parts.append(_undecided(probe, "no informative layer in the band: largest median null "
-                                           f"KL {max(null.values(), default=math.nan):.4f} "
-                                           f"< {t.min_null_kl}"))
-            continue
+            return _undecided(probe, "no informative layer in the band: largest median null KL "
+                                     f"{max(null.values(), default=math.nan):.4f} "
+                                     f"< {t.min_null_kl}")
 
         def margin(layer):
             a = summary.kl_add[probe][layer].median
@@ -155,13 +159,12 @@ def c5(summary, t) -> Verdict:
 
         best = max(informative, key=margin)
         a, n = summary.kl_add[probe][best].median, null[best]
-        parts.append(_part(probe, margin(best) >= 0, margin(best),
-                           f"at L{best} median additive KL {a:.4f} vs null {n:.4f} (need <= "
-                           f"{t.max_additive_kl} and <= {t.max_additive_over_null} x null); "
-                           f"informative layers {informative}",
-                           {"layer": best, "additive": a, "null": n,
-                            "informative_layers": informative}))
-    return combine("C5", summary.label, parts)
+        return _part(probe, margin(best) >= 0, margin(best),
+                     f"at L{best} median additive KL {a:.4f} vs null {n:.4f} (need <= "
+                     f"{t.max_additive_kl} and <= {t.max_additive_over_null} x null); "
+                     f"informative layers {informative}",
+                     {"layer": best, "additive": a, "null": n, "informative_layers": informative})
+    return _each_probe("C5", summary, t, lambda probe: _no_null(summary, probe), decide)
 
 
 def unexplained(summary, probe: str, layer: int) -> float | None:
@@ -182,34 +185,29 @@ def faithfulness(summary) -> dict:
 
 def c6(summary, t) -> Verdict:
     """C1L's question in normalized form: does the unexplained share grow with depth?"""
-    parts = []
-    for probe in t.probes:
-        if (missing := _no_null(summary, probe)) is not None:
-            parts.append(missing)
-            continue
+    deep = max(summary.layers, default=None)
+
+    def decide(probe):
         null = {layer: summary.kl_null[probe][layer].median for layer in summary.layers}
         informative = [layer for layer in summary.layers if null[layer] >= t.min_null_kl]
-        deep = max(summary.layers)
         if len(informative) < 2 or deep not in informative:
-            parts.append(_undecided(probe, f"informative layers {informative} (median null KL >= "
-                                           f"{t.min_null_kl}): needs two, the deepest swept "
-                                           f"(L{deep}, null {null[deep]:.4f}) among them"))
-            continue
+            return _undecided(probe, f"informative layers {informative} (median null KL >= "
+                                     f"{t.min_null_kl}): needs two, the deepest swept "
+                                     f"(L{deep}, null {null.get(deep, math.nan):.4f}) among them")
         lo = min(informative)
         u_lo, u_hi = unexplained(summary, probe, lo), unexplained(summary, probe, deep)
         ok = u_hi >= t.min_ratio * u_lo and u_hi > 0
         margin = u_hi - t.min_ratio * u_lo if u_hi > 0 else min(0.0, u_hi - t.min_ratio * u_lo)
         ratio = u_hi / u_lo if u_lo > 0 else math.inf
-        parts.append(_part(probe, ok, margin,
-                           f"unexplained share U = 1 - F at L{deep} {u_hi:.3f} vs L{lo} "
-                           f"{u_lo:.3f}: ratio {ratio:.2f} ({'>=' if ok else '<'} "
-                           f"{t.min_ratio}{'' if u_hi > 0 else ', and U at the deepest is 0'}); "
-                           f"informative layers {informative}",
-                           {"shallowest": lo, "deepest": deep, "unexplained_shallowest": u_lo,
-                            "unexplained_deepest": u_hi, "F_shallowest": 1 - u_lo,
-                            "F_deepest": 1 - u_hi, "ratio": ratio,
-                            "informative_layers": informative}))
-    return combine("C6", summary.label, parts)
+        return _part(probe, ok, margin,
+                     f"unexplained share U = 1 - F at L{deep} {u_hi:.3f} vs L{lo} "
+                     f"{u_lo:.3f}: ratio {ratio:.2f} ({'>=' if ok else '<'} "
+                     f"{t.min_ratio}{'' if u_hi > 0 else ', and U at the deepest is 0'}); "
+                     f"informative layers {informative}",
+                     {"shallowest": lo, "deepest": deep, "unexplained_shallowest": u_lo,
+                      "unexplained_deepest": u_hi, "F_shallowest": 1 - u_lo,
+                      "F_deepest": 1 - u_hi, "ratio": ratio, "informative_layers": informative})
+    return _each_probe("C6", summary, t, lambda probe: _no_null(summary, probe), decide)
 
 
 def _fraction_part(name, value, clean, factor, at_least: bool) -> Part:
