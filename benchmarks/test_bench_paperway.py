@@ -126,8 +126,7 @@ def _price_plain_forward(lm, prompts, rows: int = 16) -> float:
     """Seconds per token-layer of transformers' own forward, `model(input_ids, attention_mask)`,
     as a plain batched forward runs: logits at every position, no prefix sharing, batches of
     `rows` left-padded prompts (padding counts as work done)."""
-    pad = next(int(c) for c in (lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id, 0)
-               if c is not None)
+    pad = Engine(lm)._pad()  # the pad id lac's own batches use
     best = math.inf
     with torch.inference_mode():
         for _ in range(PRICE_REPS):
