@@ -38,11 +38,12 @@ import numpy as np
 import pytest
 import torch
 
-from lac_core import experiments, straightforward
+from lac_core import experiments
 from lac_core.engine import Cost, Engine, kl_sum, logprobs_of
 from lac_core.grids import resolve_grid
 from lac_core.prompts import CONDITIONS, N_REF, WINDOW, mid_layer
 
+from . import straightforward
 from .conftest import RESULTS, TABLES
 
 KL_ATOL, KL_RTOL = 2e-5, 1e-3

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine, Sub, kl_sum
-from .experiments import HOST_WINDOW, MARKER_TOKENS, render_cell
-from .grids import Grid
-from .markers import hits
-from .prompts import CONDITIONS, mid_layer, multilayer_sets, render
-from .results import MARKER_CONDITIONS, HostResult, MarkerResult
+from lac_core.engine import Engine, Sub, kl_sum
+from lac_core.experiments import HOST_WINDOW, MARKER_TOKENS, render_cell
+from lac_core.grids import Grid
+from lac_core.markers import hits
+from lac_core.prompts import CONDITIONS, mid_layer, multilayer_sets, render
+from lac_core.results import MARKER_CONDITIONS, HostResult, MarkerResult
 
 
 def _cost(eng: Engine) -> dict:
