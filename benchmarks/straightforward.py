@@ -16,16 +16,11 @@ from __future__ import annotations
 import torch
 
 from lac_core.engine import Engine, Sub, kl_sum
-from lac_core.experiments import HOST_WINDOW, MARKER_TOKENS, render_cell
+from lac_core.experiments import HOST_WINDOW, MARKER_TOKENS, _cost, render_cell
 from lac_core.grids import Grid
 from lac_core.markers import hits
 from lac_core.prompts import CONDITIONS, mid_layer, multilayer_sets, render
 from lac_core.results import MARKER_CONDITIONS, HostResult, MarkerResult
-
-
-def _cost(eng: Engine) -> dict:
-    return {"forward_tokens": eng.cost.tokens, "forward_layer_tokens": eng.cost.layer_tokens,
-            "forward_calls": eng.cost.calls}
 
 
 def p_last_residuals(eng: Engine, grid: Grid):

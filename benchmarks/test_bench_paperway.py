@@ -222,7 +222,7 @@ def _assert_kl_close(a, b, what):
 
 
 @contextmanager
-def _timing_checks(monkeypatch, spent: list):
+def _timing_checks(spent: list):
     """Time the sweep's every-run invariance checks (its first cell again, alone, with the
     identity substitution too): work lac adds to the protocol's, so the floor leaves it out."""
     check = experiments._invariance
@@ -231,17 +231,17 @@ def _timing_checks(monkeypatch, spent: list):
         out, seconds = _timed(lambda: check(*args, **kw))
         spent.append(seconds)
         return out
-    with monkeypatch.context() as m:
+    with pytest.MonkeyPatch.context() as m:
         m.setattr(experiments, "_invariance", timed)
         yield
 
 
 @pytest.mark.parametrize("grid_name", ["short", "long"])
-def test_paperway_sweep(paper_lm, grids, grid_name, monkeypatch):
+def test_paperway_sweep(paper_lm, grids, grid_name):
     lm, grid = paper_lm, grids(grid_name)
     eb, ea = Engine(lm), Engine(lm)
     spent: list[float] = []
-    with _timing_checks(monkeypatch, spent):
+    with _timing_checks(spent):
         b, b_s = _timed(lambda: experiments.sweep(eb, grid, plan="fast"))
     assert len(spent) == 1, "the fast sweep ran its invariance checks once"
     a, a_s = _straightforward(lm, lambda: experiments.sweep(ea, grid, plan="naive"))
