@@ -212,7 +212,7 @@ def _floor(lm, token_layers: int, decode_steps: int, price_prompts, decode_rows,
 def _row(lm, experiment, cells, a_s, b_runs, a_cost, b_cost, floor):
     b_s = min(b_runs)
     row = {"cells": cells, "straightforward_s": a_s, "lac_s": b_s, "ratio": a_s / b_s,
-           "lac_runs_s": list(b_runs), "lac_slower_s": max(b_runs),
+           "lac_slower_s": max(b_runs),
            "tokens_straightforward": a_cost["forward_tokens"], "tokens_lac": b_cost["forward_tokens"],
            "floor_s": floor["seconds"], "lac_over_floor": b_s / floor["seconds"],
            "floor_heads_s": floor["with_heads_s"], **floor}
@@ -370,18 +370,20 @@ def test_paperway_total(paper_lm, threads):
     reachable = total["floor_heads_s"] / total["floor_s"]
     lines.append(f"lowest lac / floor reachable while scoring every KL over the vocabulary "
                  f"(floor + heads / floor): {reachable:.2f}x")
+
+    def vs_floors(seconds: float) -> str:
+        return (f"{seconds / total['floor_s']:.2f}x the floor, "
+                f"{seconds / total['floor_heads_s']:.2f}x floor + heads, "
+                f"{seconds / total['plain_s']:.2f}x the plain-forward floor")
     checks = {name: r["checks_s"] for name, r in ROWS.items() if "checks_s" in r}
     bare = total["lac_s"] - sum(checks.values())
     each = ", ".join(f"{name} {s:.1f} s" for name, s in checks.items())
     lines.append(f"of lac's seconds, the sweeps' every-run invariance checks took "
                  f"{sum(checks.values()):.1f} s ({each}); lac without them: {bare:.1f} s = "
-                 f"{bare / total['floor_s']:.2f}x the floor, {bare / total['floor_heads_s']:.2f}x "
-                 f"floor + heads, {bare / total['plain_s']:.2f}x the plain-forward floor")
+                 f"{vs_floors(bare)}")
     slower = total["lac_slower_s"]
     lines.append(f"with lac's slower runs ({slower:.1f} s): {total['straightforward_s'] / slower:.1f}x"
-                 f" faster than straightforward, {slower / total['floor_s']:.2f}x the floor, "
-                 f"{slower / total['floor_heads_s']:.2f}x floor + heads, "
-                 f"{slower / total['plain_s']:.2f}x the plain-forward floor")
+                 f" faster than straightforward, {vs_floors(slower)}")
     lines.append(f"lac total within 1.3x of the floor: {total['lac_over_floor'] <= 1.3} (of the "
                  f"floor + heads: {total['lac_s'] <= 1.3 * total['floor_heads_s']}); >= 10x faster "
                  f"than straightforward: {total['ratio'] >= 10}; within 1.3x of the plain-forward "
