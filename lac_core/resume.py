@@ -1,25 +1,43 @@
 """Experiment results kept between runs: an interrupted run, or a second one with another -k,
 computes only what is missing."""
-# An entry is <directory>/<sha256 of its key>.pkl holding {"key", "run_id", "result"}, written to
-# a temporary file and moved into place. The key is everything that can change the numbers: the
-# model identity (weights hash included), the grid's hash, the experiment and its parameters,
-# dtype, device, plan, chat template, layers, probes, token budget, marker stems, swap pairs, the
-# sha256 of lac_core's own source files and the torch/transformers/numpy versions. An entry that
-# fails to load or holds another key is recomputed and replaced, never used. Entries are
-# lac's own files (pickles of lac_core.results records): only lac reads them.
+# An entry is <directory>/<sha256 of its key>.npz, written to a temporary file in the same folder
+# and moved into place. The key is everything that can change the numbers: the model identity
+# (weights hash included), the grid's hash, the experiment and its parameters, dtype, device,
+# plan, chat template, layers, probes, token budget, marker stems, swap pairs, the sha256 of
+# lac_core's own source files and the torch/transformers/numpy versions.
+#
+# Entries are data, never code: a file planted under an entry's name must not run anything when
+# the next run reads it, so there is no pickle on this path. An entry is an npz archive read with
+# np.load(allow_pickle=False): member "meta" is a 0-d unicode array holding JSON text
+# {"format", "key", "run_id", "result"}, and each numpy array or scalar of the result is a member
+# of its own ("a0", "a1", ...). In the JSON, values JSON cannot tell apart are tagged objects with
+# one "$" key: {"$tuple": [...]}, {"$dict": [[k, v], ...]} (keys that are not strings, or start
+# with "$"), {"$float": "nan" | "inf" | "-inf"}, {"$array": member}, {"$scalar": member} and
+# {"$record": [class name, {field: value}]}, where only the RECORDS classes may be named. The
+# round trip is exact (types, dtypes, shapes, NaN, dict order), so a resumed run writes the same
+# results.json. An entry that fails to load, in any way, or holds another key is noted,
+# recomputed and replaced, never used. Old .pkl entries are never read.
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import pickle
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
+from .results import HostResult, MarkerResult, SteeringResult, SweepResult
+
 RESUMABLE = ("sweep", "markers", "host", "steering")
 CORE = Path(__file__).resolve().parent
+FORMAT = "lac-resume/1"
+SUFFIX = ".npz"
+RECORDS = {cls.__name__: cls for cls in (SweepResult, MarkerResult, HostResult, SteeringResult)}
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 @lru_cache(maxsize=1)
@@ -40,6 +58,116 @@ def versions() -> dict:
             "numpy": numpy.__version__, "lac_code": code_sha256()}
 
 
+def _encode(obj, arrays: dict):
+    """A JSON value for `obj`; its arrays go to `arrays` (member name -> array). Types outside
+    the format raise TypeError: better no entry than one that comes back different."""
+    if obj is None or type(obj) in (bool, int, str):  # type(): np.float64 is a float, too
+        return obj
+    if type(obj) is float:
+        return obj if math.isfinite(obj) else {"$float": str(obj)}
+    if type(obj) is tuple:
+        return {"$tuple": [_encode(v, arrays) for v in obj]}
+    if type(obj) is list:
+        return [_encode(v, arrays) for v in obj]
+    if type(obj) is dict:
+        if all(type(k) is str and not k.startswith("$") for k in obj):
+            return {k: _encode(v, arrays) for k, v in obj.items()}
+        return {"$dict": [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
+    if type(obj) is np.ndarray or isinstance(obj, np.generic):
+        arr = np.asarray(obj)
+        if arr.dtype.hasobject:
+            raise TypeError("cannot keep an object array in a resume entry")
+        name = f"a{len(arrays)}"
+        arrays[name] = arr
+        return {"$array" if type(obj) is np.ndarray else "$scalar": name}
+    if type(obj) in RECORDS.values():
+        return {"$record": [type(obj).__name__,  # the fields only: never cached properties
+                            {f.name: _encode(getattr(obj, f.name), arrays) for f in fields(obj)}]}
+    raise TypeError(f"cannot keep {type(obj).__name__} in a resume entry")
+
+
+def _decode(value, npz):
+    """The object `_encode` made `value` from; anything it would not have written raises."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_decode(v, npz) for v in value]
+    if not isinstance(value, dict):
+        raise ValueError(f"unexpected JSON value {type(value).__name__}")
+    if len(value) != 1 or not next(iter(value)).startswith("$"):
+        return {k: _decode(v, npz) for k, v in value.items()}
+    (tag, arg), = value.items()
+    if tag == "$tuple" and isinstance(arg, list):
+        return tuple(_decode(v, npz) for v in arg)
+    if tag == "$dict" and isinstance(arg, list) and all(
+            isinstance(p, list) and len(p) == 2 for p in arg):
+        return {_decode(k, npz): _decode(v, npz) for k, v in arg}
+    if tag == "$float" and arg in NONFINITE:
+        return NONFINITE[arg]
+    if tag in ("$array", "$scalar") and isinstance(arg, str) and arg != "meta":
+        arr = npz[arg]  # KeyError for a member that is not there
+        if tag == "$array":
+            return arr
+        if arr.shape != ():
+            raise ValueError(f"member {arg} is not a scalar")
+        return arr[()]
+    if tag == "$record" and isinstance(arg, list) and len(arg) == 2:
+        cls_name, values = arg
+        cls = RECORDS.get(cls_name) if isinstance(cls_name, str) else None
+        if cls is None:
+            raise ValueError(f"{cls_name!r} is not a result record")
+        names = [f.name for f in fields(cls)]
+        if not isinstance(values, dict) or sorted(values) != sorted(names):
+            raise ValueError(f"the fields of {cls_name} do not match")
+        return cls(**{k: _decode(values[k], npz) for k in names})
+    raise ValueError(f"unknown tag {tag}")
+
+
+def _canonical(key: dict):
+    """The key as it is compared and stored: plain JSON values."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def read_entry(path: Path, key: dict) -> tuple:
+    """(run id, result) of the entry of `key` at `path`; raises on anything else. np.load with
+    allow_pickle=False reads numbers and text only: nothing in the file can run."""
+    if not path.is_file():
+        raise ValueError("not a regular file")
+    npz = np.load(path, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError("not an npz archive")
+    with npz:
+        meta = npz["meta"]
+        if meta.dtype.kind != "U" or meta.shape != ():
+            raise ValueError("member meta is not JSON text")
+        entry = json.loads(str(meta[()]))
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} entry")
+        if entry.get("key") != _canonical(key):
+            raise ValueError("the entry holds another key")
+        if not isinstance(entry.get("run_id"), str) or "result" not in entry:
+            raise ValueError("the entry has no run id or result")
+        return entry["run_id"], _decode(entry["result"], npz)
+
+
+def write_entry(path: Path, key: dict, result, run_id: str) -> None:
+    """Write the entry to a temporary file beside `path`, then move it into place atomically;
+    the temporary file never stays behind, whatever fails."""
+    arrays = {}
+    meta = json.dumps({"format": FORMAT, "key": _canonical(key), "run_id": run_id,
+                       "result": _encode(result, arrays)}, allow_nan=False)  # ASCII: no NULs
+    if path.is_dir() and not path.is_symlink():  # not lac's to delete: leave it, keep no entry
+        raise IsADirectoryError(f"{path} is a directory lac did not write; the result is not kept")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(meta), **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 @dataclass
 class ResultCache:
     """get/put experiment results by key; `directory` None turns it off (--lac-no-cache)."""
@@ -50,39 +178,31 @@ class ResultCache:
 
     def path(self, key: dict) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-        return Path(self.directory) / f"{digest}.pkl"
+        return Path(self.directory) / f"{digest}{SUFFIX}"
 
     def get(self, name: tuple, key: dict):
         """The cached result of `key`, or None (no entry, or one that is damaged or foreign)."""
         if self.directory is None or name[2] not in RESUMABLE:
             return None
         path = self.path(key)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
         try:
-            with path.open("rb") as f:
-                entry = pickle.load(f)
-            if entry["key"] != json.loads(json.dumps(key, sort_keys=True, default=str)):
-                raise ValueError("the entry holds another key")
+            run_id, result = read_entry(path, key)
         except Exception as exc:  # noqa: BLE001  any damage: recompute and replace
             self.notes.append(f"{' / '.join(name)}: resume entry {path.name} not used "
                               f"({type(exc).__name__}: {exc}); recomputed")
             return None
-        self.used[name] = entry["run_id"]
-        return entry["result"]
+        self.used[name] = run_id
+        return result
 
     def put(self, name: tuple, key: dict, result, run_id: str) -> None:
+        """Keep `result` under `key`, replacing whatever is there (a bad entry included)."""
         if self.directory is None or name[2] not in RESUMABLE:
             return
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"key": json.loads(json.dumps(key, sort_keys=True, default=str)),
-                 "run_id": run_id, "result": result}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            write_entry(path, key, result, run_id)
+        except IsADirectoryError as exc:
+            self.notes.append(f"{' / '.join(name)}: {exc}")

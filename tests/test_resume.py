@@ -1,13 +1,25 @@
 """The resume cache: a run killed after its first experiment, rerun, gives the results of an
 uninterrupted run; a damaged or foreign entry is recomputed and replaced; --lac-no-cache ignores
 it."""
+import dataclasses
 import json
+import math
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
+from lac_core import experiments, steering
+from lac_core.engine import Engine
+from lac_core.grids import resolve_grid
+from lac_core.metrics import Summary
+from lac_core.results import SweepResult, jsonable
 from lac_core.resume import ResultCache
 from lac_core.settings import ROOT
 
@@ -46,7 +58,8 @@ def test_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
-    assert list((tmp_path / "cache" / "results").glob("*.pkl"))  # kept before "done" was said
+    assert list((tmp_path / "cache" / "results").glob("*.npz"))  # kept before "done" was said
+    assert not list((tmp_path / "cache" / "results").glob("*.pkl"))  # no pickles any more
     again = subprocess.run(_cmd(tmp_path, "again"), cwd=ROOT, env=_env(tmp_path),
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:]
@@ -66,9 +79,233 @@ def test_damaged_or_foreign_entries_are_recomputed(tmp_path):
     path = cache.path(key)
     path.write_bytes(path.read_bytes()[:10])  # truncated
     assert cache.get(name, key) is None and "not used" in cache.notes[-1]
-    path.write_bytes(pickle.dumps({"key": {"model": "x"}, "run_id": "r", "result": 1}))
+    cache.put(name, {"model": "x"}, {"numbers": [0]}, "r")
+    shutil.copyfile(cache.path({"model": "x"}), path)  # a whole entry, of another key
     assert cache.get(name, key) is None and "another key" in cache.notes[-1]
     cache.put(name, key, {"numbers": [3]}, "run2")  # replaced
     assert cache.get(name, key) == {"numbers": [3]}
     assert ResultCache(None).get(name, key) is None  # --lac-no-cache
     assert ResultCache(tmp_path).get(("m", "g", "residuals"), key) is None  # never cached
+
+
+# --- entries are data: nothing planted under an entry's name runs, or is trusted ---------------
+
+NAME, KEY = ("m", "g", "sweep"), {"model": "m", "grid": "abc"}
+
+
+class _Planted:
+    """What an attacker would plant: unpickling it calls `call(*args)`."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def _note_pattern(path):
+    return rf"m / g / sweep: resume entry {re.escape(path.name)} not used \(.+\); recomputed"
+
+
+def _not_used(cache, got, note=""):
+    """get gave None and a note naming the entry, and why."""
+    assert got is None and NAME not in cache.used
+    assert re.fullmatch(_note_pattern(cache.path(KEY)), cache.notes[-1], re.S), cache.notes
+    assert note in cache.notes[-1], cache.notes[-1]
+
+
+def _replaced(cache, tmp_path):
+    """put writes a data-only entry in place of the bad one (readable without pickle); no
+    temporary file stays in the folder."""
+    path = cache.path(KEY)
+    cache.put(NAME, KEY, {"numbers": (4, 5)}, "fresh")
+    assert path.is_file()
+    with np.load(path, allow_pickle=False) as npz:  # data only: an npz, no pickled member
+        assert "meta" in npz.files
+    assert ResultCache(tmp_path).get(NAME, KEY) == {"numbers": (4, 5)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def _write_npz(path, **members):
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, **members)
+
+
+@pytest.mark.parametrize("how", ["open", "system"])
+def test_planted_pickle_is_never_run(tmp_path, how):
+    marker = tmp_path.parent / f"{tmp_path.name}-ran-{how}"
+    planted = _Planted(open, str(marker), "w") if how == "open" else \
+        _Planted(os.system, f"touch '{marker}'")
+    cache = ResultCache(tmp_path)
+    canonical = json.loads(json.dumps(KEY, sort_keys=True))
+    cache.path(KEY).write_bytes(pickle.dumps({"key": canonical, "run_id": "r", "result": planted}))
+    got = cache.get(NAME, KEY)
+    assert not marker.exists(), "the planted pickle ran"
+    _not_used(cache, got)
+    _replaced(cache, tmp_path)
+
+
+def test_planted_object_array_is_never_loaded(tmp_path):
+    """A well-formed entry whose array member is an object array (a pickle inside the zip)."""
+    marker = tmp_path.parent / f"{tmp_path.name}-ran-npz"
+    cache = ResultCache(tmp_path)
+    meta = {"format": "lac-resume/1", "key": KEY, "run_id": "r", "result": {"$array": "a0"}}
+    _write_npz(cache.path(KEY), meta=np.array(json.dumps(meta)),
+               a0=np.array([_Planted(open, str(marker), "w")], dtype=object))
+    got = cache.get(NAME, KEY)
+    assert not marker.exists(), "the planted object array was unpickled"
+    _not_used(cache, got, "allow_pickle=False")
+    _replaced(cache, tmp_path)
+
+
+def _other_class(path):
+    meta = {"format": "lac-resume/1", "key": KEY, "run_id": "r",
+            "result": {"$record": ["Popen", {"args": ["touch", "x"]}]}}
+    _write_npz(path, meta=np.array(json.dumps(meta)))
+
+
+def _other_key(path):
+    other = ResultCache(path.parent)
+    other.put(NAME, {"model": "other"}, [1.5], "r")
+    os.replace(other.path({"model": "other"}), path)
+
+
+def _other_format(path):
+    _write_npz(path, meta=np.array(json.dumps({"key": KEY, "run_id": "r", "result": 1})))
+
+
+def _bare_npy(path):
+    with open(path, "wb") as f:
+        np.save(f, np.arange(3))
+
+
+DAMAGE = {  # how an entry is damaged -> what its note says
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), ""),
+    "random bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)), ""),
+    "a class outside the allow-list": (_other_class, "'Popen' is not a result record"),
+    "another key": (_other_key, "the entry holds another key"),
+    "another format": (_other_format, "not a lac-resume/1 entry"),
+    "a bare .npy": (_bare_npy, "not an npz archive"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unusable_entries_are_noted_and_replaced(tmp_path, damage):
+    cache = ResultCache(tmp_path)
+    cache.put(NAME, KEY, {"numbers": (1, 2)}, "run1")
+    do, note = DAMAGE[damage]
+    do(cache.path(KEY))
+    _not_used(cache, cache.get(NAME, KEY), note)
+    _replaced(cache, tmp_path)
+
+
+def test_a_directory_at_an_entry_name_is_not_read_nor_deleted(tmp_path):
+    """Not lac's file: never read as an entry, never removed; the result is just not kept."""
+    cache = ResultCache(tmp_path)
+    path = cache.path(KEY)
+    path.mkdir()
+    (path / "theirs").write_text("x")
+    _not_used(cache, cache.get(NAME, KEY), "not a regular file")
+    cache.put(NAME, KEY, {"numbers": (4, 5)}, "fresh")
+    assert (path / "theirs").read_text() == "x" and "is a directory lac did not write" in cache.notes[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_unsupported_values_are_refused_and_nothing_stays(tmp_path):
+    """Better no entry than one that would come back different (or need pickle to come back)."""
+    cache = ResultCache(tmp_path)
+    for bad in ({1, 2}, np.array([object()]), Summary.of([1.0, 2.0]), b"bytes", np.float64):
+        with pytest.raises(TypeError):
+            cache.put(NAME, KEY, {"fine": 1, "bad": bad}, "r")
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    cache = ResultCache(tmp_path)
+    cache.put(NAME, KEY, [1], "run1")
+
+    def fail(f, **members):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", fail)
+    with pytest.raises(OSError, match="disk full"):
+        cache.put(NAME, KEY, [2], "run2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.path(KEY).name]
+    assert cache.get(NAME, KEY) == [1]  # the old entry is whole
+
+
+# --- the round trip is exact -----------------------------------------------------------------
+
+
+def _assert_same(a, b, where="result"):
+    """Same types all the way down, same dict order, same arrays (dtype, shape, values), NaN
+    equal to NaN."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, np.ndarray) or isinstance(a, np.generic):
+        assert a.dtype == b.dtype and np.shape(a) == np.shape(b), where
+        np.testing.assert_equal(a, b, err_msg=where)
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            assert np.array_equal(np.signbit(a), np.signbit(b)), where  # -0.0 stays -0.0
+    elif dataclasses.is_dataclass(a):
+        assert set(vars(b)) == {f.name for f in dataclasses.fields(b)}, f"{where}: extra state"
+        for f in dataclasses.fields(a):
+            _assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), f"{where}: keys or their order"
+        for (ka, va), kb in zip(a.items(), b):
+            _assert_same(ka, kb, f"{where} key {ka!r}")
+            _assert_same(va, b[kb], f"{where}[{ka!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) ==
+                                                     math.copysign(1, b)), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _round_trip(tmp_path, result, kind="sweep"):
+    cache, name = ResultCache(tmp_path), ("m", "g", kind)
+    cache.put(name, KEY, result, "run1")
+    with np.load(cache.path(KEY), allow_pickle=False) as npz:  # data only, every member
+        assert all(npz[m].dtype.kind in "biufU" for m in npz.files)
+    back = ResultCache(tmp_path).get(name, KEY)
+    assert back is not None and back is not result
+    _assert_same(result, back)
+    assert json.dumps(jsonable(dataclasses.asdict(back))) == \
+        json.dumps(jsonable(dataclasses.asdict(result)))  # what results.json is made of
+    return back
+
+
+def test_real_records_round_trip_exactly(tmp_path, lac_models):
+    lm, grid = lac_models("tiny-llama"), resolve_grid("example")
+    sweep = experiments.sweep(Engine(lm), grid)
+    markers = experiments.markers(Engine(lm), grid)
+    host = experiments.host_injection(Engine(lm), grid)
+    steer = steering.steering(Engine(lm), grid, markers)
+    for record in (sweep, markers, host):
+        assert record.summary is not None  # a cached property: in __dict__, never in the entry
+    sweep.__dict__["_resampled"] = {"cache": object()}  # as uncertainty.py keeps its caches
+    for kind, record in (("sweep", sweep), ("markers", markers), ("host", host),
+                         ("steering", steer)):
+        back = _round_trip(tmp_path / kind, record, kind)
+        assert "summary" not in vars(back) and "_resampled" not in vars(back)
+        if kind != "steering":
+            _assert_same(record.summary, back.summary)  # derived again, the same
+
+
+def test_edge_values_round_trip_exactly(tmp_path):
+    f32 = np.array([[1.5, np.nan], [-np.inf, -0.0]], dtype=np.float32)
+    record = SweepResult(
+        model="m", grid="g", n_layers=2, layers=(0, 1), probes=(), cells=("a", "b"),
+        kl_add=np.asfortranarray(np.arange(6.0).reshape(2, 3)), kl_null=np.zeros((2, 0, 1)),
+        geometry={"s": f32, "i": np.arange(4, dtype=np.int16), "b": np.array([True, False]),
+                  "u": np.array(["x", "yz"]), "0d": np.array(2.5)},
+        references={"$tuple": [1], "nested": {"t": ((1, 2), [3, (4,)]), "e": [], "n": None}},
+        checks={3: "int key", (1, "a"): "tuple key", None: 0, 2.5: True, "z": 1, "a": 2},
+        cost={"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "neg0": -0.0, "big": 2**80,
+              "f64": np.float64(0.1), "i64": np.int64(-3), "b": np.bool_(True), "one": 1.0})
+    _round_trip(tmp_path, record)
