@@ -8,21 +8,17 @@ from .results import MarkerResult, SteeringResult
 from .rules import c1
 
 
-def split(cell: str) -> tuple[str, str]:
-    persona, task = cell.split("__", 1)
-    return persona, task
-
-
 def matrix(cells, values: dict) -> tuple[list[str], list[str], np.ndarray]:
     """Personas (rows), tasks (columns) in grid order and the [persona, task] values (NaN where a
-    cell is missing)."""
-    personas = list(dict.fromkeys(split(c)[0] for c in cells))
-    tasks = list(dict.fromkeys(split(c)[1] for c in cells))
+    cell has none). `cells` are the grid's Cell objects, `values` is keyed by cell id: a cell's
+    persona and task come from the grid, since an id cannot be split (a key may contain '__')."""
+    cells = [c for c in cells if c.id in values]
+    personas = {p: i for i, p in enumerate(dict.fromkeys(c.persona_key for c in cells))}
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(c.task_key for c in cells))}
     out = np.full((len(personas), len(tasks)), np.nan)
     for c in cells:
-        p, t = split(c)
-        out[personas.index(p), tasks.index(t)] = values[c]
-    return personas, tasks, out
+        out[personas[c.persona_key], tasks[c.task_key]] = values[c.id]
+    return list(personas), list(tasks), out
 
 
 def deciding_kl(sweep, thresholds, probe: str = "p_last") -> tuple[int | None, dict]:

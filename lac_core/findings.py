@@ -41,21 +41,22 @@ def figure_writers(session) -> dict:
 
 
 def _heatmap_panels(session, model: str) -> list:
+    """A result's key names its grid by the session's label (its record's .grid is the name)."""
     panels = []
     for (m, grid, _k), r in by_kind(session, "sweep"):
         layer, kls = breakdown.deciding_kl(r, session.thresholds) if m == model else (None, {})
         if kls:
             panels.append((f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
-                           breakdown.matrix(r.cells, kls), None))
+                           breakdown.matrix(session.grids[grid].cells, kls), None))
     for (m, grid, _k), r in by_kind(session, "markers"):
-        theirs = _paper_hits(r)
+        theirs, cells = _paper_hits(r), session.grids[grid].cells
         if m == model:
             for cond in ("clean", "additive", "bare"):
                 panels.append((f"{grid}: distinct markers, {cond}",
-                               breakdown.matrix(r.cells, {c: len(r.hits[c][cond])
-                                                          for c in r.cells}),
-                               breakdown.matrix(r.cells, {c: len(theirs[c][cond])
-                                                          for c in r.cells}) if theirs else None))
+                               breakdown.matrix(cells, {c: len(r.hits[c][cond])
+                                                        for c in r.cells}),
+                               breakdown.matrix(cells, {c: len(theirs[c][cond])
+                                                        for c in r.cells}) if theirs else None))
     return panels
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
+import re
+import reprlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,19 @@ from .settings import FIXTURES
 GRID_DIR = FIXTURES / "grids"
 EXPERIMENTS = {"sweep": ("C1", "C1L", "C2", "C5", "C6"), "markers": ("C3", "C3R"), "host": ("C4",)}
 DEFAULT_TEMPLATE = "As {persona}, {task}"
+MAX_BYTES = 1 << 20  # a grid file, and the content its YAML aliases expand to, at most 1 MiB
+# A template token: a literal brace pair, a {...} field, or a lone brace (an error).
+_TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}|[{}]")
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 76, 76, 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def quote(value, limit: int = 80) -> str:
+    """A value for an error message, cut to a readable length without walking all of it (a
+    grid's YAML aliases can expand to gigabytes)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,12 @@ def _mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise GridError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+        try:
+            repeated = key in seen
+        except TypeError:  # an unhashable key: SafeLoader refuses it below, as a YAML error
+            continue
+        if repeated:
+            raise GridError(f"duplicate key {quote(key)} (line {key_node.start_mark.line + 1})")
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
@@ -89,23 +107,63 @@ _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map
 
 
 def _json_pairs(pairs):
-    keys = [k for k, _ in pairs]
-    for k in keys:
-        if keys.count(k) > 1:
-            raise GridError(f"duplicate key {k!r}")
-    return dict(pairs)
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise GridError(f"duplicate key {quote(k)}")
+        out[k] = v
+    return out
+
+
+def _expanded_size(data, where: str) -> int:
+    """Characters the loaded structure holds once its aliases are expanded, without expanding
+    them: a node shared by aliases is walked once (memoized by id) and counted per occurrence."""
+    memo: dict[int, int | None] = {}
+
+    def size(node) -> int:
+        if isinstance(node, str):
+            return len(node)
+        if not isinstance(node, dict | list | tuple | set):
+            return len(str(node))  # numbers, booleans, null, dates: short, the parser bounds them
+        if id(node) in memo:
+            if memo[id(node)] is None:
+                raise GridError(f"{where}: a YAML alias refers to a node that contains it (an "
+                                "endless structure); remove the self-reference")
+            return memo[id(node)]
+        memo[id(node)] = None  # being walked
+        items = node.items() if isinstance(node, dict) else ((x, "") for x in node)
+        memo[id(node)] = total = sum(size(k) + size(v) for k, v in items)
+        return total
+
+    return size(data)
 
 
 def _read(path: Path) -> dict:
+    where = str(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise GridError(f"{where}: the file has {path.stat().st_size} bytes, more than a grid "
+                            f"may hold ({MAX_BYTES} bytes, 1 MiB); pass a smaller grid")
         text = path.read_text()
         if path.suffix == ".json":
-            return json.loads(text, object_pairs_hook=_json_pairs)
-        return yaml.load(text, Loader=_UniqueKeys)
+            data = json.loads(text, object_pairs_hook=_json_pairs)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeys)
+        size = _expanded_size(data, where)
     except GridError as exc:
-        raise GridError(f"{path}: {exc}; every key may appear once in a mapping") from None
+        if str(exc).startswith(where):
+            raise
+        raise GridError(f"{where}: {exc}; every key may appear once in a mapping") from None
+    except RecursionError:
+        raise GridError(f"{where}: nested too deeply to read; a grid is a mapping of texts "
+                        "and lists, a few levels deep") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise GridError(f"cannot read grid file {path}: {exc}") from None
+        raise GridError(f"cannot read grid file {where}: {exc}") from None
+    if size > MAX_BYTES:
+        raise GridError(f"{where}: its YAML aliases expand to {size} characters, more than a grid "
+                        f"may hold ({MAX_BYTES}, 1 MiB); refused before expanding them: write "
+                        "the texts out, without nested aliases")
+    return data
 
 
 def _texts(data: dict, key: str, where: str, least: int) -> dict:
@@ -121,8 +179,8 @@ def _check(data, where: str) -> tuple:
         raise GridError(f"{where}: expected a mapping with baseline, personas, tasks")
     unknown = set(data) - {"baseline", "template", "personas", "tasks", "markers", "experiments"}
     if unknown:
-        raise GridError(f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: baseline, "
-                        "template, personas, tasks, markers, experiments")
+        raise GridError(f"{where}: unknown key {quote(sorted(unknown, key=str)[0])}; allowed: "
+                        "baseline, template, personas, tasks, markers, experiments")
     base = _texts(data, "baseline", where, 2)
     if set(base) != {"persona", "task"}:
         raise GridError(f"{where}: 'baseline' must have exactly 'persona' and 'task'")
@@ -130,13 +188,59 @@ def _check(data, where: str) -> tuple:
     if base["persona"] in personas.values() or base["task"] in tasks.values():
         raise GridError(f"{where}: the baseline persona and task must differ from the grid's own; "
                         "change 'baseline' or remove the duplicate")
-    template = data.get("template", DEFAULT_TEMPLATE)
-    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None] \
-        if isinstance(template, str) else None
-    if fields is None or sorted(fields) != ["persona", "task"]:
-        raise GridError(f"{where}: 'template' must contain {{persona}} and {{task}} once each "
-                        f"and no other field, got {template!r}")
-    return base, personas, tasks, template
+    return base, personas, tasks, _template(data.get("template", DEFAULT_TEMPLATE), where)
+
+
+def _template(template, where: str) -> str:
+    """The template, if it holds {persona} and {task} once each and nothing else str.format would
+    read: a format spec, conversion or attribute would change the texts, a lone brace fails."""
+    rule = ("'template' must contain {persona} and {task} once each and no other field (no "
+            "format spec ':...', no conversion '!r', no attribute or index; a literal brace is "
+            "written {{ or }})")
+    if not isinstance(template, str):
+        raise GridError(f"{where}: {rule}; got {quote(template)}")
+    fields = []
+    for token in _TOKEN.finditer(template):
+        text = token.group()
+        if text in ("{{", "}}"):
+            continue
+        if text not in ("{persona}", "{task}"):
+            what = f"a lone {text!r}" if text in ("{", "}") else f"the field {quote(text)}"
+            raise GridError(f"{where}: {rule}; {what} at character {token.start()} of "
+                            f"{quote(template)}")
+        fields.append(text)
+    if sorted(fields) != ["{persona}", "{task}"]:
+        raise GridError(f"{where}: {rule}; got {quote(template)}")
+    return template
+
+
+def _rendered(template: str, base: dict, personas: dict, tasks: dict, where: str) -> None:
+    """Render every cell and baseline pairing now, so no grid that loads fails when it runs."""
+    for persona in (base["persona"], *personas.values()):
+        for task in (base["task"], *tasks.values()):
+            try:
+                text = template.format(persona=persona, task=task)
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+                raise GridError(f"{where}: 'template' {quote(template)} does not render: "
+                                f"{quote(str(exc))}; use {{persona}} and {{task}} only") from None
+            if persona not in text or task not in text:
+                raise GridError(f"{where}: 'template' {quote(template)} does not keep the persona "
+                                f"and task texts whole; use {{persona}} and {{task}} only")
+
+
+def _unique_ids(personas: dict, tasks: dict, where: str) -> None:
+    """Cell ids (persona key + '__' + task key) name cells in results and expectations: two cells
+    sharing one would silently lose one cell's data."""
+    seen: dict[str, tuple[str, str]] = {}
+    for p in personas:
+        for t in tasks:
+            other = seen.setdefault(f"{p}__{t}", (p, t))
+            if other != (p, t):
+                raise GridError(
+                    f"{where}: the cells persona {quote(other[0])} x task {quote(other[1])} and "
+                    f"persona {quote(p)} x task {quote(t)} both have the id {quote(f'{p}__{t}')} "
+                    "(persona key + '__' + task key); rename a key so that no two cells share an "
+                    "id, e.g. without '__' in persona or task keys")
 
 
 def _markers(data, personas, where: str) -> dict | None:
@@ -144,12 +248,16 @@ def _markers(data, personas, where: str) -> dict | None:
     if markers is None:
         return None
     if not isinstance(markers, dict) or set(markers) - set(personas):
-        extra = sorted(set(markers) - set(personas)) if isinstance(markers, dict) else markers
-        raise GridError(f"{where}: 'markers' may only list the grid's personas; not {extra}")
+        extra = sorted(set(markers) - set(personas), key=str) if isinstance(markers, dict) \
+            else markers
+        raise GridError(f"{where}: 'markers' may only list the grid's personas; not "
+                        f"{quote(extra)}")
     for k, words in markers.items():
         if not isinstance(words, list) or not words or not all(
                 isinstance(w, str) and w.strip() for w in words):
-            raise GridError(f"{where}: markers.{k} must be a non-empty list of non-empty strings")
+            name = k if len(k) <= 40 else k[:37] + "..."
+            raise GridError(f"{where}: markers.{name} must be a non-empty list of non-empty "
+                            "strings")
     return markers
 
 
@@ -158,17 +266,19 @@ def load_grid(path: Path | str) -> Grid:
     path = Path(path)
     data = _read(path)
     base, personas, tasks, template = _check(data, str(path))
+    _unique_ids(personas, tasks, str(path))
+    _rendered(template, base, personas, tasks, str(path))
     markers = _markers(data, personas, str(path))
     complete = markers is not None and set(markers) == set(personas)
     default = ("sweep", "markers", "host") if complete else ("sweep", "host")
     experiments = data.get("experiments", default)
-    if not isinstance(experiments, list | tuple) or not experiments or \
-            set(experiments) - set(EXPERIMENTS):
+    if not isinstance(experiments, list | tuple) or not experiments or not all(
+            isinstance(e, str) and e in EXPERIMENTS for e in experiments):
         raise GridError(f"{path}: 'experiments' must list some of {', '.join(EXPERIMENTS)}, "
-                        f"got {experiments!r}")
+                        f"got {quote(experiments)}")
     if "markers" in experiments and not complete:
         raise GridError(f"{path}: experiment 'markers' needs a marker list for every persona; "
-                        f"missing for {sorted(set(personas) - set(markers or {}))}")
+                        f"missing for {quote(sorted(set(personas) - set(markers or {})))}")
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return Grid(path.stem, personas, tasks, base["persona"], base["task"], template, markers,
                 tuple(experiments), hashlib.sha256(canonical.encode()).hexdigest(), str(path))
@@ -184,6 +294,6 @@ def resolve_grid(name_or_path: str) -> Grid:
         return load_grid(path)
     known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
     if name_or_path not in known:
-        raise GridError(f"unknown grid {name_or_path!r}: not one of {', '.join(known)} and not a "
-                        ".yaml / .json file; pass --grid NAME or --grid PATH")
+        raise GridError(f"unknown grid {quote(name_or_path)}: not one of {', '.join(known)} and "
+                        "not a .yaml / .json file; pass --grid NAME or --grid PATH")
     return load_grid(GRID_DIR / f"{name_or_path}.yaml")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,47 @@ class ChatTemplate:
 
 
 MODEL = ChatTemplate("model")
+# What the start check renders: one user message, and stand-ins for the special tokens a
+# tokenizer passes to its template (transformers passes its special_tokens_map the same way).
+SAMPLE = "Check message: as a lighthouse keeper, explain how tides work."
+PLACEHOLDERS = {"bos_token": "<bos>", "eos_token": "<eos>"}
+
+
+def _line(exc: BaseException) -> str:
+    """Where Jinja puts the error: a syntax error's line, or the template's frame at run time."""
+    line = getattr(exc, "lineno", None)
+    frames = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename == "<template>"]
+    line = line or (frames[-1] if frames else None)
+    return f"line {line}: " if line else ""
+
+
+def check(label: str, text: str) -> None:
+    """Compile and render the template as transformers will for every prompt (one user message,
+    without and with the generation header), so a template that cannot render, or that drops
+    the message and would give every condition the same prompt, stops the run at start."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    out = {}
+    for header in (False, True):
+        try:
+            (out[header],), _ = render_jinja_template(
+                [[{"role": "user", "content": SAMPLE}]], chat_template=text,
+                add_generation_prompt=header, **PLACEHOLDERS)
+        except Exception as exc:  # any failure here would fail every prompt of the run
+            why = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+            raise UsageError(f"{label}: {_line(exc)}{type(exc).__name__}: {why}; fix the "
+                             f"template (it must render one user message) or pass {FIXES}") \
+                from None
+    if not all(SAMPLE in rendered for rendered in out.values()):
+        raise UsageError(f"{label}: the rendered prompt does not contain the user message "
+                         "(messages[0]['content']), so every condition's prompt would be the "
+                         f"same; render each message's content, or pass {FIXES}")
+    if not out[True].startswith(out[False]) or out[True] == out[False]:
+        raise UsageError(f"{label}: the prompt rendered with add_generation_prompt does not "
+                         "extend the one rendered without it, so the user turn's last position "
+                         "is undefined; add the assistant header only under "
+                         f"add_generation_prompt, or pass {FIXES}")
 
 
 def choose(option: str | None, raw: bool) -> ChatTemplate:
@@ -57,9 +99,16 @@ def choose(option: str | None, raw: bool) -> ChatTemplate:
     if not option:
         return MODEL
     if option in BUILTIN:
+        check(f"built-in chat template {option!r}", BUILTIN[option])
         return ChatTemplate(option, BUILTIN[option])
     path = Path(option).expanduser()
     if not path.is_file():
         raise UsageError(f"--chat-template {option!r}: not a file and not a built-in name; pass "
                          f"{FIXES}")
-    return ChatTemplate(f"file:{path.stem}", path.read_text())
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--chat-template {path}: cannot read it ({exc}); pass a UTF-8 Jinja "
+                         f"file or {FIXES}") from None
+    check(f"--chat-template {path}", text)
+    return ChatTemplate(f"file:{path.stem}", text)

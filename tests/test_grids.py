@@ -133,3 +133,166 @@ def test_collect_only_loads_no_model(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0 and "tests collected" in out.stdout
     assert "fetching" not in out.stderr and not (tmp_path / "cache").exists() and not (tmp_path / "r").exists()
+
+
+def _grid(tmp_path, personas=None, tasks=None, name="g.yaml", **extra):
+    data = {"baseline": {"persona": "someone", "task": "Do something."},
+            "personas": personas or {"pirate": "a pirate", "nurse": "a nurse"},
+            "tasks": tasks or {"bread": "Bake bread.", "tax": "Explain tax."}, **extra}
+    return _write(tmp_path, data, name)
+
+
+def test_cells_sharing_an_id_are_refused_naming_both(tmp_path):
+    """a x b__c and a__b x c are both 'a__b__c': one cell's data would vanish from the results."""
+    path = _grid(tmp_path, {"a": "P one", "a__b": "P two"}, {"b__c": "T one", "c": "T two"})
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    msg = str(err.value)
+    assert str(path) in msg and "'a__b__c'" in msg
+    assert "persona 'a' x task 'b__c'" in msg and "persona 'a__b' x task 'c'" in msg
+
+
+def test_heatmaps_take_persona_and_task_from_the_grid(tmp_path):
+    """A persona key with '__' (no collision) still lands in its own row: the matrix reads the
+    grid's cells, not the id (split at the first '__' it made row 'x' and column 'y__t')."""
+    from types import SimpleNamespace
+
+    from lac_core import findings
+    from lac_core.results import MarkerResult
+
+    grid = load_grid(_grid(tmp_path, {"x__y": "P one", "z": "P two"}, {"t": "T one", "u": "T two"}))
+    ids = tuple(c.id for c in grid.cells)
+    assert ids == ("x__y__t", "x__y__u", "z__t", "z__u")
+    hits = {c: {k: ["m"] * (i + 1) for k in ("clean", "additive", "remove_x", "bare")}
+            for i, c in enumerate(ids)}
+    r = MarkerResult("m", grid.name, 3, 8, ids, {}, {}, hits)  # its .grid is the name
+    session = SimpleNamespace(results={("m", "g@label", "markers"): r}, grids={"g@label": grid})
+    panels = findings._heatmap_panels(session, "m")
+    assert [p[0] for p in panels] == [f"g@label: distinct markers, {c}"
+                                      for c in ("clean", "additive", "bare")]
+    personas, tasks, values = panels[0][1]
+    assert personas == ["x__y", "z"] and tasks == ["t", "u"]
+    assert values.tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("template, field", [
+    ("As {persona:.3}, {task}", "'{persona:.3}'"),  # truncated every persona to 3 characters
+    ("As {persona!r}, {task}", "'{persona!r}'"),  # quoted every persona
+    ("As {persona:%s}, {task}", "'{persona:%s}'"),  # passed the check, then every test errored
+    ("As {persona:}, {task}", "'{persona:}'"),  # an empty format spec is still a format spec
+    ("As {persona}}, {task}", "a lone '}'"),  # an INTERNALERROR (Formatter raised ValueError)
+    ("As {persona, {task}", "a lone '{'"),  # an INTERNALERROR too
+])
+def test_a_template_field_with_spec_conversion_or_lone_brace_is_refused(tmp_path, template, field):
+    path = _grid(tmp_path, template=template)
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    msg = str(err.value)
+    assert str(path) in msg and field in msg and "no other field" in msg
+
+
+def test_every_cell_and_the_baseline_render_at_load(tmp_path, monkeypatch):
+    """Literal braces are text; and a template slipping past the field check (check bypassed
+    here) is still refused at load, not when a test renders it."""
+    from lac_core import grids
+
+    grid = load_grid(_grid(tmp_path, template="{{As}} {persona}: {task} }}{{"))
+    cell = next(c for c in grid.cells if c.id == "pirate__bread")
+    assert grid.user_text(cell, "XY") == "{As} a pirate: Bake bread. }{"
+    assert grid.user_text(cell, "BB") == "{As} someone: Do something. }{"
+    monkeypatch.setattr(grids, "_template", lambda template, where: template, raising=False)
+    for template, why in (("As {persona:%s}, {task}", "does not render"),
+                          ("As {persona:.3}, {task}", "does not keep the persona and task")):
+        path = _grid(tmp_path, template=template)
+        with pytest.raises(GridError, match=why) as err:
+            load_grid(path)
+        assert str(path) in str(err.value)
+
+
+def _bomb(levels: int) -> str:
+    """A flow list of nested aliases: level k holds nine aliases of level k-1 (9**levels * 9
+    characters expanded, a few hundred bytes on disk)."""
+    names = [f"l{i}" for i in range(levels + 1)]
+    parts = [f"&{names[0]} [{', '.join(['xxxxxxxxx'] * 9)}]"]
+    parts += [f"&{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
+    return f"[{', '.join(parts)}]"
+
+
+BOMB_PLACES = {  # where a nested-alias value sits; each error message once quoted it whole
+    "template": "template: {bomb}\n",
+    "experiments": "experiments: {bomb}\n",  # and set() of its lists was a TypeError
+    "markers": "markers: {bomb}\n",
+}
+
+
+@pytest.mark.parametrize("place", BOMB_PLACES)
+def test_nested_aliases_are_refused_before_expanding(tmp_path, place):
+    """6 levels: 4.8 million characters expanded (the old message held all 7 MB of it)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text("baseline: {persona: someone, task: Do it.}\npersonas: {a: A, b: B}\n"
+                    "tasks: {t: T, u: U}\n" + BOMB_PLACES[place].format(bomb=_bomb(6)))
+    assert path.stat().st_size < 700
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    msg = str(err.value)
+    assert str(path) in msg and "1 MiB" in msg and "aliases" in msg and len(msg) < 400
+
+
+def test_alias_size_is_measured_without_expanding(tmp_path):
+    """30 levels are 9**31 characters expanded: measured exactly, instantly, and refused."""
+    from lac_core import grids
+
+    data = yaml.safe_load(f"template: {_bomb(30)}")
+    expected = sum(9 ** (k + 1) * 9 for k in range(31)) + len("template")
+    assert grids._expanded_size(data, "x.yaml") == expected
+    path = tmp_path / "deep.yaml"
+    path.write_text(f"baseline: {{persona: p, task: t}}\npersonas: {{a: A, b: B}}\n"
+                    f"tasks: {{t: T, u: U}}\ntemplate: {_bomb(30)}\n")
+    with pytest.raises(GridError, match="aliases expand to") as err:
+        load_grid(path)
+    assert len(str(err.value)) < 400
+    path.write_text("baseline: {persona: p, task: t}\npersonas: {a: A, b: B}\n"
+                    "tasks: {t: T, u: U}\ntemplate: &loop [x, *loop]\n")
+    with pytest.raises(GridError, match="refers to a node that contains it"):
+        load_grid(path)
+
+
+def test_a_grid_file_over_1_mib_is_refused_unread(tmp_path):
+    path = tmp_path / "big.yaml"
+    text = (GRID_DIR / "example.yaml").read_text()
+    path.write_text(text + "#" * (2 ** 20 - len(text.encode())) + "\n")
+    with pytest.raises(GridError, match="more than a grid may hold") as err:
+        load_grid(path)
+    assert str(path) in str(err.value) and "1 MiB" in str(err.value)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d.update(template="As a " + "very " * 2000 + "long template"),
+    lambda d: d.update(experiments=["sweep", "x" * 10000]),
+    lambda d: d.update({"k" * 10000: 1}),
+    lambda d: d["markers"].update({"chef" * 3000: ["knife"]}),
+    lambda d: d.update(experiments=["markers"]) or d.update(
+        personas={**d["personas"], **{f"p{i:04}": "someone" for i in range(2000)}}),
+])
+def test_error_messages_quote_values_cut_short(tmp_path, mutate):
+    data = _example()
+    mutate(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert str(path) in str(err.value) and len(str(err.value)) < 400, len(str(err.value))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('template: "As {persona:.3}, {task}"\n', "'{persona:.3}'"),
+    ("template: BOMB\n", "aliases expand to"),
+])
+def test_a_bad_template_or_alias_bomb_stops_the_session_at_start(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline: {persona: someone, task: Do it.}\npersonas: {a: A, b: B}\n"
+                   "tasks: {t: T, u: U}\n" + text.replace("BOMB", _bomb(6)))
+    out = _pytest("--model", "tiny-llama", "--grid", str(bad), "--lac-reports", str(tmp_path / "r"))
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "lac:" in line]
+    assert len(lines) == 1 and str(bad) in lines[0] and message in lines[0] and len(lines[0]) < 500
+    assert "passed" not in out.stdout and "error" not in out.stdout and not (tmp_path / "r").exists()

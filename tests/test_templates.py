@@ -70,3 +70,63 @@ def test_a_model_without_a_template_is_refused_by_default(lac_models):
         assert render(tok, "As Yoda, Write a haiku.", choose("llama3", False)).p_last > 0
     finally:
         tok.chat_template = saved
+
+
+BAD_TEMPLATES = {  # name -> (file text, what the start error says)
+    "syntax": ("{% for m in messages %}\n{{ m['content'] }\n{% endfor %}", "line 2: TemplateSyntaxError"),
+    "undefined": ("{% for m in messages %}{{ m['content'] }}{% endfor %}\n{{ settings.header }}",
+                  "line 2: UndefinedError: 'settings' is undefined"),
+    "raises": ("{{ raise_exception('only system messages') }}", "line 1: TemplateError: only system"),
+    "no_message": ("{{ bos_token }}<|user|>\n{% if add_generation_prompt %}<|assistant|>{% endif %}",
+                   "does not contain the user message"),
+    "no_header": ("{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}",
+                  "does not extend the one rendered without it"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_TEMPLATES)
+def test_a_chat_template_file_is_compiled_and_rendered_at_start(tmp_path, name):
+    """Each of these passed the start check (the file was only read) and then every test errored
+    or every condition got the same prompt."""
+    text, message = BAD_TEMPLATES[name]
+    f = tmp_path / f"{name}.jinja"
+    f.write_text(text)
+    with pytest.raises(UsageError) as err:
+        choose(str(f), False)
+    assert f"--chat-template {f}" in str(err.value) and message in str(err.value)
+    assert "--no-chat-template" in str(err.value)
+
+
+def test_a_chat_template_file_that_is_not_text_is_a_usage_error(tmp_path):
+    f = tmp_path / "binary.jinja"
+    f.write_bytes(b"\xff\xfe{{ messages }}\x80")
+    with pytest.raises(UsageError, match="cannot read it") as err:
+        choose(str(f), False)
+    assert str(f) in str(err.value)
+
+
+def test_builtin_templates_pass_the_start_check():
+    from lac_core.templates import PLACEHOLDERS, SAMPLE, check
+
+    for name, text in BUILTIN.items():
+        check(name, text)  # raises on any failure
+    assert {"bos_token", "eos_token"} <= set(PLACEHOLDERS) and SAMPLE
+    with pytest.raises(UsageError, match="built-in chat template 'chatml'"):
+        check("built-in chat template 'chatml'", BUILTIN["chatml"].replace("{{ m['content'] }}", ""))
+
+
+def test_a_broken_chat_template_stops_the_session_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    from lac_core.settings import ROOT
+
+    f = tmp_path / "broken.jinja"
+    f.write_text(BAD_TEMPLATES["syntax"][0])
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model",
+           "tiny-llama", "--chat-template", str(f), "--lac-reports", str(tmp_path / "r")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "lac:" in line]
+    assert len(lines) == 1 and str(f) in lines[0] and "line 2: TemplateSyntaxError" in lines[0]
+    assert "passed" not in out.stdout and "error" not in out.stdout and not (tmp_path / "r").exists()
