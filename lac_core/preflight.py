@@ -1,15 +1,19 @@
 """Everything that can be checked before a model loads, checked once at session start."""
 # Options, grid files, the chat template, each model's identity (registry name, hub id in the
-# local cache, checkpoint directory, GGUF file), its chat template and depth against the chosen
-# layers. A failure raises one LacError that names the problem and the fix; nothing has run.
+# local cache, checkpoint directory, GGUF file), its chat template, its cached GGUF (a file where
+# one belongs; offline, one of the registered size), --attention against its architecture, and
+# its depth against the chosen layers. A model named twice (the same identity, or the same GGUF
+# sha256 in the same dtype: a registry name and its file's path) runs once, with a warning. A
+# failure raises one LacError that names the problem and the fix; nothing has run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .errors import MissingWeightsError, UsageError
+from .errors import UsageError
 from .grids import Grid, resolve_grid
+from .models.inspect import check_attention
 from .models.placement import resolve_device, resolve_dtype
-from .models.pypi import gguf_path
+from .models.pypi import check_cached
 from .models.registry import ModelSpec, resolve
 from .prompts import swept_layers
 from .settings import Settings
@@ -30,20 +34,24 @@ def check(settings: Settings) -> Checked:
     grids = [resolve_grid(g) for g in dict.fromkeys(settings.grids)]
     names = [g.name for g in grids]
     labelled = {g.name if names.count(g.name) == 1 else g.key: g for g in grids}
-    specs, warnings = {}, []
+    specs, by_weights, warnings = {}, {}, []
     for arg in settings.models:
         spec = resolve(arg)
         spec = replace(spec, dtype=resolve_dtype(spec.dtype, settings.dtype, device))
-        if spec.name in specs:
-            warnings.append(f"lac: --model {arg} repeats {spec.name}; it runs once")
+        weights = (spec.sha256, spec.dtype) if spec.sha256 else None  # a GGUF's, else by name
+        first = spec.name if spec.name in specs else by_weights.get(weights)
+        if first:
+            same = "" if first == spec.name else f" (same weights: sha256 {spec.sha256[:12]}...)"
+            warnings.append(f"lac: --model {arg} repeats {first}{same}; it runs once")
             continue
         if template.name == "model" and not spec.chat_template:
             raise UsageError(f"{spec.name} has no chat template of its own; pass {FIXES}")
-        if settings.offline and spec.source == "pypi-gguf" and \
-                not gguf_path(spec, settings.cache_dir).exists():
-            raise MissingWeightsError(f"weights of {spec.name} are not in the cache and lac runs "
-                                      f"offline; fetch them first: {spec.fetch_command()}")
+        if spec.source == "pypi-gguf":
+            check_cached(spec, settings.cache_dir, settings.offline)
+        check_attention(spec.model_type, settings.attention)
         if any("sweep" in g.experiments for g in grids):
             swept_layers(spec.n_layers, settings.layers)  # raises on a layer out of range
         specs[spec.name] = spec
+        if weights:
+            by_weights.setdefault(weights, spec.name)
     return Checked(labelled, specs, template, warnings)

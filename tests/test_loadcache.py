@@ -2,6 +2,7 @@
 damaged entry is rebuilt, never used."""
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -381,3 +382,80 @@ def test_smollm2_damaged_entry_is_rebuilt(smol_loads, tmp_path, damage):
     again = models.load(SMOL, mine, say=said.append)
     assert "from the load cache" in said[-1]
     _assert_identical(gguf.model, gguf.tokenizer, again.model, again.tokenizer)
+
+
+# Who may have written an entry: in a shared cache, only its owner, and nobody else can write it
+
+
+def _modes(entry: Path) -> dict:
+    return {p.relative_to(entry.parent).as_posix(): p.stat().st_mode & 0o7777
+            for p in [entry, *entry.rglob("*")]}
+
+
+@pytest.mark.parametrize("parent, dirs, files", [(0o1777, 0o755, 0o644), (0o777, 0o755, 0o644),
+                                                 (0o775, 0o755, 0o644), (0o750, 0o750, 0o640),
+                                                 (0o700, 0o700, 0o600)],
+                         ids=["1777", "777", "775", "750", "700"])
+def test_an_entry_is_never_writable_by_others_whatever_its_folder(tmp_path, parent, dirs, files):
+    """At most readable by those who can read the folder holding it; writable by its owner only."""
+    root = tmp_path / "loaded"
+    root.mkdir()
+    root.chmod(parent)
+    key = loadcache.key_of(FAKE.sha256, torch.float32)
+    entry = loadcache.entry_dir(root, key)
+    said = []
+    loadcache.keep(tiny_model("llama"), tiny_tokenizer("llama"), key, entry, KW, said.append)
+    assert "kept" in said[-1]
+    modes = _modes(entry)
+    assert modes[entry.name] == dirs and modes[f"{entry.name}/{loadcache.TOKENIZER}"] == dirs
+    assert {m for n, m in modes.items() if (root / n).is_file()} == {files}, modes
+    assert loadcache.problem(entry, key) is None
+
+
+def _plant(entry: Path) -> None:
+    """Another user's rewrite of the weights, with the manifest's sha256 updated to match."""
+    from safetensors.torch import load_file, save_file
+
+    weights = entry / loadcache.WEIGHTS
+    state = load_file(weights)
+    state["model.norm.weight"] = state["model.norm.weight"] + 1.0
+    save_file(state, weights, metadata={"format": "pt"})
+    digest = models.sha256_of(weights)
+    _edit_manifest(entry, lambda m: m["files"].update({loadcache.WEIGHTS: digest}))
+
+
+@pytest.mark.parametrize("where, mode, why", [
+    ("weights", 0o666, "model.safetensors is writable by group or others"),
+    ("weights", 0o646, "model.safetensors is writable by group or others"),
+    ("folder", 0o777, "is writable by group or others"),
+    ("tokenizer folder", 0o775, "tokenizer is writable by group or others"),
+], ids=["weights 0666", "weights 0646", "folder 0777", "tokenizer folder 0775"])
+def test_an_entry_others_could_write_is_rebuilt_not_used(tmp_path, load, where, mode, why):
+    reference = load(tmp_path)
+    entry = load.entry(tmp_path)
+    _plant(entry)
+    target = {"weights": entry / loadcache.WEIGHTS, "folder": entry,
+              "tokenizer folder": entry / loadcache.TOKENIZER}[where]
+    target.chmod(mode)
+    assert why in loadcache.problem(entry, load.key)
+    said = []
+    rebuilt = load(tmp_path, said)
+    assert "not using" in said[0] and why in said[0] and "kept" in said[-1]
+    assert len(load.calls) == 2
+    _assert_identical(*reference, *rebuilt)  # the planted weights were not loaded
+    assert loadcache.problem(entry, load.key) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+@pytest.mark.parametrize("where", ["weights", "manifest", "folder"])
+def test_an_entry_of_another_user_is_rebuilt_not_used(tmp_path, load, where):
+    reference = load(tmp_path)
+    entry = load.entry(tmp_path)
+    _plant(entry)
+    target = {"weights": entry / loadcache.WEIGHTS, "manifest": entry / loadcache.MANIFEST,
+              "folder": entry}[where]
+    os.chown(target, 4242, -1)
+    assert "not owned by you" in loadcache.problem(entry, load.key)
+    said = []
+    _assert_identical(*reference, *load(tmp_path, said))
+    assert "not using" in said[0] and "not owned by you" in said[0] and len(load.calls) == 2

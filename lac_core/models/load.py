@@ -14,6 +14,7 @@ from ..memory import release_freed
 from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
 from ..settings import Settings
 from ..templates import FIXES, MODEL, ChatTemplate
+from .inspect import no_sdpa
 from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
 from .pypi import fetch, to_stderr
 from .registry import ModelSpec, resolve
@@ -109,6 +110,8 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
     placed = load_kwargs(device)
     kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", **placed)
     model, tok, where = _from_files(spec, settings, kw, say)
+    if settings.attention == "sdpa" and not getattr(model, "_supports_sdpa", True):
+        raise no_sdpa(type(model).__name__)  # in lac's options, not transformers' keywords
     model.set_attn_implementation(IMPLEMENTATIONS[settings.attention])  # see attention.py
     own = getattr(tok, "chat_template", None)
     if template is MODEL and not own:

