@@ -18,12 +18,12 @@ import torch
 from . import DEFAULT_TOKEN_BUDGET
 from .attention import reads_in_place
 from .errors import LacError, NonFiniteResidualError, UsageError
-from .hooks import Sub, start_at, substitute
+from .hooks import Audit, Sub, start_at, substitute
 from .hooks import capture as capture_hook
 from .kvcache import State, empty_cache, gather_prefix, joined, merged, read_in_place
 from .prefixes import Layout, layout
 
-__all__ = ["Sub", "Cost", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
+__all__ = ["Sub", "Cost", "Work", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
 
 
 @dataclass
@@ -80,17 +80,41 @@ def _stacked(store: dict, layers) -> torch.Tensor:
 
 
 @dataclass
+class Work:
+    """How far an experiment is, in token-layers (positions x decoder layers run): what its
+    forward calls have done against what it planned. Time follows token-layers, not the count
+    of steps or groups (a long prompt's pass outweighs many short windows), so the time left
+    is told from these. Engines of one experiment share one Work."""
+
+    progress: object = None  # a progress.Progress, told the fraction done
+    planned: int = 0
+    done: int = 0
+
+    def plan(self, layer_tokens: int) -> None:
+        self.planned, self.done = max(int(layer_tokens), 1), 0
+
+    def add(self, layer_tokens: int) -> None:
+        self.done += layer_tokens
+        if self.progress is not None and self.planned:
+            self.progress.tick(min(self.done / self.planned, 0.99))
+
+
+@dataclass
 class Engine:
     """One model under one token budget, counting the work it does."""
 
     lm: object  # models.LoadedModel
     token_budget: int = DEFAULT_TOKEN_BUDGET
     cost: Cost = field(default_factory=Cost)
-    progress: object = None  # a progress.Progress, told how far long parts are
+    audit: Audit = field(default_factory=Audit)  # every substitution read back (hooks.Audit)
+    progress: object = None  # a progress.Progress, told how far long parts are (through work)
+    work: Work | None = None  # shared with the other engines of an experiment
 
-    def tick(self, fraction: float) -> None:
-        if self.progress is not None:
-            self.progress.tick(fraction)
+    def expect(self, layer_tokens: int) -> None:
+        """The work the next experiment plans (token-layers), for its time-left estimate."""
+        if self.work is None:
+            self.work = Work(self.progress)
+        self.work.plan(layer_tokens)
 
     def __post_init__(self):
         if not isinstance(self.token_budget, int) or self.token_budget < 1:
@@ -112,6 +136,8 @@ class Engine:
         # (2-8x slower on SmolLM2's 49k vocabulary). One product may round differently from
         # per-row ones: sweep KLs moved by at most 1.7e-5 on SmolLM2 and Qwen2.5, no verdict.
         self.cost.add(*ids.shape, self.lm.n_layers - start_layer)
+        if self.work is not None:
+            self.work.add(ids.shape[0] * ids.shape[1] * (self.lm.n_layers - start_layer))
         length = ids.shape[1]
         keep = torch.arange(max(0, length - logits_to_keep), length) if logits_to_keep else 0
         with torch.inference_mode():
@@ -245,7 +271,7 @@ class Engine:
                    for k, i in enumerate(rows)] if subs else []
         with ExitStack() as stack:
             if any(entries):
-                stack.enter_context(substitute(lm.layers, entries))
+                stack.enter_context(substitute(lm.layers, entries, self.audit))
             if start_layer:
                 stack.enter_context(start_at(lm.layers, start_layer, hidden[rows]))
             at = torch.arange(ids.shape[1] - tail, ids.shape[1]).expand(len(rows), -1)
@@ -264,7 +290,7 @@ class Engine:
                        _stacked(store, range(n)) if tail else None, kl)
 
     def decode(self, state: State, n_new: int, *, stop_at_eos: bool = False,
-               keep_logprobs: bool = False, on_step=None, into: torch.Tensor | None = None,
+               keep_logprobs: bool = False, into: torch.Tensor | None = None,
                capture_into: torch.Tensor | None = None) -> Decoded:
         """`n_new` greedy tokens (argmax; the model's generation config is never read): the first
         from `state.logits`, each later one after feeding the previous back through the cache.
@@ -307,8 +333,6 @@ class Engine:
                                    position_ids=last[:, None].to(dev), use_cache=True).logits[:, -1]
             if store is not None:
                 capture_into[:, :, step] = _stacked(store, range(lm.n_layers))[:, :, 0]
-            if on_step:
-                on_step(step + 1)
         steps = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(rows)]
         if stop_at_eos and eos is not None:
             steps = [row[: row.index(eos) + 1] if eos in row else row for row in steps]
@@ -343,7 +367,6 @@ class Engine:
                 res[rows.start: rows.stop, :, :capture_tail] = pre.residuals
             dec = self.decode(pre.state, n_new, stop_at_eos=stop_at_eos,
                               keep_logprobs=keep_logprobs,
-                              on_step=lambda k: self.tick((ci + k / n_new) / len(chunks)),
                               into=out[rows.start: rows.stop] if keep_logprobs else None,
                               capture_into=res[rows.start: rows.stop, :, capture_tail:]
                               if capture_tail else None)

@@ -42,5 +42,10 @@ class InvarianceError(LacError):
     moved the output: the numbers cannot be trusted."""
 
 
+class InterventionError(LacError):
+    """A substitution did not land where it was meant to: read back, the layer's input differs
+    from the vector written."""
+
+
 class UsageError(LacError):
     """A bad option or setting, caught before any work."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import NonFiniteResidualError
+from .errors import InterventionError, NonFiniteResidualError
 
 
 def _hidden(args, kwargs) -> torch.Tensor:
@@ -23,11 +23,13 @@ def _with_hidden(args, kwargs, hidden):
 
 
 @contextmanager
-def _registered(layers, hooks: dict):
+def _registered(layers, hooks: dict, post: bool = False):
     handles = []
     try:
         for i, fn in hooks.items():
-            handles.append(layers[i].register_forward_pre_hook(fn, with_kwargs=True))
+            register = layers[i].register_forward_hook if post else \
+                layers[i].register_forward_pre_hook
+            handles.append(register(fn, with_kwargs=True))
         yield
     finally:
         for h in handles:
@@ -76,27 +78,83 @@ def on_layer(vector: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     return vector.to(device=hidden.device, dtype=hidden.dtype)
 
 
+@dataclass
+class Audit:
+    """Proof that substitutions landed: each one is read back from the input the layer actually
+    ran on (after every pre-hook) and compared bit for bit with the vector in the model's dtype.
+    A substitution that never lands would otherwise read as KL 0, which C1 takes for HOLDS."""
+
+    checked: int = 0  # substitutions read back equal to their vector
+    forwards: int = 0  # forward calls that carried substitutions
+
+    def record(self) -> dict:
+        return {"substitutions_read_back": self.checked, "forward_calls": self.forwards}
+
+    def expect(self, planned: int, what: str, since: dict | None = None) -> dict:
+        """The record of this experiment (the counts since `since`, an earlier record), once each of
+        its `planned` substitutions was read back exactly once."""
+        since = since or {"substitutions_read_back": 0, "forward_calls": 0}
+        done = {k: v - since[k] for k, v in self.record().items()}
+        if done["substitutions_read_back"] != planned:
+            raise InterventionError(f"{what}: {planned} substitutions were planned and "
+                                    f"{done['substitutions_read_back']} read back at their layer; "
+                                    "the numbers would mix substituted and clean runs, so the "
+                                    "experiment stops here")
+        return done
+
+
+def _read_back(layer: int, rows, positions, vectors, audit: Audit, seen: set):
+    """A forward hook on the substituted layer: it sees the arguments the layer ran on."""
+    def hook(module, args, kwargs, output):
+        h = _hidden(args, kwargs)
+        got = h[rows.to(h.device), positions.to(h.device)]
+        want = on_layer(vectors, h)
+        if not torch.equal(got, want):
+            bad = int((got != want).any(-1).nonzero()[0, 0]) if got.shape == want.shape else 0
+            raise InterventionError(
+                f"substitution at layer {layer}, row {int(rows[bad])}, position "
+                f"{int(positions[bad])} did not land: the layer ran on another vector (max "
+                f"|difference| {float((got.float() - want.float()).abs().max()):.3g}); every "
+                "number of this experiment would be wrong, so it stops here")
+        audit.checked += len(rows)
+        seen.add(layer)
+    return hook
+
+
 @contextmanager
-def substitute(layers, subs_per_row: list[list[Sub]]):
-    """Write each row's substitutions into the residuals for the forward passes in the block."""
+def substitute(layers, subs_per_row: list[list[Sub]], audit: Audit | None = None):
+    """Write each row's substitutions into the residuals for the forward passes in the block; on
+    leaving it, every substituted layer must have run on its vectors (see Audit)."""
     by_layer: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
     for row, subs in enumerate(subs_per_row):
         for s in subs:
             by_layer.setdefault(int(s.layer), []).append((row, int(s.position), s.vector))
-
-    def make(items):
+    audit = Audit() if audit is None else audit
+    seen: set[int] = set()
+    writes, checks = {}, {}
+    for layer, items in by_layer.items():
         rows = torch.tensor([r for r, _, _ in items], dtype=torch.long)
         positions = torch.tensor([p for _, p, _ in items], dtype=torch.long)
         vectors = torch.stack([v for _, _, v in items])
-
-        def hook(module, args, kwargs):
-            h = _hidden(args, kwargs).clone()
-            h[rows.to(h.device), positions.to(h.device)] = on_layer(vectors, h)
-            return _with_hidden(args, kwargs, h)
-        return hook
-
-    with _registered(layers, {layer: make(items) for layer, items in by_layer.items()}):
+        writes[layer] = write_hook(rows, positions, vectors)
+        checks[layer] = _read_back(layer, rows, positions, vectors, audit, seen)
+    with _registered(layers, writes), _registered(layers, checks, post=True):
         yield
+    missing = sorted(set(by_layer) - seen)
+    if missing:
+        raise InterventionError(f"substitutions at layers {missing} never reached their layer "
+                                "(no forward pass ran them); the experiment's numbers would be "
+                                "those of the clean run, so it stops here")
+    audit.forwards += 1
+
+
+def write_hook(rows: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor):
+    """The pre-hook that writes `vectors` at (rows, positions) of the residual a layer receives."""
+    def hook(module, args, kwargs):
+        h = _hidden(args, kwargs).clone()
+        h[rows.to(h.device), positions.to(h.device)] = on_layer(vectors, h)
+        return _with_hidden(args, kwargs, h)
+    return hook
 
 
 class _Given(torch.nn.Module):

@@ -7,8 +7,6 @@
 # experiments.py says what is computed; this module only how.
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .engine import Engine, Sub, kl_sum
@@ -29,29 +27,9 @@ def cell_chunks(n_cells: int, vocab: int) -> list[range]:
     return [range(at, min(at + per, n_cells)) for at in range(0, n_cells, per)]
 
 
-@dataclass
-class _Share:
-    """One chunk's progress, told to the whole sweep's progress as its share."""
-
-    outer: object
-    start: float
-    share: float
-
-    def tick(self, fraction: float) -> None:
-        self.outer.tick(self.start + self.share * fraction)
-
-
 def in_cell_chunks(eng: Engine, n_cells: int, compute) -> list:
     """`compute(cells)` per chunk of cells (cell_chunks), in order."""
-    chunks, outer = cell_chunks(n_cells, eng.lm.vocab_size), eng.progress
-    try:
-        out = []
-        for k, cells in enumerate(chunks):
-            eng.progress = _Share(outer, k / len(chunks), 1 / len(chunks)) if outer else None
-            out.append(compute(cells))
-        return out
-    finally:
-        eng.progress = outer
+    return [compute(cells) for cells in cell_chunks(n_cells, eng.lm.vocab_size)]
 
 
 def distinct(seqs) -> tuple[list[list[int]], list[int]]:
@@ -95,7 +73,9 @@ class NaivePlan:
         return {name: torch.zeros(len(seqs), len(self.probes), len(layers), dtype=torch.float64)
                 for name in vectors}
 
-    def window_kls(self, seqs, sites, window: int, layers, vectors: dict) -> dict:
+    def window_kls(self, seqs, sites, window: int, layers, vectors: dict,
+                   same_path: bool = False) -> dict:
+        # its clean window is a full forward of the same sequence: the same path (`same_path`)
         out = self._zeros(seqs, layers, vectors)
         for pi in range(len(self.probes)):
             for ci, seq in enumerate(seqs):
@@ -106,7 +86,6 @@ class NaivePlan:
                         sub = [[Sub(layer, p, vec[ci, layer, pi])]]
                         lp = self.eng.prefill([seq[: w0 + window]], subs=sub, keep=window).logprobs
                         out[name][ci, pi, li] = float(kl_sum(clean, lp))
-                self.eng.tick((pi + (ci + 1) / len(seqs)) / len(self.probes))
         return {name: v.numpy() for name, v in out.items()}
 
 
@@ -154,7 +133,8 @@ class FastPlan(NaivePlan):
                     pre.residuals[u][:, tail + q - n_ids] if q < n_ids else fed[k][:, q - n_ids])
         return h
 
-    def window_kls(self, seqs, sites, window: int, layers, vectors: dict) -> dict:
+    def window_kls(self, seqs, sites, window: int, layers, vectors: dict,
+                   same_path: bool = False) -> dict:
         """Per probe, cells grouped by (cache column, run length); per swept layer one batch of
         every cell's runs (one per vector set), computed from the probe on and from the layer up,
         fed the clean residuals the reference pass captured, scored against its own log-probs."""
@@ -165,13 +145,13 @@ class FastPlan(NaivePlan):
             for ci in range(len(seqs)):
                 p, w0 = sites[ci][pi]
                 groups.setdefault((self.gen.state.column(ci, p), w0 + window - p), []).append(ci)
-            for gi, ((column, length), members) in enumerate(groups.items()):
+            for (column, length), members in groups.items():
                 runs = [(ci, *sites[ci][pi]) for ci in members]
-                self._group(runs, pi, column, length, seqs, window, layers, vectors, out)
-                self.eng.tick((pi + (gi + 1) / len(groups)) / len(self.probes))
+                self._group(runs, pi, column, length, seqs, window, layers, vectors, out,
+                            same_path)
         return {name: v.numpy() for name, v in out.items()}
 
-    def _group(self, runs, pi, column, length, seqs, window, layers, vectors, out):
+    def _group(self, runs, pi, column, length, seqs, window, layers, vectors, out, same_path):
         names, members = list(vectors), [ci for ci, _, _ in runs]
         after = (self.gen.state, [ci for ci in members for _ in names], column)
         suffixes = [seqs[ci][p: p + length] for ci, p, _ in runs for _ in names]
@@ -182,17 +162,19 @@ class FastPlan(NaivePlan):
         clean = [self.gen.logprobs[ci, k: k + window] for ci, k in zip(members, first)]  # views
         against = [c for c in clean for _ in names]  # rows: (cell, vector set)
         for li, layer in enumerate(layers):
-            hidden = torch.stack([self.gen.residuals[ci, layer, s]
-                                  for ci, s in zip(members, spans)])
-            hidden = hidden.repeat_interleave(len(names), dim=0)
-            for k, name in enumerate(names):
-                hidden[k::len(names), 0] = vectors[name][members, layer, pi]
-            if layer == 0:  # nothing below to skip: substitute at the first suffix position instead
-                kw = dict(subs=[[Sub(0, 0, h[0])] for h in hidden])
-            else:
-                kw = dict(start_layer=layer, hidden=hidden)
+            # from the layer up, fed the clean residuals there (nothing below can change); the
+            # vector enters as a substitution, so the engine reads it back (hooks.Audit)
+            kw = dict(start_layer=layer, hidden=torch.stack(
+                [self.gen.residuals[ci, layer, s] for ci, s in zip(members, spans)
+                 for _ in names])) if layer else {}
+            subs = [[Sub(layer, 0, vectors[name][ci, layer, pi])] for ci in members
+                    for name in names]
+            if same_path:  # scored against this very path run without the substitution
+                against = list(self.eng.prefill(suffixes, after=after, keep=window,
+                                                group=len(names), **kw).logprobs)
             kls = self.eng.prefill(suffixes, after=after, keep=window, group=len(names),
-                                   against=against, **kw).kl.reshape(len(members), len(names))
+                                   against=against, subs=subs, **kw
+                                   ).kl.reshape(len(members), len(names))
             for k, name in enumerate(names):
                 out[name][members, pi, li] = kls[:, k]
 

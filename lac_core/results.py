@@ -48,6 +48,7 @@ class SweepResult:
     cost: dict = field(default_factory=dict)  # forward tokens, calls
     grid_sha256: str = ""
     checks: dict = field(default_factory=dict)  # the invariance checks of the run
+    audit: dict = field(default_factory=dict)  # substitutions read back (hooks.Audit.record)
 
     @cached_property
     def summary(self) -> SweepSummary:
@@ -114,6 +115,7 @@ class MarkerResult:
     stems: tuple[str, ...] = ()
     cost: dict = field(default_factory=dict)
     grid_sha256: str = ""
+    audit: dict = field(default_factory=dict)  # substitutions read back (hooks.Audit.record)
 
     @cached_property
     def summary(self) -> MarkerSummary:
@@ -136,6 +138,7 @@ class HostResult:
     target_tokens: dict  # cell -> 10 greedy target tokens (the window)
     cost: dict = field(default_factory=dict)
     grid_sha256: str = ""
+    audit: dict = field(default_factory=dict)  # substitutions read back (hooks.Audit.record)
 
     def interventions(self) -> list[str]:
         return [k for k in self.kl[self.cells[0]] if k != "host"]
@@ -165,6 +168,7 @@ class SteeringResult:
     #                "clean_own_hits", "clean_other_hits", "kl"}]
     cost: dict = field(default_factory=dict)
     grid_sha256: str = ""
+    audit: dict = field(default_factory=dict)  # substitutions read back (hooks.Audit.record)
 
 
 def jsonable(obj):

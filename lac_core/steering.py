@@ -9,8 +9,8 @@ window scored against the clean run (KL to clean)."""
 from __future__ import annotations
 
 from .engine import Engine
-from .experiments import (PromptPass, Target, _cost, _generate_at_p_last, _pass_for,
-                          teacher_forced, xy_target)
+from .experiments import (HOST_WINDOW, PromptPass, Target, _cost, _generate_at_p_last,
+                          _pass_for, teacher_forced, xy_target)
 from .grids import Grid
 from .markers import hits
 from .results import MarkerResult, SteeringResult
@@ -37,16 +37,20 @@ def dose_vector(additive, dx, a: float):
 def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=None,
              target: Target | None = None, doses=DOSES, pairs="next", n_new: int | None = None,
              regenerate_a1: bool = False) -> SteeringResult:
-    lm, layer, stems = eng.lm, marker_result.layer, marker_result.stems
+    lm, layer, stems, since = eng.lm, marker_result.layer, marker_result.stems, eng.audit.record()
     n_new = marker_result.n_new_tokens if n_new is None else n_new
-    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",))
-    cells = grid.cells
+    cells, depth, swaps = grid.cells, lm.n_layers, partners(grid, pairs)
+    per_cell = len(doses) + sum(len(swaps[c.persona_key]) for c in cells) / len(cells)
+    then = len(cells) * ((per_cell - (0 if regenerate_a1 else 1)) * n_new * depth
+                         + HOST_WINDOW * (per_cell * (depth - layer)
+                                          + depth * (1 if target else 2)))
+    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",),
+                                     then=int(then))
     at = {}  # persona -> a cell of it
     for ci, cell in enumerate(cells):
         at.setdefault(cell.persona_key, ci)
     bb, xb, by, xy = (h[:, i, layer] for i in range(4))
     additive, dx = xb + by - bb, xb - bb  # the marker experiment's additive vector, same order
-    swaps = partners(grid, pairs)
     runs = []  # (cell index, kind, a or B, vector): one per generated and scored row
     for ci, cell in enumerate(cells):
         runs += [(ci, "dose", a, dose_vector(additive[ci], dx[ci], a)) for a in doses]
@@ -79,7 +83,8 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
                      "clean_other_hits": hits(clean, grid.markers[a], stems), "kl": kl})
     return SteeringResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in cells),
                           tuple(doses), "custom" if isinstance(pairs, dict) else pairs, dose, swap,
-                          _cost(eng), grid.sha256)
+                          _cost(eng), grid.sha256,
+                          eng.audit.expect(len(gen_rows) + len(runs), "dose and swap", since))
 
 
 def _kl_to_clean(eng: Engine, prompts, runs, layer: int, target: Target, passed: PromptPass):
