@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paper
+from .grids import paper_grid
 
 FIG_PROBES = ("p_last", "g1", "g2")
 
@@ -47,7 +48,8 @@ def kl_by_layer(result, path: Path, normalized: dict | None = None) -> str:
         ax.plot(x, [s.kl_null[probe][k].median for k in s.layers], "s--", color="C3",
                 label="null (h_BB alone)")
         for (pm, pg), style in zip(sorted(paper.SWEEP_FILES), (":", "-.", "--", ":", "-.")):
-            ps = paper.sweep_summary(pm, pg) if pg == result.grid and "3b" not in pm else None
+            ps = paper.sweep_summary(pm, pg) if "3b" not in pm and \
+                pg == paper_grid(result.grid, result.grid_sha256) else None
             if ps and probe in ps.kl_add:
                 ax.plot([k / ps.n_layers for k in ps.layers],
                         [ps.kl_add[probe][k].median for k in ps.layers], style, color="grey",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from . import breakdown, figures, paper, uncertainty
+from .grids import paper_grid
 
 
 def extra(kind: str, r, thresholds) -> dict:
@@ -24,19 +25,32 @@ def by_kind(session, kind: str) -> list:
     return sorted((k, r) for k, r in session.results.items() if k[2] == kind)
 
 
+DOSE_FIGURE = "figures/dose_and_swap.png"
+
+
+def heatmap_name(model: str) -> str:
+    return f"figures/heatmaps_{model}.png"
+
+
+def figure_names(plan) -> list[str]:
+    """The figures below a plan may write (report.Plan): the start check reads these names."""
+    models = dict.fromkeys(m for kind in ("sweep", "markers") for m, _g in plan.runs(kind))
+    return [*(heatmap_name(m) for m in models), *([DOSE_FIGURE] if plan.runs("markers") else [])]
+
+
 def figure_writers(session) -> dict:
     """Report-set file name -> writer, for the heatmaps (per model) and the dose/swap figure."""
     writers = {}
     for model in dict.fromkeys(k[0] for k in session.results):
         panels = _heatmap_panels(session, model)
         if panels:
-            writers[f"figures/heatmaps_{model}.png"] = (
+            writers[heatmap_name(model)] = (
                 lambda path, m=model, p=panels: figures.heatmaps(m, p, path))
     steer = by_kind(session, "steering")
     if steer:
         rows = {f"{k[0]} / {k[1]}": breakdown.dose_table(r) for k, r in steer}
         swaps = {f"{k[0]} / {k[1]}": breakdown.swap_share(r) for k, r in steer}
-        writers["figures/dose_and_swap.png"] = lambda path: figures.dose_and_swap(rows, swaps, path)
+        writers[DOSE_FIGURE] = lambda path: figures.dose_and_swap(rows, swaps, path)
     return writers
 
 
@@ -63,7 +77,7 @@ def _heatmap_panels(session, model: str) -> list:
 def _paper_hits(r) -> dict | None:
     """The paper's own per-cell marker hits (Gemma-2-2B) when the grid's cells are its cells."""
     data = paper.marker_data()["results"]
-    if set(r.cells) != set(data):
+    if paper_grid(r.grid, r.grid_sha256) != "markers" or set(r.cells) != set(data):
         return None
     names = {"clean": "clean", "additive": "additive", "bare": "bare"}
     return {c: {k: data[c][v]["hits"] for k, v in names.items()} for c in r.cells}
@@ -118,7 +132,7 @@ def _breaks(session, table, fmt) -> list[str]:
              "paper's Gemma-2-2B count of the same cell where the grid is the paper's).", ""]
     for model in dict.fromkeys(k[0] for k in session.results):
         if _heatmap_panels(session, model):
-            lines += [f"![heatmaps {model}](figures/heatmaps_{model}.png)", ""]
+            lines += [f"![heatmaps {model}]({heatmap_name(model)})", ""]
     rows = []
     for (check, m, g), cells in sorted(session.cell_failures.items()):
         r = session.results.get((m, g, CHECKED_ON.get(check)))
@@ -152,7 +166,7 @@ def _dose_swap(session, table) -> list[str]:
              "(a - 1) dX; a = 1 is the additive condition (its generation reused). KL: 10-token "
              "window KL to the clean run, teacher-forced on its greedy tokens. Swap: h_AY - dX_A "
              "+ dX_B with B the next persona in the grid (or every other, --lac-swap-pairs all).",
-             "", "![dose and swap](figures/dose_and_swap.png)", ""]
+             "", f"![dose and swap]({DOSE_FIGURE})", ""]
     for (m, g, _k), r in steer:
         dose = breakdown.dose_table(r)
         sw = breakdown.swap_share(r)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Callable
 from pathlib import Path
 
 from . import breakdown, findings, paper, rules, uncertainty
 from .figures import kl_by_layer
-from .reportset import publish
+from .grids import paper_grid
+from .reportset import Folder
 from .results import MARKER_CONDITIONS, jsonable
 
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
@@ -18,9 +20,12 @@ KINDS = {"sweep": "sweeps", "markers": "markers", "host": "host_injection",
 
 
 def fmt(x, nd: int = 4) -> str:
+    """A table cell: floats at `nd` decimals, missing numbers '-', and a '|' or line break in a
+    text (a grid's key may hold one) escaped, so no value slides into the next column."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
-    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+    text = f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -59,7 +64,7 @@ def _cell(session, claim: str, model: str, grid: str) -> str:
 
 def verdict_matrix(session) -> list[str]:
     """Claims x (model, grid): a verdict, 'not run' with the reason, or '-' (no test ran it)."""
-    models = list(dict.fromkeys(m for (_c, m, _g) in session.verdicts))
+    models = list(dict.fromkeys([*session.checked.models, *(m for _c, m, _g in session.verdicts)]))
     cols = [(m, g) for m in models for g in session.grids]
     rows = [[claim, *(_cell(session, claim, m, g) for m, g in cols)] for claim in rules.CLAIMS]
     return table(["claim", *(f"{m} / {g}" for m, g in cols)], rows)
@@ -69,7 +74,9 @@ def claim_details(session) -> list[str]:
     theirs = paper.verdicts(session.thresholds)
     rows = []
     for (claim, m, g), (v, _exp) in sorted(session.verdicts.items()):
-        d, pv = v.deciding, theirs.get((claim, paper.PAPER_MODEL, g))
+        grid = session.grids[g]
+        theirs_grid = paper_grid(grid.name, grid.sha256)
+        d, pv = v.deciding, theirs.get((claim, paper.PAPER_MODEL, theirs_grid))
         pd = f"{pv.status}: {pv.deciding.name}: {pv.deciding.detail}" if pv and pv.deciding else "-"
         rows.append([claim, f"{m} / {g}", v.status + (" FRAGILE" if v.fragile else ""),
                      d.name if d else "-", d.detail if d else "", d.margin if d else None,
@@ -123,11 +130,17 @@ def sweep_section(r, seconds=None) -> list[str]:
                    [[p, *(geo(p, k) for k in s.layers)] for p in s.probes]), ""]
 
 
+def _paper_markers(r) -> bool:
+    """The paper's marker and host numbers sit beside a result only on the paper's own grid."""
+    return paper_grid(r.grid, r.grid_sha256) == "markers"
+
+
 def marker_section(r, seconds=None) -> list[str]:
     s, ps = r.summary, paper.marker_summary()
+    theirs = _paper_markers(r)
     counts = [[c, f"{s.any[c]}/{s.n_cells}", f"{s.distinct_mean[c]:.2f}",
-               f"{ps.any[c]}/{ps.n_cells}", f"{ps.distinct_mean[c]:.2f}"]
-              for c in MARKER_CONDITIONS]
+               f"{ps.any[c]}/{ps.n_cells}" if theirs else "-",
+               f"{ps.distinct_mean[c]:.2f}" if theirs else "-"] for c in MARKER_CONDITIONS]
     cells = [[cell, *(", ".join(r.hits[cell][c]) or "-" for c in MARKER_CONDITIONS)]
              for cell in r.cells]
     return [f"#### {r.model} / {r.grid} (layer {r.layer}, p_last)", "",
@@ -138,11 +151,13 @@ def marker_section(r, seconds=None) -> list[str]:
 
 
 def host_section(r, seconds=None) -> list[str]:
-    s, ph = r.summary, paper.host_summary()
-    rows = [["host, none", f"{s.median_host:.3f}", "-", "host, none", f"{ph.median_host:.3f}", "-"]]
+    s, ph, theirs = r.summary, paper.host_summary(), _paper_markers(r)
+    rows = [["host, none", f"{s.median_host:.3f}", "-", "host, none",
+             f"{ph.median_host:.3f}" if theirs else "-", "-"]]
     for name, pname in zip(r.interventions(), ph.median_kl):  # the paper's sets, its own numbering
         rows.append([name, f"{s.median_kl[name]:.3f}", f"{s.median_gap_closed[name]:.3f}", pname,
-                     f"{ph.median_kl[pname]:.3f}", f"{ph.median_gap_closed[pname]:.3f}"])
+                     *((f"{ph.median_kl[pname]:.3f}", f"{ph.median_gap_closed[pname]:.3f}")
+                       if theirs else ("-", "-"))])
     return [f"#### {r.model} / {r.grid} (mid layer {r.layer})", "",
             *table(["intervention", "median KL", "median gap closed", "paper (Gemma)", "median KL",
                     "gap closed"], rows), ""]
@@ -201,9 +216,13 @@ def report_markdown(session, figures: dict) -> str:
               "runs under the same key (same code, model, grid, settings and library versions: "
               f"{', '.join(f'{k} from run {v}' for k, v in cached.items())}); the rest from this "
               "run")
+    notes = [f"- {note}" for note in run["resume_cache_not_used"]]
+    failed = [f"- {what}: {why}" for what, why in run["failed"].items()]
     lines = [f"# lac report: run {run['run_id']}", "", f"**Run status: {status}.** {origin} "
              "(settings and versions in Provenance); the regression gate covered only what ran.",
-             "",
+             "", *(["What failed (the claims that need it did not run):", "", *failed, ""]
+                   if failed else []),
+             *(["Resume cache entries not used (recomputed):", "", *notes, ""] if notes else []),
              "## Verdicts (claims x models)", "", *verdict_matrix(session), "",
              "## Claim by claim", "", *claim_details(session), "",
              "## Every deciding number, with its 95% interval", "",
@@ -228,16 +247,62 @@ def figure_name(model: str, grid: str) -> str:
     return f"figures/kl_by_layer_{model}_{grid}.png"
 
 
-def write_report_set(session, out: Path) -> None:
-    """results.json, REPORT.md and figures/ of this session, written into `out` as one set."""
-    sweeps = {key: r for key, r in session.results.items() if key[2] == "sweep"}
-    figures = {key: figure_name(*key[:2]) for key in sweeps}
+@dataclass(frozen=True)
+class Plan:
+    """What a report set covers: the models, and the experiments each grid (by label) runs."""
+
+    models: tuple[str, ...]
+    grids: dict
+
+    def runs(self, experiment: str) -> list[tuple[str, str]]:
+        return [(m, g) for m in self.models for g, exps in self.grids.items() if experiment in exps]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One kind of file in a report set: its names for a plan (what the start check refuses to
+    overwrite) and, at the end, its writers (name -> writer(path)) for what the session made."""
+
+    names: Callable[[Plan], list[str]]
+    writers: Callable[[object], dict]
+
+
+def _kl_figures(session) -> dict:
     c6 = session.thresholds.C6.min_null_kl
-    writers = {name: (lambda path, r=sweeps[key]: kl_by_layer(
-        r, path, uncertainty.faithfulness_table(r, c6))) for key, name in figures.items()}
-    writers.update(findings.figure_writers(session))
+    return {figure_name(*key[:2]): (lambda path, r=r: kl_by_layer(
+        r, path, uncertainty.faithfulness_table(r, c6)))
+        for key, r in session.results.items() if key[2] == "sweep"}
+
+
+def _document(session) -> dict:
     text = json.dumps(results_document(session), indent=1, allow_nan=False)
-    writers["results.json"] = lambda path: path.write_text(text)
-    writers["REPORT.md"] = lambda path: path.write_text(report_markdown(
-        session, {k: Path(n).name for k, n in figures.items()}))
-    publish(out, writers, replaces=("results.json", "REPORT.md", "figures/"))
+    return {"results.json": lambda path: path.write_text(text)}
+
+
+def _report(session) -> dict:
+    figures = {key: Path(figure_name(*key[:2])).name for key in session.results
+               if key[2] == "sweep"}
+    return {"REPORT.md": lambda path: path.write_text(report_markdown(session, figures))}
+
+
+# Every file a report set holds, declared once: the start check and the publish step both read
+# this list, so a file added here is covered by both without another edit.
+OUTPUTS = [
+    Output(lambda plan: ["results.json"], _document),
+    Output(lambda plan: ["REPORT.md"], _report),
+    Output(lambda plan: [figure_name(m, g) for m, g in plan.runs("sweep")], _kl_figures),
+    Output(findings.figure_names, findings.figure_writers),
+]
+REPLACES = ("results.json", "REPORT.md", "figures/")  # lac's earlier files a new set supersedes
+
+
+def report_names(plan: Plan) -> list[str]:
+    """Every file a report set of this plan may write."""
+    return list(dict.fromkeys(name for out in OUTPUTS for name in out.names(plan)))
+
+
+def write_report_set(session, folder: Folder) -> tuple[Path, list[str]]:
+    """results.json, REPORT.md and figures/ of this session, written into `folder` as one set:
+    the folder it went to, and the files that kept it from the folder itself (see Folder)."""
+    writers = {name: write for out in OUTPUTS for name, write in out.writers(session).items()}
+    return folder.publish(writers, REPLACES, fallback=f"lac-{session.run_id}")
