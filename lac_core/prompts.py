@@ -66,17 +66,28 @@ def render(tokenizer, text: str, template: ChatTemplate = MODEL) -> Rendered:
 
 def swept_layers(n_layers: int, spec: tuple | None = None) -> tuple[int, ...]:
     """The layers a sweep measures: the paper's depth fractions by default; else each entry of
-    `spec` is a layer index (int) or a depth fraction (float, round(f * n) clipped to [1, n-1])."""
+    `spec` is a layer index (int) or a depth fraction (float, round(f * n)). The user's layers
+    must land in 1..n-1 (layer 0's input is the embedding output, where dX = dY = 0 at the last
+    token, so every KL there is vacuously 0) and on distinct layers: nothing is clipped or
+    dropped in silence."""
     if spec is None:
         return layer_fractions_to_layers(n_layers)
-    layers = [x if isinstance(x, int) else min(max(round(x * n_layers), 1), n_layers - 1)
-              for x in spec]
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad:
-        raise UsageError(f"--lac-layers {','.join(map(str, spec))}: layer {bad[0]} is out of range "
-                         f"for a model with {n_layers} layers (0..{n_layers - 1}); pass indices in "
-                         "range or depth fractions like 0.25,0.5")
-    return tuple(dict.fromkeys(layers))
+    given = ",".join(map(str, spec))
+    layers = {}
+    for x in spec:
+        layer = x if isinstance(x, int) else round(x * n_layers)
+        if not 1 <= layer <= n_layers - 1:
+            raise UsageError(f"--lac-layers {given}: {x} is layer {layer}, out of range for a "
+                             f"model with {n_layers} layers: pass layer indices in "
+                             f"1..{n_layers - 1}"
+                             " or depth fractions that land there (layer 0's input is the "
+                             "embedding output: no persona or task difference at the last token)")
+        if layer in layers:
+            raise UsageError(f"--lac-layers {given}: {layers[layer]} and {x} are both layer "
+                             f"{layer} "
+                             f"on a model with {n_layers} layers; pass each layer once")
+        layers[layer] = x
+    return tuple(layers)
 
 
 def layer_fractions_to_layers(n_layers: int, fractions=(0.25, 0.40, 0.55, 0.70, 0.85)) -> tuple:

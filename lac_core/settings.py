@@ -20,12 +20,21 @@ DEFAULT_GRIDS = ("short", "long", "markers")
 PLANS = ("fast", "naive")
 
 
+TRUE, FALSE = ("1", "true", "yes", "on", "y"), ("", "0", "false", "no", "off", "n")
+
+
 def _env_cache_dir() -> Path:
-    return Path(os.environ.get("LAC_CACHE_DIR") or Path.home() / ".cache" / "lac")
+    return Path(os.environ.get("LAC_CACHE_DIR") or Path.home() / ".cache" / "lac").expanduser()
 
 
 def _env_offline() -> bool:
-    return os.environ.get("LAC_OFFLINE", "").lower() in {"1", "true", "yes"}
+    """LAC_OFFLINE: a value that is neither true nor false is an error, never a silent 'online'
+    (it is how a user forbids downloads)."""
+    value = os.environ.get("LAC_OFFLINE", "").strip().lower()
+    if value not in TRUE + FALSE:
+        raise UsageError(f"LAC_OFFLINE={os.environ['LAC_OFFLINE']!r}: use 1, true, yes, on (never "
+                         "download) or 0, false, no, off")
+    return value in TRUE
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class Settings:
                              f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
         if self.attention not in ("grouped", "eager", "sdpa"):
             raise UsageError(f"--attention {self.attention!r}: choose grouped, eager or sdpa")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UsageError(f"--lac-threads {self.threads!r}: give a positive number of threads")
         if self.swap_pairs not in ("next", "all"):
             raise UsageError(f"--lac-swap-pairs {self.swap_pairs!r}: choose next or all")
         unknown = [p for p in self.probes if p not in PROBES]
@@ -77,25 +88,78 @@ class Settings:
 
 
 def _layers(text: str) -> tuple:
-    """'4,8,12' (indices) or '0.25,0.5' (depth fractions)."""
+    """'4,8,12' (indices) or '0.25,0.5' (depth fractions), each given once: indices from 1,
+    fractions strictly between 0 and 1 (whether they land in range is checked per model)."""
+    how = ("give layer indices (4,8,12; from 1: layer 0's input is the embedding output) or depth "
+           "fractions (0.25,0.5; between 0 and 1), comma-separated, each once")
     try:
-        return tuple(float(x) if "." in x else int(x) for x in text.split(","))
+        values = [float(x) if "." in x else int(x) for x in text.split(",")]
     except ValueError:
-        raise UsageError(f"--lac-layers {text!r}: give layer indices (4,8,12) or depth fractions "
-                         "(0.25,0.5), comma-separated") from None
+        raise UsageError(f"--lac-layers {text!r}: {how}") from None
+    for i, x in enumerate(values):
+        if (isinstance(x, int) and x < 1) or (isinstance(x, float) and not 0 < x < 1):
+            raise UsageError(f"--lac-layers {text!r}: {x} is out of range; {how}")
+        if x in values[:i]:
+            raise UsageError(f"--lac-layers {text!r}: {x} is given twice; {how}")
+    return tuple(values)
+
+
+def _probes(text: str) -> tuple[str, ...]:
+    probes = tuple(p.strip() for p in text.split(","))
+    twice = [p for i, p in enumerate(probes) if p in probes[:i]]
+    if twice:
+        raise UsageError(f"--lac-probes {text!r}: {twice[0]} is given twice; name each probe once "
+                         f"(of {', '.join(PROBES)})")
+    return probes
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--lac-threads {text!r}: give a positive number of torch threads "
+                         "(default: torch's own; under pytest-xdist, cores / workers)")
+    return n
+
+
+def _texts(flag: str):
+    """A converter for repeatable text options: none may be empty (an empty path would name the
+    current folder)."""
+    def convert(values) -> tuple[str, ...]:
+        if any(not v.strip() for v in values):
+            raise UsageError(f"{flag} '' is empty; name what to run (see pytest --help, group lac)")
+        return tuple(values)
+    return convert
+
+
+def _template(text: str) -> str:
+    if not text.strip():
+        raise UsageError("--chat-template '' is empty; name a Jinja file or a built-in template, "
+                         "or leave the option out to use the model's own")
+    return text
+
+
+def _folder(text: str, flag: str = "--lac-reports") -> Path:
+    if not text.strip():
+        raise UsageError(f"{flag} is empty; name a folder (see pytest --help, group lac)")
+    return Path(text).expanduser()
 
 
 OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
-    ("--model", "models", tuple, dict(action="append"), "model to check: registry name, hub id or "
+    ("--model", "models", _texts("--model"), dict(action="append"), "model to check: registry "
+     "name, hub id or "
      f"local directory (repeatable; default {DEFAULT_MODELS[0]})"),
-    ("--grid", "grids", tuple, dict(action="append"), "grid to run: a name in fixtures/grids "
+    ("--grid", "grids", _texts("--grid"), dict(action="append"), "grid to run: a name in "
+     "fixtures/grids "
      "(short, long, markers, example) or a YAML/JSON grid file (repeatable; default the paper's "
      "three)"),
     ("--lac-layers", "layers", _layers, {}, "swept layers: indices (4,8,12) or depth fractions "
      "(0.25,0.5); default the paper's fractions"),
-    ("--lac-probes", "probes", lambda s: tuple(s.split(",")), {},
+    ("--lac-probes", "probes", _probes, {},
      f"probes to sweep, comma-separated (default {','.join(PROBES)})"),
-    ("--chat-template", "chat_template", str, {}, "render prompts with this chat template: a "
+    ("--chat-template", "chat_template", _template, {}, "render prompts with this chat template: a "
      "Jinja file or chatml, gemma, llama3 (default: the model's own)"),
     ("--no-chat-template", "raw", bool, dict(action="store_true"),
      "raw prompts: the user text after the tokenizer's BOS (for base models)"),
@@ -106,7 +170,7 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "(transformers' own) or sdpa (fused, faster on GPUs; numbers move, see README)"),
     ("--device", "device", str, {}, "cpu, cuda, cuda:N, mps or auto (default; also LAC_DEVICE): "
      "auto spreads a model over several visible GPUs"),
-    ("--lac-threads", "threads", int, dict(type=int), "torch CPU threads (default: torch's; under "
+    ("--lac-threads", "threads", _threads, {}, "torch CPU threads (default: torch's; under "
      "pytest-xdist, cores / workers)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep (naive: one full forward per site, the oracle)"),
@@ -120,10 +184,11 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "never fetch weights: a missing model is an error (also LAC_OFFLINE=1)"),
     ("--lac-update-baselines", "update_baselines", bool, dict(action="store_true"),
      "rewrite each model's expectations (verdicts, cell findings, baselines) from this run"),
-    ("--lac-reports", "report_dir", Path, {},
+    ("--lac-reports", "report_dir", _folder, {},
      "directory for results.json, REPORT.md and figures (default ./reports)"),
     ("--lac-reports-overwrite", "reports_overwrite", bool, dict(action="store_true"),
      "replace files in the report folder that lac did not write"),
-    ("--lac-expected-dir", "expected_dir", Path, dict(default=str(EXPECTED)),
+    ("--lac-expected-dir", "expected_dir", lambda t: _folder(t, "--lac-expected-dir"),
+     dict(default=str(EXPECTED)),
      "directory of the per-model expectations"),
 ]

@@ -86,6 +86,8 @@ def test_paper_layer_mapping():
 def test_swept_layers_from_indices_or_fractions():
     assert swept_layers(30) == (8, 12, 16, 21, 26)
     assert swept_layers(30, (4, 8, 12)) == (4, 8, 12)
-    assert swept_layers(30, (0.25, 0.5, 0.5)) == (8, 15)
-    with pytest.raises(UsageError, match="layer 30 is out of range"):
+    assert swept_layers(30, (0.25, 0.5)) == (8, 15)
+    with pytest.raises(UsageError, match="0.5 and 0.5 are both layer 15"):  # a repeat is an error
+        swept_layers(30, (0.25, 0.5, 0.5))
+    with pytest.raises(UsageError, match="30 is layer 30, out of range"):
         swept_layers(30, (4, 30))
