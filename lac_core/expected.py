@@ -5,14 +5,19 @@
 # beyond its tolerance fails the session with a message naming the quantity.
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import re
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .errors import FixtureError
+from .errors import FixtureError, LacError
+from .grids import UniqueKeys
 from .rules import FAILS, HOLDS, INCONCLUSIVE
 
 # (absolute floor, relative) tolerance by the kind of number
@@ -21,6 +26,7 @@ TOLERANCES = {"cos": (0.01, 0.0), "count": (1.0, 0.0), "ratio": (0.0, 0.15),
 _SKIP = {"layer", "shallowest", "deepest", "informative_layers", "bound"}
 HEADER = "# Written by `pytest claims/ --lac-update-baselines`; review before committing.\n"
 FIELDS = ("verdicts", "notes", "cell_findings", "baselines")
+LOCK = ".lac-lock"
 
 
 def file_for(model: str, directory: Path) -> Path:
@@ -57,33 +63,93 @@ class Expectations:
         sec["baselines"].update(make_baselines(quantities(verdicts)))
 
 
-def load(model: str, directory: Path) -> Expectations | None:
-    """None when the model has no expectations yet (then every claim is expected to hold)."""
-    path = file_for(model, directory)
-    if not path.exists():
-        return None
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise FixtureError(f"{path} is not valid YAML: {exc}") from exc
-    exp = Expectations(model, raw.get("setups") or {})
-    for setup, grids in exp.setups.items():
+def _problem(raw, model: str) -> str | None:
+    """What is wrong with a parsed expectations file (None: nothing), as 'where: what'."""
+    if not isinstance(raw, dict) or set(raw) - {"model", "setups"}:
+        return "top level: a mapping with 'model' and 'setups' only"
+    if raw.get("model") != model:
+        return (f"model: {str(raw.get('model'))[:80]!r}, but the file is read for {model!r} (a "
+                "copy of another model's expectations?)")
+    setups = raw.get("setups") or {}
+    if not isinstance(setups, dict):
+        return "setups: a mapping of setup -> grid -> section"
+    for setup, grids in setups.items():
+        if not isinstance(grids, dict):
+            return f"setups.{setup}: a mapping of grid -> section"
         for grid, sec in grids.items():
+            where = f"setups.{setup}.{grid}"
+            if not isinstance(sec, dict) or set(sec) - set(FIELDS):
+                return f"{where}: a mapping of {', '.join(FIELDS)}"
+            for name in FIELDS:
+                if not isinstance(sec.get(name, {}), dict):
+                    return f"{where}.{name}: a mapping"
             for claim, status in sec.get("verdicts", {}).items():
                 if status not in (HOLDS, FAILS, INCONCLUSIVE):
-                    raise FixtureError(f"{path}: {setup} / {grid} / verdicts.{claim} = {status!r}; "
-                                       "use HOLDS, FAILS or INCONCLUSIVE")
-    return exp
+                    return (f"{where}.verdicts.{claim}: {str(status)[:40]!r}; use HOLDS, FAILS or "
+                            "INCONCLUSIVE")
+            for check, cells in sec.get("cell_findings", {}).items():
+                if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells):
+                    return f"{where}.cell_findings.{check}: a list of cell ids"
+            for key, base in sec.get("baselines", {}).items():
+                if not (isinstance(base, dict) and set(base) == {"value", "tolerance"} and all(
+                        isinstance(base[k], (int, float)) and not isinstance(base[k], bool)
+                        and math.isfinite(base[k]) for k in base) and base["tolerance"] >= 0):
+                    return (f"{where}.baselines.{key}: {{value: <number>, tolerance: <number >= "
+                            "0>}")
+    return None
+
+
+def load(model: str, directory: Path) -> Expectations | None:
+    """None when the model has no expectations yet (then every claim is expected to hold). The
+    file is checked whole, so a damaged one stops the run at start, not in every test."""
+    path = file_for(model, directory)
+    if not os.path.lexists(path):
+        return None
+    try:
+        raw = yaml.load(path.read_text(), Loader=UniqueKeys)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, LacError) as exc:
+        raise FixtureError(f"{path} cannot be read as expectations ({str(exc)[:300]}); fix it, "
+                           "or move it away and record it again with --lac-update-baselines") \
+            from None
+    why = _problem(raw, model)
+    if why:
+        raise FixtureError(f"{path}: {why}; fix it, or move it away and record it again with "
+                           "--lac-update-baselines")
+    return Expectations(model, raw.get("setups") or {})
 
 
 def save(exp: Expectations, directory: Path) -> Path:
+    """Written to a new temporary file beside it (a fresh name: never one planted there) and
+    renamed over it; a link at the file's name is refused, not written through or replaced."""
     path = file_for(exp.model, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
+    if path.is_symlink():
+        raise FixtureError(f"{path} is a symbolic link; lac does not write expectations through "
+                           "or over links: replace it with the file itself")
     body = {"model": exp.model, "setups": exp.setups}
-    tmp.write_text(HEADER + yaml.safe_dump(body, sort_keys=False, width=120))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(HEADER + yaml.safe_dump(body, sort_keys=False, width=120))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
+
+
+@contextmanager
+def locked(directory: Path):
+    """Held while a run reads, merges and writes expectations: two runs updating one file never
+    lose each other's sections (each re-reads the file under the lock)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(directory) / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _kind(name: str) -> str:

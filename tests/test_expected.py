@@ -1,0 +1,113 @@
+"""Expectation files: checked whole at start (one clear error, before any work), written without
+ever following a link, and two runs updating one file never lose each other's sections."""
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lac_core import expected
+from lac_core.errors import FixtureError
+from lac_core.settings import EXPECTED, ROOT
+
+GOOD = {"model": "tiny-llama", "setups": {"float32 model": {"example@5dcefe664d04": {
+    "verdicts": {"C1": "FAILS"}, "notes": {}, "cell_findings": {"additive_vs_null": ["a__b"]},
+    "baselines": {"C1/g1/median": {"value": 1.45, "tolerance": 0.145}}}}}}
+
+
+def _write(tmp_path, body, name="tiny-llama.yaml"):
+    (tmp_path / name).write_text(body if isinstance(body, str) else yaml.safe_dump(body))
+
+
+def _edit(change):
+    body = yaml.safe_load(yaml.safe_dump(GOOD))
+    change(body)
+    return body
+
+
+SEC = "float32 model", "example@5dcefe664d04"
+BAD = {  # how a file is damaged -> what the error says
+    "yaml syntax": ("setups: {float32 model: [", "cannot be read as expectations"),
+    "a list": ("- model: tiny-llama\n", "top level"),
+    "verdicts a list": (_edit(lambda b: b["setups"][SEC[0]][SEC[1]].update(verdicts=["C1"])),
+                        "verdicts: a mapping"),
+    "baseline without value": (_edit(lambda b: b["setups"][SEC[0]][SEC[1]]["baselines"].update(
+        {"C1/g1/median": {"tolerance": 0.1}})), "baselines.C1/g1/median"),
+    "tolerance as text": (_edit(lambda b: b["setups"][SEC[0]][SEC[1]]["baselines"].update(
+        {"C1/g1/median": {"value": 1.0, "tolerance": "0.1"}})), "baselines.C1/g1/median"),
+    "another model's": (_edit(lambda b: b.update(model="tiny-qwen2")), "a copy of another model"),
+    "duplicate key": ("model: tiny-llama\nmodel: tiny-llama\nsetups: {}\n", "duplicate key"),
+}
+
+
+@pytest.mark.parametrize("damage", BAD)
+def test_a_damaged_expectations_file_is_one_clear_error(tmp_path, damage):
+    body, message = BAD[damage]
+    _write(tmp_path, body)
+    with pytest.raises(FixtureError, match=message):
+        expected.load("tiny-llama", tmp_path)
+
+
+def test_a_damaged_expectations_file_stops_the_run_at_start(tmp_path):
+    _write(tmp_path, BAD["baseline without value"][0])
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model",
+           "tiny-llama", "--grid", "example", "--lac-expected-dir", str(tmp_path),
+           "--lac-reports", str(tmp_path / "reports"), "-k", "c1_additive_sufficiency"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 4 and "baselines.C1/g1/median" in out.stdout + out.stderr
+    assert "passed" not in out.stdout and not (tmp_path / "reports").exists()
+
+
+def test_every_shipped_expectations_file_is_whole():
+    files = sorted(EXPECTED.glob("*.yaml"))
+    assert files
+    for path in files:
+        model = yaml.safe_load(path.read_text())["model"]
+        assert expected.load(model, EXPECTED) is not None, path
+
+
+def test_saving_never_writes_through_a_planted_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "tiny-llama.yaml.tmp").symlink_to(victim)  # the old temporary name
+    for name in os.listdir(tmp_path):
+        assert name in ("victim.txt", "tiny-llama.yaml.tmp")
+    exp = expected.Expectations("tiny-llama", GOOD["setups"])
+    path = expected.save(exp, tmp_path)
+    assert victim.read_text() == "keep" and not path.is_symlink()
+    assert expected.load("tiny-llama", tmp_path).setups == GOOD["setups"]
+    path.unlink()
+    path.symlink_to(victim)
+    with pytest.raises(FixtureError, match="is a symbolic link"):
+        expected.save(exp, tmp_path)
+    assert victim.read_text() == "keep"
+
+
+def test_an_update_keeps_a_section_written_while_the_run_went_on(tmp_path):
+    """Case G2: a run re-reads the file under the folder's lock before it writes, so a section
+    another run recorded meanwhile (here bfloat16's) survives."""
+    from lac_core.rules import Verdict
+    from lac_core.session import Session
+    from lac_core.settings import Settings
+
+    run = Session.start(Settings(models=("tiny-llama",), grids=("example",), expected_dir=tmp_path,
+                                 update_baselines=True))
+    assert run.expectations("tiny-llama") is None  # read at start: nothing yet
+    other = expected.Expectations("tiny-llama", {"bfloat16 model": GOOD["setups"]["float32 model"]})
+    expected.save(other, tmp_path)  # meanwhile, another run records its own section
+    run.verdicts[("C1", "tiny-llama", "example")] = (Verdict("C1", "x", "HOLDS", None, ()), None)
+    run.update_expectations()
+    assert set(expected.load("tiny-llama", tmp_path).setups) == {"bfloat16 model", "float32 model"}
+
+
+def test_the_lock_excludes_a_second_holder(tmp_path):
+    import fcntl
+
+    with expected.locked(tmp_path):
+        fd = os.open(tmp_path / expected.LOCK, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
