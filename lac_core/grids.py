@@ -9,7 +9,7 @@ import json
 import re
 import reprlib
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import yaml
@@ -85,7 +85,7 @@ class Grid:
             f"the grid runs {', '.join(self.experiments)}, not {kind}"
 
 
-class _UniqueKeys(yaml.SafeLoader):
+class UniqueKeys(yaml.SafeLoader):
     """A YAML loader that refuses a key repeated in one mapping instead of keeping the last."""
 
 
@@ -103,7 +103,7 @@ def _mapping(loader, node, deep=False):
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
-_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
 def _json_pairs(pairs):
@@ -148,7 +148,7 @@ def _read(path: Path) -> dict:
         if path.suffix == ".json":
             data = json.loads(text, object_pairs_hook=_json_pairs)
         else:
-            data = yaml.load(text, Loader=_UniqueKeys)
+            data = yaml.load(text, Loader=UniqueKeys)
         size = _expanded_size(data, where)
     except GridError as exc:
         if str(exc).startswith(where):
@@ -168,6 +168,12 @@ def _read(path: Path) -> dict:
 
 def _texts(data: dict, key: str, where: str, least: int) -> dict:
     value = data.get(key)
+    odd = next((k for k in value if not isinstance(k, str)), None) if isinstance(value, dict) \
+        else None
+    if odd is not None:  # YAML 1.1 reads yes/no/on/off/true as booleans, 1 as a number
+        raise GridError(f"{where}: '{key}' has the key {quote(odd)}, a {type(odd).__name__}, not "
+                        "text (YAML reads an unquoted yes, no, on, off or number as one); quote "
+                        "it")
     if not isinstance(value, dict) or len(value) < least or not all(
             isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in value.items()):
         raise GridError(f"{where}: '{key}' must map at least {least} keys to non-empty texts")
@@ -284,13 +290,27 @@ def load_grid(path: Path | str) -> Grid:
                 tuple(experiments), hashlib.sha256(canonical.encode()).hexdigest(), str(path))
 
 
+def paper_grid(name: str, sha256: str) -> str | None:
+    """The paper's grid ("short", "long", "markers") that a run's grid is, by content: a user's
+    grid that only shares a name is compared with nothing of the paper's."""
+    for paper in ("short", "long", "markers"):
+        if name == paper and sha256 == _shipped_sha256(paper):
+            return paper
+    return None
+
+
+@lru_cache(maxsize=None)
+def _shipped_sha256(name: str) -> str:
+    return load_grid(GRID_DIR / f"{name}.yaml").sha256
+
+
 def resolve_grid(name_or_path: str) -> Grid:
     """A grid by the name of a file in fixtures/grids/ (short, long, markers, example) or a path."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml", ".json"):
         if not path.is_file():
-            raise GridError(f"grid file {path} does not exist; pass an existing .yaml or .json "
-                            "file")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise GridError(f"grid file {path} {what}; pass an existing .yaml or .json file")
         return load_grid(path)
     known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
     if name_or_path not in known:

@@ -62,18 +62,13 @@ def _line(exc: BaseException) -> str:
     return f"line {line}: " if line else ""
 
 
-def check(label: str, text: str) -> None:
-    """Compile and render the template as transformers will for every prompt (one user message,
-    without and with the generation header), so a template that cannot render, or that drops
-    the message and would give every condition the same prompt, stops the run at start."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
+def _judge(label: str, render) -> None:
+    """`render(header)` must give one user message's prompt, without and with the generation
+    header: rendered at all, holding the message, the second extending the first."""
     out = {}
     for header in (False, True):
         try:
-            (out[header],), _ = render_jinja_template(
-                [[{"role": "user", "content": SAMPLE}]], chat_template=text,
-                add_generation_prompt=header, **PLACEHOLDERS)
+            out[header] = render(header)
         except Exception as exc:  # any failure here would fail every prompt of the run
             why = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
             raise UsageError(f"{label}: {_line(exc)}{type(exc).__name__}: {why}; fix the "
@@ -90,6 +85,27 @@ def check(label: str, text: str) -> None:
                          f"add_generation_prompt, or pass {FIXES}")
 
 
+def check(label: str, text: str) -> None:
+    """Compile and render the template as transformers will for every prompt (one user message,
+    without and with the generation header), so a template that cannot render, or that drops
+    the message and would give every condition the same prompt, stops the run at start."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    _judge(label, lambda header: render_jinja_template(
+        [[{"role": "user", "content": SAMPLE}]], chat_template=text,
+        add_generation_prompt=header, **PLACEHOLDERS)[0][0])
+
+
+def check_model(label: str, tokenizer, template: "ChatTemplate") -> None:
+    """The same check through a loaded tokenizer, for the template it will render with (the
+    model's own is only known once the model loads)."""
+    if template.raw:
+        return
+    _judge(label, lambda header: tokenizer.apply_chat_template(
+        [{"role": "user", "content": SAMPLE}], tokenize=False, chat_template=template.text,
+        add_generation_prompt=header))
+
+
 def choose(option: str | None, raw: bool) -> ChatTemplate:
     """The template a run uses, from --chat-template and --no-chat-template."""
     if option and raw:
@@ -98,10 +114,14 @@ def choose(option: str | None, raw: bool) -> ChatTemplate:
         return ChatTemplate("raw")
     if not option:
         return MODEL
+    path = Path(option).expanduser()
     if option in BUILTIN:
+        if path.exists():  # never guess which one was meant
+            raise UsageError(f"--chat-template {option}: both a built-in template and a file in "
+                             f"this folder; pass ./{option} for the file, or run elsewhere for "
+                             "the built-in one")
         check(f"built-in chat template {option!r}", BUILTIN[option])
         return ChatTemplate(option, BUILTIN[option])
-    path = Path(option).expanduser()
     if not path.is_file():
         raise UsageError(f"--chat-template {option!r}: not a file and not a built-in name; pass "
                          f"{FIXES}")
@@ -110,5 +130,9 @@ def choose(option: str | None, raw: bool) -> ChatTemplate:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--chat-template {path}: cannot read it ({exc}); pass a UTF-8 Jinja "
                          f"file or {FIXES}") from None
+    if path.suffix == ".json" or text.lstrip().startswith("{\""):
+        raise UsageError(f"--chat-template {path}: this looks like a chat_template.json file; "
+                         "pass the Jinja text itself (the value of its chat_template key) in a "
+                         "file of its own")
     check(f"--chat-template {path}", text)
     return ChatTemplate(f"file:{path.stem}", text)

@@ -37,6 +37,9 @@ def _write(tmp_path, data, name="g.yaml"):
     (lambda d: d.update(experiments=["sweep", "probe"]), "'experiments' must list some of"),
     (lambda d: d["markers"].pop("nurse"), "needs a marker list for every persona"),
     (lambda d: d.update(colour="blue"), "unknown key 'colour'"),
+    (lambda d: d.update(experiments=[["sweep"]]), "'experiments' must list some of"),  # A4
+    (lambda d: d.update(experiments="sweep"), "'experiments' must list some of"),  # A7
+    (lambda d: d.update(experiments=["markers", 7]), "'experiments' must list some of"),
 ])
 def test_invalid_grid_names_file_and_key(tmp_path, mutate, message):
     data = _example()
@@ -103,7 +106,7 @@ def _pytest(*args, cwd=ROOT):
 @pytest.mark.parametrize("args, message", [
     (["--grid", "{bad}"], "duplicate key 'personas'"),
     (["--grid", "nope"], "unknown grid 'nope'"),
-    (["--model", "tiny-llama", "--lac-layers", "3,9"], "layer 9 is out of range for a model with 8 layers"),
+    (["--model", "tiny-llama", "--lac-layers", "3,9"], "9 is layer 9, out of range for a model with 8 layers"),
     (["--lac-probes", "p_last,g3"], "unknown probe g3"),
     (["--model", "gemma-3-270m"], "has no chat template of its own; pass --chat-template"),
     (["--model", "tiny-llama", "--chat-template", "gemma", "--no-chat-template"], "exclude each other"),
@@ -296,3 +299,37 @@ def test_a_bad_template_or_alias_bomb_stops_the_session_at_start(tmp_path, text,
     lines = [line for line in out.stderr.splitlines() if "lac:" in line]
     assert len(lines) == 1 and str(bad) in lines[0] and message in lines[0] and len(lines[0]) < 500
     assert "passed" not in out.stdout and "error" not in out.stdout and not (tmp_path / "r").exists()
+
+
+def test_a_key_yaml_reads_as_a_boolean_is_named(tmp_path):
+    """Probe A6: `yes:` / `no:` are booleans in YAML 1.1; say so instead of 'must map 2 keys'."""
+    grid = yaml.safe_load((GRID_DIR / "example.yaml").read_text())
+    del grid["markers"]
+    text = yaml.safe_dump(grid).replace("  pirate:", "  yes:").replace("  nurse:", "  no:")
+    (tmp_path / "g.yaml").write_text(text)
+    with pytest.raises(GridError, match="has the key (True|False), a bool, not text.*quote it"):
+        load_grid(tmp_path / "g.yaml")
+
+
+def test_a_folder_named_like_a_grid_file_is_named_as_such(tmp_path):
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(GridError, match="dir.yaml is not a file"):
+        resolve_grid(str(tmp_path / "dir.yaml"))
+
+
+def test_a_users_grid_named_like_the_papers_is_compared_with_nothing(tmp_path):
+    """Probe A3: the paper's numbers sit beside a run only on the paper's own grid (by content)."""
+    from lac_core.grids import paper_grid
+
+    short = resolve_grid("short")
+    assert paper_grid("short", short.sha256) == "short"
+    mine = tmp_path / "short.yaml"
+    mine.write_text((GRID_DIR / "example.yaml").read_text())
+    assert paper_grid("short", load_grid(mine).sha256) is None
+
+
+def test_a_list_as_a_yaml_key_is_a_clear_error(tmp_path):
+    """Probe A5: an unhashable key is a YAML error naming the file, not an INTERNALERROR."""
+    (tmp_path / "g.yaml").write_text("? [1, 2]\n: 3\n")
+    with pytest.raises(GridError, match="cannot read grid file .*g.yaml"):
+        load_grid(tmp_path / "g.yaml")

@@ -130,3 +130,39 @@ def test_a_broken_chat_template_stops_the_session_at_start(tmp_path):
     lines = [line for line in out.stderr.splitlines() if "lac:" in line]
     assert len(lines) == 1 and str(f) in lines[0] and "line 2: TemplateSyntaxError" in lines[0]
     assert "passed" not in out.stdout and "error" not in out.stdout and not (tmp_path / "r").exists()
+
+
+def test_a_model_whose_own_template_drops_the_message_fails_before_any_experiment(tmp_path):
+    """Probe B1: the model's own template is only known once it loads; it gets the same check."""
+    import subprocess
+    import sys
+
+    from lac_core.models import load
+    from lac_core.settings import ROOT
+
+    lm = load("tiny-llama")
+    ckpt = tmp_path / "ckpt"
+    lm.model.save_pretrained(ckpt)
+    lm.tokenizer.save_pretrained(ckpt)  # then the saved template is edited (the tokenizer is shared)
+    template = ckpt / "chat_template.jinja"
+    template.write_text(template.read_text().replace("m['content']", "m['contents']"))
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-rfs", "-p", "no:cacheprovider",
+           "--lac-no-cache", "--model", str(ckpt), "--grid", "example", "--lac-reports",
+           str(tmp_path / "r"), "-k", "c1_additive or c4_no"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and "does not contain the user message" in text, text[-2000:]
+    assert "sweep: started" not in text and "HOLDS" not in text
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("chat_template.json", '{"chat_template": "{{ messages }}"}', "looks like a chat_template.json"),
+    ("chatml", "{{ messages[0]['content'] }}", "both a built-in template and a file"),
+])
+def test_ambiguous_or_wrapped_template_files_are_refused(tmp_path, monkeypatch, name, body, message):
+    """Probes B5, B6: a JSON wrapper is named as such; a file shadowing a built-in name is never
+    silently ignored."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text(body)
+    with pytest.raises(UsageError, match=message):
+        choose(name, False)
