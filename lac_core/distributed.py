@@ -33,6 +33,11 @@ class Controller:
         return ByModel(config, log)
 
     @pytest.hookimpl
+    def pytest_configure_node(self, node):
+        """Every worker takes this run's id."""
+        node.workerinput["lac_run_id"] = self.session.run_id
+
+    @pytest.hookimpl
     def pytest_runtest_logreport(self, report):
         """The start and end lines a worker attached to its test reports, with the worker's id."""
         worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", "?")

@@ -16,12 +16,14 @@ import torch
 
 from . import cells, distributed, reportset, rules, uncertainty
 from .engine import Engine
+from .experiments import special_tokens_in, too_long
 from .memory import release_freed
 from .errors import LacError
 from .models import load
 from .progress import Progress
 from .session import Outcome, Session
 from .settings import OPTIONS, Settings
+from .templates import check_model
 
 SESSION = pytest.StashKey[Session]()
 KINDS = ("sweep", "marker", "host")  # fixtures <kind>_grid and <kind>_cell
@@ -59,6 +61,8 @@ def pytest_configure(config):
     verbose, worker = config.option.verbose, hasattr(config, "workerinput")
     if verbose > -2 and not worker:
         session.progress = Progress(_say(config), detail=verbose >= 0)
+    if worker:  # one run: the controller's id names what every worker computes
+        session.run_id = config.workerinput.get("lac_run_id", session.run_id)
     config.stash[SESSION] = session
     if worker:
         config.pluginmanager.register(distributed.Worker(session, config), "lac-worker")
@@ -106,10 +110,13 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=model_index)
     lac = config.stash[SESSION]
     if any("lm" in getattr(item, "fixturenames", ()) for item in items) and \
-            not hasattr(config, "workerinput"):
-        try:
-            s = lac.settings
-            reportset.check(s.report_dir, lac.report_files(), s.reports_overwrite)
+            not hasattr(config, "workerinput") and not config.option.collectonly:
+        s = lac.settings
+        folder = reportset.Folder(s.report_dir, s.reports_overwrite)
+        try:  # held until the session ends: a second run into the folder is refused here
+            folder.lock(lac.run_id)
+            lac.folder = folder
+            folder.check(lac.report_files())
         except LacError as exc:
             pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     for item in items:
@@ -171,13 +178,23 @@ def lm(model_name, lac_session):
     try:
         loaded = load(spec, lac_session.settings, lac_session.checked.template,
                       say=lambda msg: progress.say(f"lac: {msg}"))
+        check_model(f"{model_name}'s chat template ({loaded.template.name})", loaded.tokenizer,
+                    loaded.template)  # the model's own is only known now
     except Exception as exc:  # noqa: BLE001  any cause: reported once, other models go on
         progress.end(f"failed: {type(exc).__name__}")
+        lac_session.failed[(model_name, "load")] = f"{type(exc).__name__}: {exc}"
         yield LoadFailure(model_name, f"{type(exc).__name__}: {exc}")
         return
     progress.end(f"{spec.dtype} on {loaded.provenance['device']}")
     lac_session.load_seconds[spec.name] = round(time.perf_counter() - t0, 1)
     lac_session.provenance[spec.name] = loaded.provenance
+    for label, grid in lac_session.grids.items():  # before any experiment: prompts that fit
+        try:
+            why = special_tokens_in(loaded, grid) or too_long(loaded, grid)
+        except LacError as exc:  # a prompt that cannot be rendered for this model
+            why = f"grid {grid.key}: {type(exc).__name__}: {exc}"
+        if why:
+            lac_session.failed[(spec.name, label, "*")] = why
     yield loaded
     del loaded
     gc.collect()
@@ -199,13 +216,23 @@ def _model_gate(request):
 @pytest.fixture(scope="session")
 def compute(lm, lac_session):
     """compute(grid, kind, experiment, **kw): the experiment's result on this model, computed once
-    and kept in the session (result fixtures are function-scoped so that _model_gate runs first)."""
+    and kept in the session (result fixtures are function-scoped so that _model_gate runs first).
+    An experiment that raises fails the test that asked first, with the cause; every later test
+    that needs it is skipped naming it, and other experiments and models go on."""
     def get(grid: str, kind: str, experiment, **kw):
         key, s = (lm.spec.name, grid, kind), lac_session
         if key in s.results:
             return s.results[key]
+        failed = next((k for k in (key, (*key[:2], "*")) if k in s.failed), None)
+        if failed is not None:  # the first test that needs it fails with the cause, once
+            if failed not in s.reported:
+                s.reported.add(failed)
+                pytest.fail(f"{' / '.join(key)} failed: {s.failed[failed]}", pytrace=False)
+            pytest.skip(f"needs {' / '.join(key)}, which failed (the cause is reported once, "
+                        f"above): {s.failed[failed][:200]}")
         rkey = s.result_key(*key, kw)
         cached = s.resume.get(key, rkey)
+        _tell_notes(s)
         if cached is not None:
             s.results[key], s.from_cache[key] = cached, s.resume.used[key]
             s.progress.say(f"{' / '.join(key)}: from the resume cache (run {s.from_cache[key]})")
@@ -215,13 +242,29 @@ def compute(lm, lac_session):
         release_freed()  # earlier experiments' garbage would add to this one's peak memory
         eng = Engine(lm, s.settings.token_budget, progress=progress)
         progress.start(f"{lm.spec.name} / {grid} {kind}")
-        s.results[key] = experiment(eng, s.grids[grid], **kw)
+        try:
+            s.results[key] = experiment(eng, s.grids[grid], **kw)
+        except Exception as exc:  # noqa: BLE001  reported once; what does not need it goes on
+            s.failed[key] = f"{type(exc).__name__}: {exc}"
+            s.reported.add(key)
+            progress.end(f"failed: {type(exc).__name__}")
+            if isinstance(exc, LacError):  # lac's own errors say all there is to say
+                pytest.fail(f"{' / '.join(key)} failed: {s.failed[key]}", pytrace=False)
+            raise
         s.timings[key] = round(time.perf_counter() - t0, 1)
-        s.resume.put(key, rkey, s.results[key], s.run_info_id())  # kept before it is announced
+        s.resume.put(key, rkey, s.results[key], s.run_id)  # kept before it is announced
+        _tell_notes(s)
         progress.end(f"{len(s.grids[grid].cells)} cells, {eng.cost.tokens:,} forward tokens")
         return s.results[key]
 
     return get
+
+
+def _tell_notes(s: Session) -> None:
+    """The resume cache's notes (entries not used, results not kept): in the log and the report."""
+    for note in s.resume.notes[len(s.resume_notes):]:
+        s.resume_notes.append(note)
+        s.progress.say(f"lac: {note}")
 
 
 @pytest.fixture
@@ -357,6 +400,9 @@ def pytest_sessionfinish(session, exitstatus):
         outcome = lac.finish()
     except LacError as exc:  # the report set could not be written: the previous one stands
         outcome = Outcome([f"lac: {exc}"], failed=True)
+    finally:
+        if lac.folder is not None:
+            lac.folder.release()
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in outcome.lines:
         tr.write_line(line) if tr else print(line)

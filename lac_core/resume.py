@@ -157,7 +157,7 @@ def write_entry(path: Path, key: dict, result, run_id: str) -> None:
     meta = json.dumps({"format": FORMAT, "key": _canonical(key), "run_id": run_id,
                        "result": _encode(result, arrays)}, allow_nan=False)  # ASCII: no NULs
     if path.is_dir() and not path.is_symlink():  # not lac's to delete: leave it, keep no entry
-        raise IsADirectoryError(f"{path} is a directory lac did not write; the result is not kept")
+        raise IsADirectoryError(f"{path} is a directory lac did not write")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -201,8 +201,9 @@ class ResultCache:
         if self.directory is None or name[2] not in RESUMABLE:
             return
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        try:  # a result that cannot be kept is only not kept: it never costs a verdict
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_entry(path, key, result, run_id)
-        except IsADirectoryError as exc:
-            self.notes.append(f"{' / '.join(name)}: {exc}")
+        except OSError as exc:
+            self.notes.append(f"{' / '.join(name)}: result not kept in the resume cache "
+                              f"({type(exc).__name__}: {exc})")

@@ -4,13 +4,17 @@
 # rewrites the expectations (`update_baselines`) or applies the regression gate.
 from __future__ import annotations
 
+import os
 import platform
+import secrets
 import time
 from dataclasses import dataclass, field
 
 from . import expected, preflight, provenance, resume, rules
+from .errors import UsageError
 from .progress import Progress
-from .report import write_report_set
+from .report import Plan, report_names, write_report_set
+from .reportset import Folder
 from .settings import Settings
 from .thresholds import load_thresholds
 
@@ -44,9 +48,17 @@ class Session:
     interrupted: bool = False  # Ctrl-C, -x or --maxfail stopped the run
     refused: list = field(default_factory=list)  # workers' results not merged, and why
     from_cache: dict = field(default_factory=dict)  # (model, grid, kind) -> run id it came from
+    failed: dict = field(default_factory=dict)  # (model, grid, kind or "*") -> why it failed
+    reported: set = field(default_factory=set)  # failures already told by a failing test
+    resume_notes: list = field(default_factory=list)  # resume entries not used, and why
     resume: resume.ResultCache = field(default_factory=lambda: resume.ResultCache(None))
+    folder: Folder | None = None  # the report folder, checked and locked at start
+    run_id: str = ""  # unique per run (new_run_id); a pytest-xdist worker takes its controller's
     _expectations: dict = field(default_factory=dict)
     _fingerprint: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.run_id = self.run_id or new_run_id(self.started)
 
     @classmethod
     def start(cls, settings: Settings, args=()) -> "Session":
@@ -55,12 +67,10 @@ class Session:
         session = cls(settings, load_thresholds(settings.claims_file), preflight.check(settings),
                       list(args))
         session.fingerprint()
+        session.check_expectations()
         if not settings.no_cache:
             session.resume = resume.ResultCache(settings.cache_dir / "results")
         return session
-
-    def run_info_id(self) -> str:
-        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
 
     def result_key(self, model: str, grid: str, kind: str, params: dict) -> dict:
         """Everything that can change an experiment's numbers (see resume.py)."""
@@ -80,8 +90,33 @@ class Session:
         return self.checked.grids
 
     def setup(self, model: str) -> str:
-        """The part of an expectations key that is not the model or the grid."""
-        return f"{self.checked.models[model].dtype} {self.checked.template.key}"
+        """The part of an expectations key that is not the model or the grid: dtype and chat
+        template, then whatever else was set away from its default (swept layers, probes,
+        attention, plan), so a run is only ever compared with baselines of its own setup and the
+        sections recorded with the defaults keep their names."""
+        s, default = self.settings, Settings()
+        extra = [f"{name}={','.join(map(str, value)) if isinstance(value, tuple) else value}"
+                 for name, value, base in (("layers", s.layers, None),
+                                           ("probes", s.probes, default.probes),
+                                           ("attention", s.attention, default.attention),
+                                           ("plan", s.plan, default.plan)) if value != base]
+        return " ".join([self.checked.models[model].dtype, self.checked.template.key, *extra])
+
+    def check_expectations(self) -> None:
+        """Before any work: the expectations folder is usable and each model's file is whole."""
+        where, s = self.settings.expected_dir, self.settings
+        if os.path.lexists(where) and not where.is_dir():
+            raise UsageError(f"--lac-expected-dir {where} is not a folder; pass the folder of the "
+                             "per-model expectation files")
+        if not where.exists() and not s.update_baselines:
+            raise UsageError(f"--lac-expected-dir {where} does not exist, so no expectations would "
+                             "be read and the regression gate would be off; pass an existing "
+                             "folder, or --lac-update-baselines to record into a new one")
+        for model in self.checked.models:
+            self.expectations(model)
+            if s.update_baselines and expected.file_for(model, where).is_symlink():
+                raise UsageError(f"{expected.file_for(model, where)} is a symbolic link; lac does "
+                                 "not write expectations through or over links")
 
     def expectations(self, model: str):
         if model not in self._expectations:
@@ -114,7 +149,7 @@ class Session:
                 or not self.expectations(m).section(*self._key(m, g)[1:])]
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
-              "cell_checks", "collected", "outcomes", "from_cache")
+              "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes")
 
     def planned(self) -> set:
         """Every (claim, model, grid) the settings ask for, where the grid runs its experiment."""
@@ -148,20 +183,20 @@ class Session:
         provenance.same_or_refuse(self.fingerprint(), other["fingerprint"], "a worker")
         for name in self.SHARED:
             mine = getattr(self, name)
-            mine.update(other[name]) if isinstance(mine, (dict, set)) else None
+            if isinstance(mine, list):
+                mine.extend(other[name])
+            elif isinstance(mine, (dict, set)):
+                mine.update(other[name])
 
     def report_files(self) -> list[str]:
-        """The files this run's report set will write."""
-        from .report import figure_name
-
-        sweeps = [g for g, grid in self.grids.items() if "sweep" in grid.experiments]
-        return ["results.json", "REPORT.md", *(figure_name(m, g) for m in self.checked.models
-                                               for g in sweeps)]
+        """Every file this run's report set may write (report.OUTPUTS)."""
+        return report_names(Plan(tuple(self.checked.models),
+                                 {label: g.experiments for label, g in self.grids.items()}))
 
     def run_info(self) -> dict:
         s, c = self.settings, self.checked
         missing = self.not_run()
-        return {"run_id": self.run_info_id(),
+        return {"run_id": self.run_id,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started)),
                 **self.fingerprint(),
                 "status": "PARTIAL" if missing else "COMPLETE",
@@ -177,6 +212,8 @@ class Session:
                 "load_seconds": self.load_seconds,
                 "seconds": {" / ".join(k): v for k, v in sorted(self.timings.items())},
                 "from_resume_cache": {" / ".join(k): v for k, v in sorted(self.from_cache.items())},
+                "resume_cache_not_used": list(self.resume_notes),
+                "failed": {" / ".join(k): v for k, v in sorted(self.failed.items())},
                 "platform": platform.platform(),
                 "seed": "deterministic: greedy decoding, no sampling; tiny models seed 1234",
                 "args": self.args}
@@ -185,17 +222,20 @@ class Session:
         """Record this run's verdicts, cell findings and deciding numbers as the expectations."""
         written, ran = [], [(m, g) for (_c, m, g) in (*self.verdicts, *self.cell_checks)]
         for model in dict.fromkeys(m for m, _g in ran):
-            exp = self.expectations(model) or expected.Expectations(model)
-            for grid in dict.fromkeys(g for m, g in ran if m == model):
-                verdicts = {c: v for (c, m, g), (v, _e) in self.verdicts.items()
-                            if (m, g) == (model, grid)}
-                cells = {c: (ran, self.cell_failures.get((c, m, g), []))
-                         for (c, m, g), ran in self.cell_checks.items()
-                         if (m, g) == (model, grid)}
-                exp.record(self.setup(model), self.grids[grid].key, verdicts, cells)
-            self._expectations[model] = exp
-            written.append(str(expected.save(exp, self.settings.expected_dir)))
+            with expected.locked(self.settings.expected_dir):  # re-read: keep others' sections
+                written.append(self._update(model, [g for m, g in ran if m == model]))
         return written
+
+    def _update(self, model: str, grids: list[str]) -> str:
+        exp = expected.load(model, self.settings.expected_dir) or expected.Expectations(model)
+        for grid in dict.fromkeys(grids):
+            verdicts = {c: v for (c, m, g), (v, _e) in self.verdicts.items()
+                        if (m, g) == (model, grid)}
+            cells = {c: (ran, self.cell_failures.get((c, m, g), []))
+                     for (c, m, g), ran in self.cell_checks.items()
+                     if (m, g) == (model, grid)}
+            exp.record(self.setup(model), self.grids[grid].key, verdicts, cells)
+        return str(expected.save(exp, self.settings.expected_dir))
 
     def drift(self) -> list[str]:
         """Every deciding number outside its baseline's tolerance, per model and grid."""
@@ -211,15 +251,27 @@ class Session:
 
     def finish(self) -> Outcome:
         """Write the report set, then update the expectations or apply the regression gate."""
-        if not (self.verdicts or self.results or self.refused):
-            return Outcome()
-        write_report_set(self, self.settings.report_dir)
+        if not (self.verdicts or self.results or self.refused or self.folder):
+            return Outcome()  # no claim run started (collect-only, lac's own tests): no report
+        folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite)
+        where, kept = write_report_set(self, folder)
+        moved = [f"lac: {folder.path / name} appeared during the run and lac did not write it; "
+                 "it is kept as it is" for name in kept] + \
+            [f"lac: this run's report set is in {where} instead"] if kept else []
         if self.settings.update_baselines:
-            return Outcome([f"lac: wrote {path}" for path in self.update_expectations()])
+            return Outcome([*moved, *(f"lac: wrote {path}" for path in self.update_expectations())],
+                           failed=bool(kept))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
                  for k in self.unexpected()]
         msgs = self.drift()
         gate = ["lac: numeric drift beyond tolerance (regression gate):", *(f"  {m}" for m in msgs),
                 "lac: if the change is intended, rerun with --lac-update-baselines and review the "
                 "diff"] if msgs else []
-        return Outcome([*notes, *self.refused, *gate], failed=bool(msgs or self.refused))
+        return Outcome([*notes, *moved, *self.refused, *gate],
+                       failed=bool(msgs or self.refused or kept))
+
+
+def new_run_id(started: float) -> str:
+    """The start time to the second and six random hex digits: two runs started in the same
+    second never share an id (it names a report subfolder and where a cached result came from)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + secrets.token_hex(3)

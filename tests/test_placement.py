@@ -19,6 +19,7 @@ from lac_core.settings import ROOT, Settings
 
 
 def _claims(tmp_path, name, *args):
+    (tmp_path / "expected").mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider", "--grid", "example",
            "--lac-reports", str(tmp_path / name), "--lac-expected-dir", str(tmp_path / "expected"), *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -15,6 +15,7 @@ EXAMPLE = resolve_grid("example").key
 
 
 def _run(tmp_path, *extra, model="tiny-llama"):
+    (tmp_path / "expected").mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "--model", model, "--grid", "example", "-q",
            "-p", "no:cacheprovider", "--lac-reports", str(tmp_path / "reports"),
            "--lac-expected-dir", str(tmp_path / "expected"), *extra]
@@ -105,6 +106,7 @@ def test_a_model_that_does_not_load_fails_once(tmp_path):
     (broken / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     (broken / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    (tmp_path / "expected").mkdir()
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--model",
            str(broken), "--model", "tiny-llama", "--grid", "example", "--lac-reports", str(tmp_path / "r"),
            "--lac-expected-dir", str(tmp_path / "expected")]

@@ -207,8 +207,18 @@ def test_a_directory_at_an_entry_name_is_not_read_nor_deleted(tmp_path):
     (path / "theirs").write_text("x")
     _not_used(cache, cache.get(NAME, KEY), "not a regular file")
     cache.put(NAME, KEY, {"numbers": (4, 5)}, "fresh")
-    assert (path / "theirs").read_text() == "x" and "is a directory lac did not write" in cache.notes[-1]
+    assert (path / "theirs").read_text() == "x" and "is a directory lac did not write" in cache.notes[-1] \
+        and "result not kept" in cache.notes[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_cache_that_cannot_be_written_costs_no_result(tmp_path):
+    """A file where the cache folder should be: the result is not kept, and that is all."""
+    (tmp_path / "results").write_text("not a folder")
+    cache = ResultCache(tmp_path / "results")
+    cache.put(NAME, KEY, {"numbers": (1, 2)}, "run1")
+    assert "result not kept in the resume cache" in cache.notes[-1]
+    assert cache.get(NAME, KEY) is None and (tmp_path / "results").read_text() == "not a folder"
 
 
 def test_unsupported_values_are_refused_and_nothing_stays(tmp_path):
@@ -229,8 +239,8 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", fail)
-    with pytest.raises(OSError, match="disk full"):
-        cache.put(NAME, KEY, [2], "run2")
+    cache.put(NAME, KEY, [2], "run2")  # not kept, said, and nothing else
+    assert "disk full" in cache.notes[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.path(KEY).name]
     assert cache.get(NAME, KEY) == [1]  # the old entry is whole
 

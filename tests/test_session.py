@@ -10,6 +10,7 @@ from .test_rules import GOOD, T, sweep
 
 
 def _session(tmp_path, **kw):
+    (tmp_path / "expected").mkdir(exist_ok=True)
     settings = Settings(models=("tiny-llama",), grids=("short",), report_dir=tmp_path / "reports",
                         expected_dir=tmp_path / "expected", **kw)
     return Session.start(settings, args=["claims/"])

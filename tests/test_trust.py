@@ -24,6 +24,7 @@ EXAMPLE = resolve_grid("example").key
 
 
 def _claims(tmp_path, *args, reports="reports", env=None):
+    (tmp_path / "expected").mkdir(exist_ok=True)  # an empty expectations folder: the paper decides
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--grid",
            "example", "--lac-expected-dir", str(tmp_path / "expected"), "--lac-reports",
            str(tmp_path / reports), *args]
@@ -54,7 +55,7 @@ def test_row1_different_models_never_share_a_key_or_a_file(tmp_path, lac_models)
     assert len({file_for(i, tmp_path) for i in (*ids, "smollm2-135m-instruct")}) == 4
     out = _claims(tmp_path, "--model", str(a), "--model", str(b), "--lac-update-baselines")
     assert out.stdout.count("lac: wrote") == 2
-    written = sorted(p.name for p in (tmp_path / "expected").iterdir())
+    written = sorted(p.name for p in (tmp_path / "expected").glob("*.yaml"))
     assert written == sorted(file_for(i, tmp_path).name for i in ids[:2])
 
 
