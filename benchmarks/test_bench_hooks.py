@@ -117,12 +117,18 @@ def test_time_inside_hooks(benchmark, bench_lm, batch, shape, rounds):
         RESULTS.setdefault(group, {})["plain forward"] = {"min": plain}
         for name, make in _contexts(bench_lm, batch).items():
             with make():
-                calls = [(layer, hook) for layer in bench_lm.layers for hook in layer._forward_pre_hooks.values()]
+                calls = [(layer, list(layer._forward_pre_hooks.values()), list(layer._forward_hooks.values()))
+                         for layer in bench_lm.layers if layer._forward_pre_hooks or layer._forward_hooks]
                 assert calls, "the context registered no hooks"
 
-                def one_forward_of_hooks():
-                    for layer, hook in calls:
-                        hook(layer, (hidden,), {})
+                def one_forward_of_hooks():  # as torch runs them: pre-hooks may replace the args
+                    for layer, pre, post in calls:
+                        args, kwargs = (hidden,), {}
+                        for hook in pre:
+                            out = hook(layer, args, kwargs)
+                            args, kwargs = out if out is not None else (args, kwargs)
+                        for hook in post:  # the substitution's read-back
+                            hook(layer, args, kwargs, None)
 
                 inside = min(_timed(one_forward_of_hooks) for _ in range(10 * rounds))
             RESULTS[group][name] = {"min": inside, "share_of_forward": round(inside / plain, 5)}
