@@ -1,2 +1,2 @@
 """Wires the lac pytest plugin (options, model fixtures, verdict table, report) into every test run."""
-pytest_plugins = ["lac_core.plugin"]
+pytest_plugins = ["lac_core.suite.plugin"]

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from lac_core.plugin import SESSION
-from lac_core.reportset import check, publish
+from lac_core.suite.plugin import SESSION
+from lac_core.report.reportset import check, publish
 
 
 RESULTS: dict[str, dict] = {}  # group -> name -> {"min": s, **extra}

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from lac_core.engine import Engine, Sub, kl_sum
-from lac_core.experiments import HOST_WINDOW, MARKER_TOKENS, _cost, render_cell
-from lac_core.grids import Grid
-from lac_core.markers import hits
-from lac_core.prompts import CONDITIONS, mid_layer, multilayer_sets, render
-from lac_core.results import MARKER_CONDITIONS, HostResult, MarkerResult
+from lac_core.engine.forward import Engine, Sub, kl_sum
+from lac_core.protocol.experiments import HOST_WINDOW, MARKER_TOKENS, _cost, render_cell
+from lac_core.protocol.grids import Grid
+from lac_core.protocol.markers import hits
+from lac_core.protocol.prompts import CONDITIONS, mid_layer, multilayer_sets, render
+from lac_core.verdicts.results import MARKER_CONDITIONS, HostResult, MarkerResult
 
 
 def p_last_residuals(eng: Engine, grid: Grid):

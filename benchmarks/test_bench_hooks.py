@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from lac_core.engine import Engine
-from lac_core.hooks import Sub, capture, substitute
+from lac_core.engine.forward import Engine
+from lac_core.engine.hooks import Sub, capture, substitute
 
 from .conftest import RESULTS
 

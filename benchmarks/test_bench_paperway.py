@@ -1,7 +1,7 @@
 """The paper's experiments the paper's way against lac's default plan, side by side in one process.
 
 (a) straightforward: what the paper's scripts do. The sweep through plans.NaivePlan (one full
-    forward per site and condition); markers and host injection through lac_core.straightforward
+    forward per site and condition); markers and host injection through benchmarks/straightforward.py
     (one row per call: a greedy generate with a KV cache per generation, one full forward per
     teacher-forced window, no prefix reuse, no batching).
     They run transformers' own eager attention, as the paper's scripts did.
@@ -43,10 +43,10 @@ import numpy as np
 import pytest
 import torch
 
-from lac_core import experiments
-from lac_core.engine import Cost, Engine, kl_sum, logprobs_of
-from lac_core.grids import resolve_grid
-from lac_core.prompts import CONDITIONS, N_REF, WINDOW, mid_layer
+from lac_core.protocol import experiments
+from lac_core.engine.forward import Cost, Engine, kl_sum, logprobs_of
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.prompts import CONDITIONS, N_REF, WINDOW, mid_layer
 
 from . import straightforward
 from .conftest import RESULTS, TABLES

@@ -6,9 +6,9 @@ every distinct clean prefix once, through every layer, and each substituted run 
 from its layer up (plans.floor_tokens)."""
 import numpy as np
 
-from lac_core import experiments
-from lac_core.engine import Engine
-from lac_core.grids import resolve_grid
+from lac_core.protocol import experiments
+from lac_core.engine.forward import Engine
+from lac_core.protocol.grids import resolve_grid
 
 _SEEN = {}
 

@@ -4,7 +4,7 @@ the next persona (--lac-swap-pairs all: every other). The report reads the numbe
 check that what it reads is whole and sane."""
 import math
 
-from lac_core import breakdown
+from lac_core.report import breakdown
 
 
 def test_dose_response_is_measured(lm, marker_grid, marker_result, steering_result):

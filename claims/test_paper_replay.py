@@ -2,7 +2,7 @@
 as the rules state them (C5 and C6 are INCONCLUSIVE there: the paper ran no null control)."""
 import pytest
 
-from lac_core import paper, rules
+from lac_core.verdicts import paper, rules
 
 EXPECTED_ON_PAPER = {"C1": rules.HOLDS, "C1L": rules.HOLDS, "C2": rules.HOLDS, "C5": rules.INCONCLUSIVE,
                      "C6": rules.INCONCLUSIVE,
@@ -55,7 +55,7 @@ def test_paper_host_injection_table4():
 
 def test_our_marker_matcher_reproduces_the_papers_hits(thresholds):
     """Re-scoring the paper's 96 published generations gives its own marker hits, text by text."""
-    from lac_core.markers import hits
+    from lac_core.protocol.markers import hits
 
     data = paper.marker_data()
     for cell, conds in data["results"].items():

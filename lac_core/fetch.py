@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from .models import REGISTRY, fetch, resolve
-from .settings import Settings
+from .run.settings import Settings
 
 
 def main(argv: list[str]) -> int:

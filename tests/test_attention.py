@@ -7,12 +7,12 @@ import torch
 from transformers.models.gemma2 import modeling_gemma2
 from transformers.models.llama import modeling_llama
 
-from lac_core.attention import GROUPED, grouped_eager, reads_in_place
-from lac_core.engine import Engine
+from lac_core.engine.attention import GROUPED, grouped_eager, reads_in_place
+from lac_core.engine.forward import Engine
 from lac_core.errors import UsageError
 from lac_core.models import load
-from lac_core.settings import Settings
-from lac_core.tiny import ARCHITECTURES
+from lac_core.run.settings import Settings
+from lac_core.models.tiny import ARCHITECTURES
 
 
 class _Module(torch.nn.Module):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lac_core import rules
+from lac_core.verdicts import rules
 
 from .test_rules import T, sweep
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from lac_core import engine, experiments, kvcache, plans, prefixes
-from lac_core.engine import Engine, Sub, kl_sum, logprobs_of
+from lac_core.engine import forward as engine, kvcache, prefixes
+from lac_core.protocol import experiments, plans
+from lac_core.engine.forward import Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
-from lac_core.hooks import substitute
-from lac_core.kvcache import ROOM, RoomyCache, gather_prefix
-from lac_core.grids import resolve_grid
-from lac_core.prompts import N_REF, render
+from lac_core.engine.hooks import substitute
+from lac_core.engine.kvcache import ROOM, RoomyCache, gather_prefix
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.prompts import N_REF, render
 
 from .conftest import hook_count
 
@@ -169,7 +170,7 @@ def test_chunks_keep_groups_whole(tiny, budget, rows):
 
 def test_kv_cache_api_keeps_its_meaning(tiny):
     """lac builds caches through Cache's `layers=` constructor with DynamicLayer subclasses and
-    iterates (keys, values, ...) per layer (lac_core/kvcache.py); if transformers changes either,
+    iterates (keys, values, ...) per layer (lac_core/engine/kvcache.py); if transformers changes either,
     this fails first. A one-token update writes in place once the layer has room."""
     keys = [torch.randn(2, 2, 5, 16) for _ in range(3)]
     cache = RoomyCache([(k, k + 1) for k in keys])

@@ -7,9 +7,9 @@ import sys
 import pytest
 import yaml
 
-from lac_core import expected
+from lac_core.verdicts import expected
 from lac_core.errors import FixtureError
-from lac_core.settings import EXPECTED, ROOT
+from lac_core.run.settings import EXPECTED, ROOT
 
 GOOD = {"model": "tiny-llama", "setups": {"float32 model": {"example@5dcefe664d04": {
     "verdicts": {"C1": "FAILS"}, "notes": {}, "cell_findings": {"additive_vs_null": ["a__b"]},
@@ -87,9 +87,9 @@ def test_saving_never_writes_through_a_planted_link(tmp_path):
 def test_an_update_keeps_a_section_written_while_the_run_went_on(tmp_path):
     """Case G2: a run re-reads the file under the folder's lock before it writes, so a section
     another run recorded meanwhile (here bfloat16's) survives."""
-    from lac_core.rules import Verdict
-    from lac_core.session import Session
-    from lac_core.settings import Settings
+    from lac_core.verdicts.rules import Verdict
+    from lac_core.run.session import Session
+    from lac_core.run.settings import Settings
 
     run = Session.start(Settings(models=("tiny-llama",), grids=("example",), expected_dir=tmp_path,
                                  update_baselines=True))

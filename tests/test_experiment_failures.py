@@ -7,10 +7,10 @@ import sys
 
 import yaml
 
-from lac_core.settings import ROOT
+from lac_core.run.settings import ROOT
 
 INJECT = """
-import lac_core.experiments as experiments
+import lac_core.protocol.experiments as experiments
 from lac_core.errors import InvarianceError
 
 

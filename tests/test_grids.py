@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from lac_core.errors import GridError
-from lac_core.grids import GRID_DIR, load_grid, resolve_grid
-from lac_core.settings import ROOT
+from lac_core.protocol.grids import GRID_DIR, load_grid, resolve_grid
+from lac_core.run.settings import ROOT
 
 PAPER = ROOT.parent / "shared" / "paper" / "grids.json"
 
@@ -160,8 +160,8 @@ def test_heatmaps_take_persona_and_task_from_the_grid(tmp_path):
     grid's cells, not the id (split at the first '__' it made row 'x' and column 'y__t')."""
     from types import SimpleNamespace
 
-    from lac_core import findings
-    from lac_core.results import MarkerResult
+    from lac_core.report import findings
+    from lac_core.verdicts.results import MarkerResult
 
     grid = load_grid(_grid(tmp_path, {"x__y": "P one", "z": "P two"}, {"t": "T one", "u": "T two"}))
     ids = tuple(c.id for c in grid.cells)
@@ -197,7 +197,7 @@ def test_a_template_field_with_spec_conversion_or_lone_brace_is_refused(tmp_path
 def test_every_cell_and_the_baseline_render_at_load(tmp_path, monkeypatch):
     """Literal braces are text; and a template slipping past the field check (check bypassed
     here) is still refused at load, not when a test renders it."""
-    from lac_core import grids
+    from lac_core.protocol import grids
 
     grid = load_grid(_grid(tmp_path, template="{{As}} {persona}: {task} }}{{"))
     cell = next(c for c in grid.cells if c.id == "pirate__bread")
@@ -243,7 +243,7 @@ def test_nested_aliases_are_refused_before_expanding(tmp_path, place):
 
 def test_alias_size_is_measured_without_expanding(tmp_path):
     """30 levels are 9**31 characters expanded: measured exactly, instantly, and refused."""
-    from lac_core import grids
+    from lac_core.protocol import grids
 
     data = yaml.safe_load(f"template: {_bomb(30)}")
     expected = sum(9 ** (k + 1) * 9 for k in range(31)) + len("template")
@@ -319,7 +319,7 @@ def test_a_folder_named_like_a_grid_file_is_named_as_such(tmp_path):
 
 def test_a_users_grid_named_like_the_papers_is_compared_with_nothing(tmp_path):
     """Probe A3: the paper's numbers sit beside a run only on the paper's own grid (by content)."""
-    from lac_core.grids import paper_grid
+    from lac_core.protocol.grids import paper_grid
 
     short = resolve_grid("short")
     assert paper_grid("short", short.sha256) == "short"

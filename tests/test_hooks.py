@@ -5,11 +5,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lac_core.engine import Engine, logprobs_of
+from lac_core.engine.forward import Engine, logprobs_of
 from lac_core.errors import NonFiniteResidualError
-from lac_core.hooks import Sub, capture, on_layer, start_at, substitute
-from lac_core.grids import resolve_grid
-from lac_core.prompts import render
+from lac_core.engine.hooks import Sub, capture, on_layer, start_at, substitute
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.prompts import render
 
 from .conftest import hook_count
 

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from lac_core import experiments, hooks, steering
-from lac_core.engine import Engine
+from lac_core.protocol import experiments, steering
+from lac_core.engine import hooks
+from lac_core.engine.forward import Engine
 from lac_core.errors import InterventionError
-from lac_core.grids import resolve_grid
-from lac_core.hooks import Sub, start_at, substitute
+from lac_core.protocol.grids import resolve_grid
+from lac_core.engine.hooks import Sub, start_at, substitute
 from lac_core.models import load
-from lac_core.settings import Settings
+from lac_core.run.settings import Settings
 
 GRID = resolve_grid("example")
 

@@ -14,14 +14,14 @@ from safetensors import safe_open
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from lac_core import models
-from lac_core.engine import Engine
-from lac_core.experiments import sweep
-from lac_core.grids import resolve_grid
+from lac_core.engine.forward import Engine
+from lac_core.protocol.experiments import sweep
+from lac_core.protocol.grids import resolve_grid
 from lac_core.models import loadcache
 from lac_core.models.registry import ModelSpec
-from lac_core.prompts import render
-from lac_core.settings import Settings
-from lac_core.tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
+from lac_core.protocol.prompts import render
+from lac_core.run.settings import Settings
+from lac_core.models.tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
 
 SMOL = "smollm2-135m-instruct"
 KW = {"dtype": torch.float32, "attn_implementation": "eager"}

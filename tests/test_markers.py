@@ -5,11 +5,11 @@ import re
 import pytest
 import yaml
 
-from lac_core import paper
-from lac_core.grids import GRID_DIR
-from lac_core.markers import hits
-from lac_core.settings import FIXTURES
-from lac_core.thresholds import load_thresholds
+from lac_core.verdicts import paper
+from lac_core.protocol.grids import GRID_DIR
+from lac_core.protocol.markers import hits
+from lac_core.run.settings import FIXTURES
+from lac_core.verdicts.thresholds import load_thresholds
 
 STEMS = load_thresholds(FIXTURES / "claims.yaml").markers.stems
 

@@ -7,7 +7,7 @@ import pytest
 
 from lac_core import models
 from lac_core.errors import ChecksumError, MissingWeightsError, UnknownModelError, UsageError
-from lac_core.settings import Settings
+from lac_core.run.settings import Settings
 
 
 def test_registry_facts():
@@ -92,9 +92,9 @@ def test_a_gguf_given_as_file_or_directory_gives_the_registry_numbers(lac_models
 
     import numpy as np
 
-    from lac_core import experiments
-    from lac_core.engine import Engine
-    from lac_core.grids import resolve_grid
+    from lac_core.protocol import experiments
+    from lac_core.engine.forward import Engine
+    from lac_core.protocol.grids import resolve_grid
 
     registered = lac_models("smollm2-135m-instruct")
     path = models.gguf_path(registered.spec, Settings().cache_dir)
@@ -259,7 +259,7 @@ def _settings(tmp_path, *names, **kw):
 
 
 def test_the_same_gguf_named_twice_runs_once(tmp_path):
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     from .test_loadcache import _write_gguf
 
@@ -277,7 +277,7 @@ def test_the_same_gguf_named_twice_runs_once(tmp_path):
 @pytest.mark.slow
 def test_a_registry_model_and_its_gguf_path_run_once(tmp_path):
     """The tester's case: SmolLM2 by name and by its cached GGUF's path (sha256 as registered)."""
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     real = Settings()
     spec = models.resolve("smollm2-135m-instruct")
@@ -337,7 +337,7 @@ def test_a_hub_snapshot_with_weights_resolves(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("model", ["tiny-gemma2", "gemma2 checkpoint"])
 def test_sdpa_on_a_model_without_it_is_a_usage_error_at_preflight(tmp_path, lac_models, model):
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     if model == "gemma2 checkpoint":
         lm = lac_models("tiny-gemma2")
@@ -352,7 +352,7 @@ def test_sdpa_on_a_model_without_it_is_a_usage_error_at_preflight(tmp_path, lac_
 
 
 def test_sdpa_where_supported_passes_preflight_and_loads(tmp_path):
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     assert preflight.check(_settings(tmp_path, "tiny-llama", attention="sdpa")).models
     lm = models.load("tiny-llama", Settings(attention="sdpa"))
@@ -366,7 +366,7 @@ def test_sdpa_refused_at_load_in_lac_terms():
 
 
 def test_a_directory_in_place_of_the_cached_gguf_is_refused_not_deleted(tmp_path):
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     spec = models.resolve("smollm2-135m-instruct")
     path = models.gguf_path(spec, tmp_path / "cache")
@@ -384,7 +384,7 @@ def test_a_directory_in_place_of_the_cached_gguf_is_refused_not_deleted(tmp_path
 
 
 def test_a_file_in_place_of_the_model_folder_is_refused_not_deleted(tmp_path):
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     spec = models.resolve("smollm2-135m-instruct")
     folder = models.gguf_path(spec, tmp_path / "cache").parent
@@ -398,7 +398,7 @@ def test_a_file_in_place_of_the_model_folder_is_refused_not_deleted(tmp_path):
 
 
 def test_a_truncated_cached_gguf_is_refused_at_preflight_offline(tmp_path):
-    from lac_core import preflight
+    from lac_core.run import preflight
 
     spec = models.resolve("smollm2-135m-instruct")
     path = models.gguf_path(spec, tmp_path / "cache")
@@ -432,7 +432,7 @@ def test_bad_models_stop_the_run_with_one_usage_line(checkpoint, tmp_path, case)
     import subprocess
     import sys
 
-    from lac_core.settings import ROOT
+    from lac_core.run.settings import ROOT
 
     spec = models.resolve("smollm2-135m-instruct")
     where = {"ckpt": _copy(checkpoint, tmp_path), "hub": tmp_path / "hub",

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from lac_core import experiments
-from lac_core.engine import Engine
+from lac_core.protocol import experiments
+from lac_core.engine.forward import Engine
 from lac_core.errors import NonFiniteResidualError, UsageError
-from lac_core.grids import resolve_grid
+from lac_core.protocol.grids import resolve_grid
 from lac_core.models import load
 from lac_core.models.placement import resolve_device, resolve_dtype
-from lac_core.settings import ROOT, Settings
+from lac_core.run.settings import ROOT, Settings
 
 
 def _claims(tmp_path, name, *args):

@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from lac_core.grids import resolve_grid
-from lac_core.settings import ROOT
+from lac_core.protocol.grids import resolve_grid
+from lac_core.run.settings import ROOT
 
 EXAMPLE = resolve_grid("example").key
 

@@ -4,13 +4,14 @@ import re
 
 import pytest
 
-from lac_core import engine as engine_module
-from lac_core import experiments, progress
-from lac_core.engine import Engine
-from lac_core.grids import load_grid
+from lac_core.engine import forward as engine_module
+from lac_core.protocol import experiments
+from lac_core.run import progress
+from lac_core.engine.forward import Engine
+from lac_core.protocol.grids import load_grid
 from lac_core.models import load
-from lac_core.settings import Settings
-from lac_core.templates import ChatTemplate
+from lac_core.run.settings import Settings
+from lac_core.protocol.templates import ChatTemplate
 
 LINE = re.compile(r": (\d+)% after (\d+) s, about (\d+) s left")
 

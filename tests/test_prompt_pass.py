@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from lac_core import experiments
-from lac_core.engine import Engine
-from lac_core.grids import resolve_grid
-from lac_core.prompts import CONDITIONS
+from lac_core.protocol import experiments
+from lac_core.engine.forward import Engine
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.prompts import CONDITIONS
 
 GRID = resolve_grid("example")
 

@@ -2,10 +2,10 @@
 import pytest
 
 from lac_core.errors import NoChatTemplateError, TokenizationError, UsageError
-from lac_core.grids import resolve_grid
-from lac_core.prompts import (CONDITIONS, PROBES, layer_fractions_to_layers, mid_layer, multilayer_sets,
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.prompts import (CONDITIONS, PROBES, layer_fractions_to_layers, mid_layer, multilayer_sets,
                               render, swept_layers)
-from lac_core.tiny import tiny_tokenizer
+from lac_core.models.tiny import tiny_tokenizer
 
 GRIDS = {name: resolve_grid(name) for name in ("short", "long", "markers")}
 

@@ -5,8 +5,8 @@ import json
 import subprocess
 import sys
 
-from lac_core.report import table
-from lac_core.settings import ROOT
+from lac_core.report.document import table
+from lac_core.run.settings import ROOT
 
 
 def _claims(tmp_path, *args):

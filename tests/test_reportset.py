@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from lac_core import report, reportset
+from lac_core.report import document as report, reportset
 from lac_core.errors import LacError, UsageError
-from lac_core.reportset import Folder
-from lac_core.session import Session
-from lac_core.settings import ROOT, Settings
+from lac_core.report.reportset import Folder
+from lac_core.run.session import Session
+from lac_core.run.settings import ROOT, Settings
 
 
 def _claims(tmp_path, *args, reports=None, inject=None):

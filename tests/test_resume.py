@@ -15,13 +15,13 @@ import sys
 import numpy as np
 import pytest
 
-from lac_core import experiments, steering
-from lac_core.engine import Engine
-from lac_core.grids import resolve_grid
-from lac_core.metrics import Summary
-from lac_core.results import SweepResult, jsonable
-from lac_core.resume import ResultCache
-from lac_core.settings import ROOT
+from lac_core.protocol import experiments, steering
+from lac_core.engine.forward import Engine
+from lac_core.protocol.grids import resolve_grid
+from lac_core.verdicts.metrics import Summary
+from lac_core.verdicts.results import SweepResult, jsonable
+from lac_core.run.resume import ResultCache
+from lac_core.run.settings import ROOT
 
 ARGS = ["-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model", "tiny-llama",
         "--grid", "example", "-k", "c1_additive or c4_no"]  # two experiments: sweep, then host

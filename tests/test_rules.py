@@ -7,13 +7,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lac_core import expected as baselines
-from lac_core import rules
+from lac_core.verdicts import expected as baselines
+from lac_core.verdicts import rules
 from lac_core.errors import FixtureError
-from lac_core.metrics import Summary, geometry
-from lac_core.results import HostSummary, MarkerSummary, SweepSummary
-from lac_core.settings import FIXTURES
-from lac_core.thresholds import load_thresholds
+from lac_core.verdicts.metrics import Summary, geometry
+from lac_core.verdicts.results import HostSummary, MarkerSummary, SweepSummary
+from lac_core.run.settings import FIXTURES
+from lac_core.verdicts.thresholds import load_thresholds
 
 T = load_thresholds(FIXTURES / "claims.yaml")
 PROBES = ("p_last", "g1", "g2")

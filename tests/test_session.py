@@ -2,9 +2,9 @@
 expectations updated, and the regression gate firing on a moved number."""
 import json
 
-from lac_core import rules
-from lac_core.session import Session
-from lac_core.settings import Settings
+from lac_core.verdicts import rules
+from lac_core.run.session import Session
+from lac_core.run.settings import Settings
 
 from .test_rules import GOOD, T, sweep
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from lac_core.errors import UsageError
-from lac_core.prompts import layer_fractions_to_layers, swept_layers
-from lac_core.session import Session, new_run_id
-from lac_core.settings import ROOT, Settings, _env_cache_dir, _env_offline, _layers, _probes, _threads
+from lac_core.protocol.prompts import layer_fractions_to_layers, swept_layers
+from lac_core.run.session import Session, new_run_id
+from lac_core.run.settings import ROOT, Settings, _env_cache_dir, _env_offline, _layers, _probes, _threads
 
 
 def _start(tmp_path, *args, env=None, collect=True):

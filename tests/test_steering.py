@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from lac_core import breakdown
-from lac_core.engine import Engine
-from lac_core.experiments import markers, p_last_residuals
-from lac_core.grids import resolve_grid
-from lac_core.steering import dose_vector, partners, steering
+from lac_core.report import breakdown
+from lac_core.engine.forward import Engine
+from lac_core.protocol.experiments import markers, p_last_residuals
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.steering import dose_vector, partners, steering
 
 GRID = resolve_grid("example")
 

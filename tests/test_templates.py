@@ -2,9 +2,9 @@
 import pytest
 
 from lac_core.errors import NoChatTemplateError, UsageError
-from lac_core.grids import resolve_grid
-from lac_core.prompts import CONDITIONS, render
-from lac_core.templates import BUILTIN, MODEL, ChatTemplate, choose
+from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.prompts import CONDITIONS, render
+from lac_core.protocol.templates import BUILTIN, MODEL, ChatTemplate, choose
 
 GRID = resolve_grid("short")
 
@@ -106,7 +106,7 @@ def test_a_chat_template_file_that_is_not_text_is_a_usage_error(tmp_path):
 
 
 def test_builtin_templates_pass_the_start_check():
-    from lac_core.templates import PLACEHOLDERS, SAMPLE, check
+    from lac_core.protocol.templates import PLACEHOLDERS, SAMPLE, check
 
     for name, text in BUILTIN.items():
         check(name, text)  # raises on any failure
@@ -119,7 +119,7 @@ def test_a_broken_chat_template_stops_the_session_at_start(tmp_path):
     import subprocess
     import sys
 
-    from lac_core.settings import ROOT
+    from lac_core.run.settings import ROOT
 
     f = tmp_path / "broken.jinja"
     f.write_text(BAD_TEMPLATES["syntax"][0])
@@ -138,7 +138,7 @@ def test_a_model_whose_own_template_drops_the_message_fails_before_any_experimen
     import sys
 
     from lac_core.models import load
-    from lac_core.settings import ROOT
+    from lac_core.run.settings import ROOT
 
     lm = load("tiny-llama")
     ckpt = tmp_path / "ckpt"

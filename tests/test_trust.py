@@ -12,13 +12,14 @@ import pytest
 import torch
 import yaml
 
-from lac_core import experiments, reportset
-from lac_core.engine import Engine
+from lac_core.protocol import experiments
+from lac_core.report import reportset
+from lac_core.engine.forward import Engine
 from lac_core.errors import ChecksumError, LacError, NonFiniteResidualError, UnknownModelError
-from lac_core.expected import file_for
-from lac_core.grids import resolve_grid
+from lac_core.verdicts.expected import file_for
+from lac_core.protocol.grids import resolve_grid
 from lac_core.models import REGISTRY, fetch, gguf_path, resolve
-from lac_core.settings import ROOT, Settings
+from lac_core.run.settings import ROOT, Settings
 
 EXAMPLE = resolve_grid("example").key
 
@@ -190,10 +191,10 @@ def test_results_are_strict_json_with_provenance_and_identical_across_runs(tmp_p
 
 def test_knife_edges_are_fragile():
     """A precondition met exactly (6 of 24 = 25%) and a part 0.5 over its line: both FRAGILE."""
-    from lac_core import uncertainty
-    from lac_core.results import MarkerResult
-    from lac_core.thresholds import load_thresholds
-    from lac_core.settings import FIXTURES
+    from lac_core.verdicts import uncertainty
+    from lac_core.verdicts.results import MarkerResult
+    from lac_core.verdicts.thresholds import load_thresholds
+    from lac_core.run.settings import FIXTURES
 
     cells = [f"p{i}__t" for i in range(24)]
     hits = {c: {"clean": ["m"] if i < 6 else [], "additive": ["m"] if i < 5 else [],
@@ -209,9 +210,9 @@ def test_knife_edges_are_fragile():
 
 
 def test_intervals_bracket_the_full_grid_numbers(lac_models):
-    from lac_core import uncertainty
-    from lac_core.thresholds import load_thresholds
-    from lac_core.settings import FIXTURES
+    from lac_core.verdicts import uncertainty
+    from lac_core.verdicts.thresholds import load_thresholds
+    from lac_core.run.settings import FIXTURES
 
     r = experiments.sweep(Engine(lac_models("tiny-llama")), resolve_grid("example"))
     t = load_thresholds(FIXTURES / "claims.yaml")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..attention import IMPLEMENTATIONS
-from ..memory import release_freed
+from ..engine.attention import IMPLEMENTATIONS
+from ..engine.memory import release_freed
 from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
-from ..settings import Settings
-from ..templates import FIXES, MODEL, ChatTemplate
+from ..run.settings import Settings
+from ..protocol.templates import FIXES, MODEL, ChatTemplate
 from .inspect import no_sdpa
 from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
 from .pypi import fetch, to_stderr
@@ -76,7 +76,7 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
     from .loadcache import load_gguf
 
     if spec.source == "tiny":
-        from ..tiny import TINY_SEED, tiny_model, tiny_tokenizer
+        from .tiny import TINY_SEED, tiny_model, tiny_tokenizer
 
         arch = spec.name.removeprefix("tiny-")
         where = f"built locally from a {arch} config, seed {TINY_SEED}"

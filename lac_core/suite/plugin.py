@@ -14,16 +14,18 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from . import cells, distributed, reportset, rules, uncertainty
-from .engine import Engine
-from .experiments import special_tokens_in, too_long
-from .memory import release_freed
-from .errors import LacError
-from .models import load
-from .progress import Progress
-from .session import Outcome, Session
-from .settings import OPTIONS, Settings
-from .templates import check_model
+from ..verdicts import cells, rules, uncertainty
+from . import distributed
+from ..report import reportset
+from ..engine.forward import Engine
+from ..protocol.experiments import special_tokens_in, too_long
+from ..engine.memory import release_freed
+from ..errors import LacError
+from ..models import load
+from ..run.progress import Progress
+from ..run.session import Outcome, Session
+from ..run.settings import OPTIONS, Settings
+from ..protocol.templates import check_model
 
 SESSION = pytest.StashKey[Session]()
 KINDS = ("sweep", "marker", "host")  # fixtures <kind>_grid and <kind>_cell
@@ -115,10 +117,11 @@ def pytest_collection_modifyitems(session, config, items):
         folder = reportset.Folder(s.report_dir, s.reports_overwrite)
         try:  # held until the session ends: a second run into the folder is refused here
             folder.lock(lac.run_id)
-            lac.folder = folder
             folder.check(lac.report_files())
-        except LacError as exc:
+        except LacError as exc:  # nothing is written: the folder is not this run's
+            folder.release()
             pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        lac.folder = folder
     for item in items:
         mark, params = item.get_closest_marker("claim"), getattr(item, "callspec", None)
         if mark and params:
@@ -269,7 +272,7 @@ def _tell_notes(s: Session) -> None:
 
 @pytest.fixture
 def sweep_result(compute, sweep_grid, lac_session):
-    from .experiments import sweep
+    from ..protocol.experiments import sweep
 
     s = lac_session.settings
     return compute(sweep_grid, "sweep", sweep, layers=s.layers, probes=s.probes, plan=s.plan)
@@ -282,21 +285,21 @@ def sweep_summary(sweep_result):
 
 def _residuals(compute, grid: str):
     """Residuals at p_last of the four conditions, shared by experiments 2, 3 and 4."""
-    from .experiments import p_last_residuals
+    from ..protocol.experiments import p_last_residuals
 
     return compute(grid, "residuals", p_last_residuals)
 
 
 def _target(compute, grid: str):
     """The clean XY prompts' first greedy tokens and log-probs, shared by host and steering."""
-    from .experiments import xy_target
+    from ..protocol.experiments import xy_target
 
     return compute(grid, "target", xy_target)
 
 
 @pytest.fixture
 def marker_result(compute, marker_grid, lac_session):
-    from .experiments import markers
+    from ..protocol.experiments import markers
 
     return compute(marker_grid, "markers", markers,
                    residuals=functools.partial(_residuals, compute, marker_grid),
@@ -305,7 +308,7 @@ def marker_result(compute, marker_grid, lac_session):
 
 @pytest.fixture
 def steering_result(compute, marker_grid, marker_result, lac_session):
-    from .steering import steering
+    from ..protocol.steering import steering
 
     return compute(marker_grid, "steering", steering, marker_result=marker_result,
                    residuals=functools.partial(_residuals, compute, marker_grid),
@@ -315,7 +318,7 @@ def steering_result(compute, marker_grid, marker_result, lac_session):
 
 @pytest.fixture
 def host_result(compute, host_grid):
-    from .experiments import host_injection
+    from ..protocol.experiments import host_injection
 
     return compute(host_grid, "host", host_injection,
                    residuals=functools.partial(_residuals, compute, host_grid),

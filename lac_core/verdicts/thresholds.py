@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import FixtureError
+from ..errors import FixtureError
 
 META = ("title", "paper")  # descriptive keys any section may carry
 Names = tuple[str, ...]

@@ -13,7 +13,7 @@ from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Ge
                           LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
                           Qwen2ForCausalLM)
 
-from .grids import GRID_DIR
+from ..paths import GRID_DIR
 
 TINY_SEED = 1234
 TINY_LAYERS = 8

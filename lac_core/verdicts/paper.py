@@ -6,7 +6,7 @@ import json
 from . import rules
 from .metrics import Summary
 from .results import GEOMETRY_STATS, HostSummary, MarkerSummary, SweepSummary
-from .settings import FIXTURES
+from ..paths import FIXTURES
 
 PAPER = FIXTURES / "paper_results"
 SWEEP_FILES = {

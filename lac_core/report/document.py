@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 from pathlib import Path
 
-from . import breakdown, findings, paper, rules, uncertainty
+from . import breakdown, findings
+from ..verdicts import paper, rules, uncertainty
 from .figures import kl_by_layer
-from .grids import paper_grid
+from ..protocol.grids import paper_grid
 from .reportset import Folder
-from .results import MARKER_CONDITIONS, jsonable
+from ..verdicts.results import MARKER_CONDITIONS, jsonable
 
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
 KINDS = {"sweep": "sweeps", "markers": "markers", "host": "host_injection",

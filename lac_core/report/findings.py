@@ -3,8 +3,9 @@ composition breaks (heatmaps, failing cells worst first, anti-steering), dose an
 from __future__ import annotations
 
 from dataclasses import asdict
-from . import breakdown, figures, paper, uncertainty
-from .grids import paper_grid
+from . import breakdown, figures
+from ..verdicts import paper, uncertainty
+from ..protocol.grids import paper_grid
 
 
 def extra(kind: str, r, thresholds) -> dict:

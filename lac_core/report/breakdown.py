@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .results import MarkerResult, SteeringResult
-from .rules import c1
+from ..verdicts.results import MarkerResult, SteeringResult
+from ..verdicts.rules import c1
 
 
 def matrix(cells, values: dict) -> tuple[list[str], list[str], np.ndarray]:

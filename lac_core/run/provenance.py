@@ -7,8 +7,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .errors import LacError
-from .settings import ROOT
+from ..errors import LacError
+from ..paths import ROOT
 
 
 def _git(*args: str) -> str | None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import NoChatTemplateError, TokenizationError, UsageError
+from ..errors import NoChatTemplateError, TokenizationError, UsageError
 from .templates import FIXES, MODEL, ChatTemplate
 
 CONDITIONS = ("BB", "XB", "BY", "XY")

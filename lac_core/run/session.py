@@ -10,13 +10,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from . import expected, preflight, provenance, resume, rules
-from .errors import UsageError
+from ..verdicts import expected, rules
+from . import preflight, provenance, resume
+from ..errors import UsageError
 from .progress import Progress
-from .report import Plan, report_names, write_report_set
-from .reportset import Folder
+from ..report.document import Plan, report_names, write_report_set
+from ..report.reportset import Folder
 from .settings import Settings
-from .thresholds import load_thresholds
+from ..verdicts.thresholds import load_thresholds
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from .errors import LacError
+from ..errors import LacError
 
 
 class Controller:

@@ -8,12 +8,12 @@ window scored against the clean run (KL to clean)."""
 # so persona B's delta is read from any cell of B.
 from __future__ import annotations
 
-from .engine import Engine
+from ..engine.forward import Engine
 from .experiments import (HOST_WINDOW, PromptPass, Target, _cost, _generate_at_p_last,
                           _pass_for, teacher_forced, xy_target)
 from .grids import Grid
 from .markers import hits
-from .results import MarkerResult, SteeringResult
+from ..verdicts.results import MarkerResult, SteeringResult
 
 DOSES = (0.0, 0.5, 1.0, 2.0)
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .errors import UsageError
-from .grids import Grid, resolve_grid
-from .models.inspect import check_attention
-from .models.placement import resolve_device, resolve_dtype
-from .models.pypi import check_cached
-from .models.registry import ModelSpec, resolve
-from .prompts import swept_layers
+from ..errors import UsageError
+from ..protocol.grids import Grid, resolve_grid
+from ..models.inspect import check_attention
+from ..models.placement import resolve_device, resolve_dtype
+from ..models.pypi import check_cached
+from ..models.registry import ModelSpec, resolve
+from ..protocol.prompts import swept_layers
 from .settings import Settings
-from .templates import FIXES, ChatTemplate, choose
+from ..protocol.templates import FIXES, ChatTemplate, choose
 
 
 @dataclass(frozen=True)

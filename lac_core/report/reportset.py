@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import LacError, UsageError
+from ..errors import LacError, UsageError
 
 MANIFEST = ".lac-manifest.json"
 LOCK = ".lac-lock"

@@ -7,14 +7,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DEFAULT_TOKEN_BUDGET
-from .errors import UsageError
-from .prompts import PROBES
+from ..engine import DEFAULT_TOKEN_BUDGET
+from ..paths import CLAIMS_FILE, EXPECTED, FIXTURES, ROOT  # noqa: F401  ROOT, FIXTURES: public
+from ..errors import UsageError
+from ..protocol.prompts import PROBES
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages when installed)
-_SHIPPED = Path(__file__).resolve().parent / "fixtures"  # where an installed wheel keeps them
-FIXTURES = _SHIPPED if _SHIPPED.is_dir() else ROOT / "fixtures"
-EXPECTED = FIXTURES / "expected"
 DEFAULT_MODELS = ("smollm2-135m-instruct",)
 DEFAULT_GRIDS = ("short", "long", "markers")
 PLANS = ("fast", "naive")
@@ -55,7 +52,7 @@ class Settings:
     cache_dir: Path = field(default_factory=_env_cache_dir)
     report_dir: Path = field(default_factory=lambda: Path.cwd() / "reports")
     expected_dir: Path = EXPECTED
-    claims_file: Path = FIXTURES / "claims.yaml"
+    claims_file: Path = CLAIMS_FILE
     update_baselines: bool = False
     reports_overwrite: bool = False  # replace files in the report folder that lac did not write
     no_cache: bool = False  # recompute every experiment, ignoring the resume cache

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import FixtureError, LacError
-from .grids import UniqueKeys
+from ..errors import FixtureError, LacError
+from ..protocol.grids import UniqueKeys
 from .rules import FAILS, HOLDS, INCONCLUSIVE
 
 # (absolute floor, relative) tolerance by the kind of number

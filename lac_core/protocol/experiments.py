@@ -8,16 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import Engine, State, Sub
-from .errors import InvarianceError, NonFiniteResidualError
+from ..engine.forward import Engine, State, Sub
+from ..errors import InvarianceError, NonFiniteResidualError
 from .markers import hits
-from .metrics import geometry
+from ..verdicts.metrics import geometry
 from .plans import PLANS, distinct, floor_tokens, in_cell_chunks
-from .prefixes import layout
+from ..engine.prefixes import layout
 from .grids import Grid
 from .prompts import (CONDITIONS, N_REF, PROBES, WINDOW, Rendered, mid_layer, multilayer_sets,
                       render, swept_layers)
-from .results import GEOMETRY_STATS, MARKER_CONDITIONS, HostResult, MarkerResult, SweepResult
+from ..verdicts.results import GEOMETRY_STATS, MARKER_CONDITIONS, HostResult, MarkerResult, SweepResult
 
 WINDOW_OFFSET = {"p_user_last": 0, "p_last": 0, "g1": 1, "g2": 2}  # window start = p_last + offset
 FORCED = 2  # g1, g2 exist in every condition: the XY reference's r[0:2] is appended to each

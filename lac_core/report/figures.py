@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paper
-from .grids import paper_grid
+from ..verdicts import paper
+from ..protocol.grids import paper_grid
 
 FIG_PROBES = ("p_last", "g1", "g2")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine, Sub, kl_sum
-from .memory import release_freed
+from ..engine.forward import Engine, Sub, kl_sum
+from ..engine.memory import release_freed
 from .prompts import CONDITIONS, N_REF, PROMPT_PROBES, Rendered
 
 # The fast plan keeps its reference pass (log-probs [cells, N_REF, V] float32, KV cache, residuals)

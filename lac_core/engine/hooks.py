@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InterventionError, NonFiniteResidualError
+from ..errors import InterventionError, NonFiniteResidualError
 
 
 def _hidden(args, kwargs) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from . import DEFAULT_TOKEN_BUDGET
 from .attention import reads_in_place
-from .errors import LacError, NonFiniteResidualError, UsageError
+from ..errors import LacError, NonFiniteResidualError, UsageError
 from .hooks import Audit, Sub, start_at, substitute
 from .hooks import capture as capture_hook
 from .kvcache import State, empty_cache, gather_prefix, joined, merged, read_in_place

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import GridError
-from .settings import FIXTURES
+from ..errors import GridError
+from ..paths import GRID_DIR
 
-GRID_DIR = FIXTURES / "grids"
 EXPERIMENTS = {"sweep": ("C1", "C1L", "C2", "C5", "C6"), "markers": ("C3", "C3R"), "host": ("C4",)}
 DEFAULT_TEMPLATE = "As {persona}, {task}"
 MAX_BYTES = 1 << 20  # a grid file, and the content its YAML aliases expand to, at most 1 MiB

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import HostResult, MarkerResult, SteeringResult, SweepResult
+from ..paths import CORE
+from ..verdicts.results import HostResult, MarkerResult, SteeringResult, SweepResult
 
 RESUMABLE = ("sweep", "markers", "host", "steering")
-CORE = Path(__file__).resolve().parent
 FORMAT = "lac-resume/1"
 SUFFIX = ".npz"
 RECORDS = {cls.__name__: cls for cls in (SweepResult, MarkerResult, HostResult, SteeringResult)}

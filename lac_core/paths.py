@@ -1,0 +1,12 @@
+"""Where lac's own files live: the checkout, or site-packages when installed from a wheel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent  # lac_core/
+ROOT = CORE.parent  # the checkout (or site-packages when installed)
+_SHIPPED = CORE / "fixtures"  # where an installed wheel keeps them
+FIXTURES = _SHIPPED if _SHIPPED.is_dir() else ROOT / "fixtures"
+EXPECTED = FIXTURES / "expected"
+GRID_DIR = FIXTURES / "grids"
+CLAIMS_FILE = FIXTURES / "claims.yaml"
