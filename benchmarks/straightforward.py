@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from lac_core.engine.forward import Engine, Sub, kl_sum
-from lac_core.protocol.experiments import HOST_WINDOW, MARKER_TOKENS, _cost, render_cell
+from lac_core.protocol.experiments import MARKER_TOKENS
+from lac_core.protocol.passes import HOST_WINDOW, cost_record, render_cell
 from lac_core.protocol.grids import Grid
 from lac_core.protocol.markers import hits
 from lac_core.protocol.prompts import CONDITIONS, mid_layer, multilayer_sets, render
@@ -59,7 +60,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), layer: int | None = None,
             texts[cell.id][cond], tokens[cell.id][cond] = text, toks
             found[cell.id][cond] = hits(text, grid.markers[cell.persona_key], stems)
     return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
-                        texts, tokens, found, tuple(stems), _cost(eng), grid.sha256)
+                        texts, tokens, found, tuple(stems), cost_record(eng), grid.sha256)
 
 
 def host_injection(eng: Engine, grid: Grid, *, layer: int | None = None) -> HostResult:
@@ -87,4 +88,4 @@ def host_injection(eng: Engine, grid: Grid, *, layer: int | None = None) -> Host
                        for name, run in zip(names, runs)}
         targets[cell.id] = ref
     return HostResult(lm.spec.name, grid.name, layer, sets, tuple(c.id for c in grid.cells), kl,
-                      targets, _cost(eng), grid.sha256)
+                      targets, cost_record(eng), grid.sha256)

@@ -43,7 +43,8 @@ import numpy as np
 import pytest
 import torch
 
-from lac_core.protocol import experiments
+from lac_core.protocol import experiments, passes
+from lac_core.protocol import sweep as sweep_module
 from lac_core.engine.forward import Cost, Engine, kl_sum, logprobs_of
 from lac_core.protocol.grids import resolve_grid
 from lac_core.protocol.prompts import CONDITIONS, N_REF, WINDOW, mid_layer
@@ -143,7 +144,7 @@ def _price_plain_forward(lm, prompts, rows: int = 16) -> float:
     """Seconds per token-layer of transformers' own forward, `model(input_ids, attention_mask)`,
     as a plain batched forward runs: logits at every position, no prefix sharing, batches of
     `rows` left-padded prompts (padding counts as work done)."""
-    pad = Engine(lm)._pad()  # the pad id lac's own batches use
+    pad = Engine(lm).pad_id()  # the pad id lac's own batches use
     best = math.inf
     with torch.inference_mode():
         for _ in range(PRICE_REPS):
@@ -242,14 +243,14 @@ def _assert_kl_close(a, b, what):
 def _timing_checks(spent: list):
     """Time the sweep's every-run invariance checks (its first cell again, alone, with the
     identity substitution too): work lac adds to the protocol's, so the floor leaves it out."""
-    check = experiments._invariance
+    check = sweep_module.invariance_checks
 
     def timed(*args, **kw):
         out, seconds = _timed(lambda: check(*args, **kw))
         spent.append(seconds)
         return out
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(experiments, "_invariance", timed)
+        m.setattr(sweep_module, "invariance_checks", timed)
         yield
 
 
@@ -270,7 +271,7 @@ def test_paperway_sweep(paper_lm, grids, grid_name):
     # plans.floor_tokens counts each XY reference r[0:11] as prompt positions; the floor here
     # generates them instead: 11 batched decode steps of every cell's row (r[0] comes from the
     # prompt's own forward), so those positions leave the token-layers.
-    prompts = [experiments.render_cell(lm, grid, cell) for cell in grid.cells]
+    prompts = [passes.render_cell(lm, grid, cell) for cell in grid.cells]
     generated = len(prompts) * (N_REF - 1)
     token_layers = b.cost["floor_layer_tokens"] - generated * lm.n_layers
     distinct = list(dict.fromkeys(cp[c].ids for cp in prompts for c in CONDITIONS))
@@ -298,9 +299,9 @@ def test_paperway_markers(paper_lm, grids, thresholds):
     # again from the substituted layer up; then one batched decode step per generated position
     # after the first (that one comes from the prompt's forward), all rows together, as long as
     # the longest generation.
-    prompts = [experiments.render_cell(lm, grid, cell) for cell in grid.cells]
+    prompts = [passes.render_cell(lm, grid, cell) for cell in grid.cells]
     xy = [list(cp["XY"].ids) for cp in prompts]
-    bare = list(dict.fromkeys(experiments.bare_prompts(lm, grid)))
+    bare = list(dict.fromkeys(passes.bare_prompts(lm, grid)))
     seqs = [cp[c].ids for cp in prompts for c in CONDITIONS] + bare
     layer = mid_layer(lm.n_layers)
     token_layers = _trie(seqs) * lm.n_layers + 2 * len(prompts) * (lm.n_layers - layer)
@@ -326,11 +327,11 @@ def test_paperway_host(paper_lm, grids):
     # log-probs come with them); the host's plain run: its 9 window tokens after the BY prompt
     # through all layers; each substituted run: its 10 positions from p_last on, from its lowest
     # substituted layer up (nothing below it changes).
-    prompts = [experiments.render_cell(lm, grid, cell) for cell in grid.cells]
+    prompts = [passes.render_cell(lm, grid, cell) for cell in grid.cells]
     n = lm.n_layers
     seqs = [cp[c].ids for cp in prompts for c in CONDITIONS]
     lowest = [mid_layer(n), mid_layer(n)] + [min(s) for s in b.layer_sets]  # oracle, cached, sets
-    window = experiments.HOST_WINDOW
+    window = passes.HOST_WINDOW
     token_layers = (_trie(seqs) * n + len(prompts) * (window - 1) * n
                     + len(prompts) * window * sum(n - low for low in lowest))
     scored = len(prompts) * (1 + len(lowest)) * window  # host, oracle, cached, layer sets

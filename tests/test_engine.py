@@ -9,8 +9,8 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 
 from lac_core.engine import forward as engine, kvcache, prefixes
-from lac_core.protocol import experiments, plans
-from lac_core.engine.forward import Engine, Sub, kl_sum, logprobs_of
+from lac_core.protocol import experiments, passes, plans
+from lac_core.engine.forward import Continuation, Engine, Sub, kl_sum, logprobs_of
 from lac_core.errors import UsageError
 from lac_core.engine.hooks import substitute
 from lac_core.engine.kvcache import ROOM, RoomyCache, gather_prefix
@@ -76,7 +76,7 @@ def test_prefill_after_a_cached_prefix_equals_a_plain_forward(any_lm):
     pre = eng.prefill(prompts, keep=0, keep_state=True, capture_tail=4)
     width = max(len(p) for p in prompts)
     tails, rows = [[5, 6, 7], [8, 9, 10], [11, 12, 13]], [0, 1, 0]
-    out = eng.prefill(tails, after=(pre.state, rows, width), keep=3).logprobs
+    out = eng.prefill(tails, after=Continuation(pre.state, rows, width), keep=3).logprobs
     for k, (r, t) in enumerate(zip(rows, tails)):
         torch.testing.assert_close(out[k], _plain(any_lm, prompts[r] + t)[-3:], **TOL)
 
@@ -95,7 +95,7 @@ def test_starting_at_a_layer_equals_a_full_patched_forward(any_lm, where):
     hidden = gen.residuals[0, layer, j:][None].clone()
     vec = _vec(any_lm, layer, 3.0)
     hidden[0, 0] = vec
-    after = (gen.state, [0], gen.state.column(0, p))
+    after = Continuation(gen.state, [0], gen.state.column(0, p))
     lp = eng.prefill([seq[p:]], after=after, start_layer=layer, hidden=hidden, keep=len(seq) - p).logprobs
     torch.testing.assert_close(lp[0], _plain(any_lm, seq, [Sub(layer, p, vec)])[p:], **TOL)
     identity = gen.residuals[0, layer, j:][None]
@@ -206,7 +206,7 @@ def test_roomy_caches_decode_as_dynamic_caches_do(tiny, monkeypatch):
     bit for bit as with transformers' DynamicCache (which concatenates at every step). The
     continuation copies its prefix here (read in place, it sums in another order: see below)."""
     prompts, n_new = _prompts(tiny, 3), ROOM + 6
-    monkeypatch.setattr(Engine, "_in_place", lambda self, after: False)
+    monkeypatch.setattr(Engine, "reads_in_place_of", lambda self, after: False)
 
     def run():
         eng = Engine(tiny)
@@ -214,7 +214,7 @@ def test_roomy_caches_decode_as_dynamic_caches_do(tiny, monkeypatch):
         state = eng.prefill([p[:-1] for p in prompts], keep=0, keep_state=True).state
         width = max(len(p) for p in prompts) - 1
         after = eng.generate([[p[-1]] for p in prompts], n_new, keep_logprobs=True,
-                             after=(state, [0, 1, 2], width))
+                             after=Continuation(state, [0, 1, 2], width))
         return scratch, after
 
     roomy = run()
@@ -240,17 +240,17 @@ def test_continuations_read_in_place_equal_copies(tiny, monkeypatch):
         state = Engine(tiny).prefill([p[:-1] for p in prompts], keep=0, keep_state=True).state
         eng = Engine(tiny, token_budget=2 * (width + 1 + ROOM + 6))
         out = eng.generate([[prompts[r][-1]] for r in rows], ROOM + 6, keep_logprobs=True,
-                           subs=subs, after=(state, rows, width))
+                           subs=subs, after=Continuation(state, rows, width))
         return out, eng.cost.calls
 
-    (shared, calls), real = run(), Engine._in_place
-    monkeypatch.setattr(Engine, "_in_place", lambda self, after: False)
+    (shared, calls), real = run(), Engine.reads_in_place_of
+    monkeypatch.setattr(Engine, "reads_in_place_of", lambda self, after: False)
     copied, copied_calls = run()
     assert shared.tokens == copied.tokens
     torch.testing.assert_close(shared.logprobs, copied.logprobs, rtol=1e-5, atol=1e-4)
     assert calls < copied_calls
     state = Engine(tiny).prefill(prompts, keep=0, keep_state=True).state
-    assert real(Engine(tiny), (state, [0], 3))
+    assert real(Engine(tiny), Continuation(state, [0], 3))
     with pytest.raises(ValueError, match="cannot be continued"):
         gather_prefix(kvcache.read_in_place(state.cache, [1, 1], 3), [0], 2)
     with pytest.raises(ValueError, match="cache layer 0 holds"):
@@ -371,7 +371,7 @@ def test_a_shared_prefix_runs_once_and_changes_nothing(any_lm):
             with pytest.raises(ValueError, match="shared prefix"):
                 out.state.column(i, shared[i] - 1)
     tails, rows = [[5, 6, 7], [8, 9, 10], [11, 12, 13]], [0, 3, 1]
-    after = eng.prefill(tails, after=(out.state, rows, width), keep=3).logprobs
+    after = eng.prefill(tails, after=Continuation(out.state, rows, width), keep=3).logprobs
     for i, p in enumerate(prompts):
         torch.testing.assert_close(out.logprobs[i], _plain(any_lm, p)[-3:], **TOL)
         alone = single.prefill([p], keep=0, capture_tail=2).residuals[0]
@@ -408,7 +408,7 @@ def test_persona_segments_run_once_per_group_and_change_nothing(any_lm):
         assert eng.cost.tokens == plan.positions(lengths)
         assert eng.cost.calls == 3
     rows = [0, len(prompts) - 1, 1]
-    after = eng.prefill([[5, 6], [7, 8], [9, 10]], after=(out.state, rows, width), keep=2)
+    after = eng.prefill([[5, 6], [7, 8], [9, 10]], after=Continuation(out.state, rows, width), keep=2)
     for i, p in enumerate(prompts):
         assert out.state.column(i, len(p) - 1) == width - 1
         torch.testing.assert_close(out.logprobs[i], _plain(any_lm, p)[-2:], **TOL)
@@ -467,17 +467,17 @@ def test_teacher_forced_runs_equal_full_patched_forwards(tiny):
     continuation's residuals, equals one full forward of prompt + target with the vectors at
     p_last; the plain continuation equals the unpatched forward."""
     grid = GRIDS["short"]
-    prompts = [experiments.render_cell(tiny, grid, c) for c in grid.cells[:3]]
+    prompts = [passes.render_cell(tiny, grid, c) for c in grid.cells[:3]]
     eng = Engine(tiny)
-    target = experiments.xy_target(eng, grid, prompts)
+    target = passes.xy_target(eng, grid, prompts)
     n = tiny.n_layers
     runs = [(0, [(1, _vec(tiny, 1))]), (1, [(0, _vec(tiny, 2)), (2, _vec(tiny, 3))]),
             (2, [(2, _vec(tiny, 4)), (1, _vec(tiny, 5))]), (0, [(n - 1, _vec(tiny, 6))])]
-    plain, scored = experiments.teacher_forced(eng, prompts, "BY", target, runs)
+    plain, scored = passes.teacher_forced(eng, prompts, "BY", target, runs)
 
     def full(ci, subs):
         host, p = list(prompts[ci]["BY"].ids), prompts[ci]["BY"].p_last
-        seq = host + target.tokens[ci][: experiments.HOST_WINDOW - 1]
+        seq = host + target.tokens[ci][: passes.HOST_WINDOW - 1]
         lp = _plain(tiny, seq, [Sub(m, p, v) for m, v in subs])[p:]
         return float(kl_sum(target.logprobs[ci], lp))
 

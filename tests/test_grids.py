@@ -170,7 +170,7 @@ def test_heatmaps_take_persona_and_task_from_the_grid(tmp_path):
             for i, c in enumerate(ids)}
     r = MarkerResult("m", grid.name, 3, 8, ids, {}, {}, hits)  # its .grid is the name
     session = SimpleNamespace(results={("m", "g@label", "markers"): r}, grids={"g@label": grid})
-    panels = findings._heatmap_panels(session, "m")
+    panels = findings.heatmap_panels(session, "m")
     assert [p[0] for p in panels] == [f"g@label: distinct markers, {c}"
                                       for c in ("clean", "additive", "bare")]
     personas, tasks, values = panels[0][1]
@@ -247,7 +247,7 @@ def test_alias_size_is_measured_without_expanding(tmp_path):
 
     data = yaml.safe_load(f"template: {_bomb(30)}")
     expected = sum(9 ** (k + 1) * 9 for k in range(31)) + len("template")
-    assert grids._expanded_size(data, "x.yaml") == expected
+    assert grids.expanded_size(data, "x.yaml") == expected
     path = tmp_path / "deep.yaml"
     path.write_text(f"baseline: {{persona: p, task: t}}\npersonas: {{a: A, b: B}}\n"
                     f"tasks: {{t: T, u: U}}\ntemplate: {_bomb(30)}\n")

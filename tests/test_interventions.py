@@ -23,16 +23,16 @@ def _noop(rows, positions, vectors):
 def _wrong_position(rows, positions, vectors):
     """Writes the vector one position off (wrapping at the end)."""
     def hook(module, args, kwargs):
-        h = hooks._hidden(args, kwargs).clone()
+        h = hooks.hidden_of(args, kwargs).clone()
         h[rows, (positions + 1) % h.shape[1]] = hooks.on_layer(vectors, h)
-        return hooks._with_hidden(args, kwargs, h)
+        return hooks.with_hidden(args, kwargs, h)
     return hook
 
 
 def _to_a_copy(rows, positions, vectors):
     """Writes the vector into a copy of the residual and hands the layer the original."""
     def hook(module, args, kwargs):
-        h = hooks._hidden(args, kwargs).clone()
+        h = hooks.hidden_of(args, kwargs).clone()
         h[rows, positions] = hooks.on_layer(vectors, h)
         return None
     return hook
@@ -91,7 +91,7 @@ def test_a_planned_substitution_that_is_missing_is_an_error():
 def test_identity_check_is_exact_in_bfloat16():
     """h_XY written back over itself, scored against the same path without it: KL exactly 0.
     (Scored against the greedy reference pass, as before, bfloat16 gave 0.004-0.01 nats here.)"""
-    lm = load("smollm2-135m-instruct", Settings(dtype="bfloat16"))
+    lm = load("smollm2-135m-instruct", Settings(dtype="bfloat16").load_options())
     assert lm.dtype == torch.bfloat16
     checks = experiments.sweep(Engine(lm), GRID).checks
     assert checks["identity_max_kl"] == 0.0 and checks["tolerance"]["identity"] == 0.0

@@ -206,8 +206,8 @@ def synthetic(tmp_path_factory):
 def load(monkeypatch, synthetic):
     """load_gguf of the synthetic GGUF into a cache root; load.calls counts the GGUF loads."""
     spec, path = synthetic
-    calls, real = [], loadcache._from_gguf
-    monkeypatch.setattr(loadcache, "_from_gguf", lambda *a: calls.append(a[1]) or real(*a))
+    calls, real = [], loadcache.from_gguf
+    monkeypatch.setattr(loadcache, "from_gguf", lambda *a: calls.append(a[1]) or real(*a))
 
     def load(root, said=None, spec=spec):
         return loadcache.load_gguf(spec, path, KW, root, [].append if said is None else said.append)
@@ -303,14 +303,14 @@ def test_an_entry_that_cannot_be_kept_costs_nothing_but_time(tmp_path, load, mon
 
 def test_an_entry_differing_from_its_model_is_not_kept(tmp_path, load, monkeypatch):
     """The round trip is checked before an entry is published: here the weights drift."""
-    untied = loadcache._untied
+    untied = loadcache.untied
 
     def drifted(model):
         state = untied(model)
         state["model.norm.weight"] = state["model.norm.weight"] + 1e-3
         return state
 
-    monkeypatch.setattr(loadcache, "_untied", drifted)
+    monkeypatch.setattr(loadcache, "untied", drifted)
     said = []
     load(tmp_path, said)
     assert "could not keep" in said[-1] and "model.norm.weight differs" in said[-1]

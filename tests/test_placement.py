@@ -41,7 +41,7 @@ def test_bfloat16_end_to_end(tmp_path):
 
 
 def test_float16_overflow_names_the_first_layer(lac_models):
-    lm = load("tiny-llama", Settings(dtype="float16"))
+    lm = load("tiny-llama", Settings(dtype="float16").load_options())
     assert lm.dtype == torch.float16
     with torch.no_grad():
         lm.layers[2].mlp.down_proj.weight.mul_(1e5)  # layer 2's output: the residual entering 3

@@ -10,8 +10,7 @@ from lac_core.run import progress
 from lac_core.engine.forward import Engine
 from lac_core.protocol.grids import load_grid
 from lac_core.models import load
-from lac_core.run.settings import Settings
-from lac_core.protocol.templates import ChatTemplate
+from lac_core.protocol.templates import ChatTemplate, attach
 
 LINE = re.compile(r": (\d+)% after (\d+) s, about (\d+) s left")
 
@@ -27,19 +26,19 @@ def _grid(tmp_path):
 
 @pytest.mark.parametrize("experiment", ["sweep", "markers", "host"])
 def test_time_left_is_within_2x_at_halfway(tmp_path, monkeypatch, experiment):
-    lm = load("tiny-llama", Settings(raw=True), ChatTemplate("raw"))
+    lm = attach(load("tiny-llama"), ChatTemplate("raw"))
     grid = _grid(tmp_path)
     lengths = sorted(len(lm.tokenizer(grid.user_text(c, "XY"))["input_ids"]) for c in grid.cells)
     assert lengths[-1] >= 50 * lengths[0] / 2  # prompts whose lengths vary by tens of times
     clock = [0.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
-    real = engine_module.Engine._run
+    real = engine_module.Engine.run_model
 
     def timed(self, ids, start_layer=0, *args, **kw):  # time = the work each call does
         clock[0] += ids.shape[0] * ids.shape[1] * (lm.n_layers - start_layer) * 1e-2
         return real(self, ids, start_layer, *args, **kw)
 
-    monkeypatch.setattr(engine_module.Engine, "_run", timed)
+    monkeypatch.setattr(engine_module.Engine, "run_model", timed)
     lines = []
     bar = progress.Progress(lines.append, interval=0.0)
     eng = Engine(lm, progress=bar)

@@ -9,7 +9,7 @@ import pytest
 from lac_core.errors import UsageError
 from lac_core.protocol.prompts import layer_fractions_to_layers, swept_layers
 from lac_core.run.session import Session, new_run_id
-from lac_core.run.settings import ROOT, Settings, _env_cache_dir, _env_offline, _layers, _probes, _threads
+from lac_core.run.settings import ROOT, Settings, env_cache_dir, env_offline, parse_layers, parse_probes, parse_threads
 
 
 def _start(tmp_path, *args, env=None, collect=True):
@@ -48,15 +48,15 @@ def test_layer_rules_are_the_same_for_indices_and_fractions():
     assert swept_layers(4) == (1, 2, 3)
     for text in ("-1", "1.0", "0.0", "nan", "1,,2"):
         with pytest.raises(UsageError):
-            _layers(text)
-    assert _probes("p_last,g1") == ("p_last", "g1") and _threads("2") == 2
+            parse_layers(text)
+    assert parse_probes("p_last,g1") == ("p_last", "g1") and parse_threads("2") == 2
 
 
 @pytest.mark.parametrize("value, offline", [("1", True), ("on", True), ("Yes", True), ("0", False),
                                             ("off", False), ("", False)])
 def test_lac_offline_values(monkeypatch, value, offline):
     monkeypatch.setenv("LAC_OFFLINE", value)
-    assert _env_offline() is offline
+    assert env_offline() is offline
 
 
 def test_an_unknown_lac_offline_value_is_an_error(tmp_path):
@@ -66,7 +66,7 @@ def test_an_unknown_lac_offline_value_is_an_error(tmp_path):
 
 def test_lac_cache_dir_expands_the_home_folder(monkeypatch):
     monkeypatch.setenv("LAC_CACHE_DIR", "~/lac-cache-x")
-    assert str(_env_cache_dir()) == os.path.expanduser("~/lac-cache-x") and "~" not in str(_env_cache_dir())
+    assert str(env_cache_dir()) == os.path.expanduser("~/lac-cache-x") and "~" not in str(env_cache_dir())
 
 
 @pytest.mark.parametrize("case", ["missing", "a file"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from lac_core.protocol import experiments
+from lac_core.protocol import experiments, plans
 from lac_core.report import reportset
 from lac_core.engine.forward import Engine
 from lac_core.errors import ChecksumError, LacError, NonFiniteResidualError, UnknownModelError
@@ -154,14 +154,14 @@ def test_row7_usage_errors_at_start(tmp_path):
 
 
 def test_row8_a_non_finite_kl_stops_the_run(monkeypatch, lac_models):
-    real = experiments.PLANS["fast"].window_kls
+    real = plans.PLANS["fast"].window_kls
 
     def poisoned(self, *args):
         out = real(self, *args)
         out["null"][2, 1, 3] = np.nan
         return out
 
-    monkeypatch.setattr(experiments.PLANS["fast"], "window_kls", poisoned)
+    monkeypatch.setattr(plans.PLANS["fast"], "window_kls", poisoned)
     grid = resolve_grid("example")
     with pytest.raises(NonFiniteResidualError, match=rf"non-finite null KL \(nan\) at cell {grid.cells[2].id}, "
                                                      r"probe p_last, layer \d+"):

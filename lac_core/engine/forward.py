@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,39 +22,11 @@ from .hooks import Audit, Sub, start_at, substitute
 from .hooks import capture as capture_hook
 from .kvcache import State, empty_cache, gather_prefix, joined, merged, read_in_place
 from .prefixes import Layout, layout
+from .types import (Continuation, Cost, Decoded, ModelLike, Prefill, PrefillRequest,  # noqa: F401
+                    Work)
 
-__all__ = ["Sub", "Cost", "Work", "Engine", "State", "Prefill", "Decoded", "kl_sum", "logprobs_of"]
-
-
-@dataclass
-class Cost:
-    """Work pushed through the model: token positions (rows x length per call), token-layers
-    (positions x decoder layers actually run) and calls."""
-
-    tokens: int = 0
-    layer_tokens: int = 0
-    calls: int = 0
-
-    def add(self, rows: int, length: int, layers: int) -> None:
-        self.tokens += rows * length
-        self.layer_tokens += rows * length * layers
-        self.calls += 1
-
-
-@dataclass
-class Prefill:
-    state: State | None  # kept when asked for
-    logprobs: torch.Tensor | None  # [rows, keep, V] float32, the last `keep` positions
-    residuals: torch.Tensor | None  # [rows, n_layers, tail, d] float32, the captured tail
-    kl: torch.Tensor | None = None  # [rows] float64: KL(against[row] || the row's last `keep`)
-
-
-@dataclass
-class Decoded:
-    tokens: list[list[int]]  # per row; cut after EOS when stopping at EOS
-    logprobs: torch.Tensor | None = None  # [rows, steps, V] float32: step k predicts token k
-    residuals: torch.Tensor | None = None  # [rows, n_layers, k, d]: captured tail, then fed tokens
-    state: State | None = None
+__all__ = ["Sub", "Cost", "Work", "Engine", "State", "Prefill", "Decoded", "Continuation",
+           "PrefillRequest", "ModelLike", "kl_sum", "logprobs_of"]
 
 
 def logprobs_of(logits: torch.Tensor) -> torch.Tensor:
@@ -80,30 +52,10 @@ def _stacked(store: dict, layers) -> torch.Tensor:
 
 
 @dataclass
-class Work:
-    """How far an experiment is, in token-layers (positions x decoder layers run): what its
-    forward calls have done against what it planned. Time follows token-layers, not the count
-    of steps or groups (a long prompt's pass outweighs many short windows), so the time left
-    is told from these. Engines of one experiment share one Work."""
-
-    progress: object = None  # a progress.Progress, told the fraction done
-    planned: int = 0
-    done: int = 0
-
-    def plan(self, layer_tokens: int) -> None:
-        self.planned, self.done = max(int(layer_tokens), 1), 0
-
-    def add(self, layer_tokens: int) -> None:
-        self.done += layer_tokens
-        if self.progress is not None and self.planned:
-            self.progress.tick(min(self.done / self.planned, 0.99))
-
-
-@dataclass
 class Engine:
     """One model under one token budget, counting the work it does."""
 
-    lm: object  # models.LoadedModel
+    lm: ModelLike  # models.LoadedModel is one
     token_budget: int = DEFAULT_TOKEN_BUDGET
     cost: Cost = field(default_factory=Cost)
     audit: Audit = field(default_factory=Audit)  # every substitution read back (hooks.Audit)
@@ -129,7 +81,9 @@ class Engine:
             per = min(per, group * max(1, LOGITS_BUDGET // (group * logits)))
         return [range(at, min(at + per, n_rows)) for at in range(0, n_rows, per)]
 
-    def _run(self, ids: torch.Tensor, start_layer: int = 0, logits_to_keep: int = 0, **kw):
+    def run_model(self, ids: torch.Tensor, start_layer: int = 0, logits_to_keep: int = 0, **kw):
+        """The engine's one call into the model, under inference mode: it counts the call's cost
+        and work (a test times runs by wrapping it)."""
         # The last `logits_to_keep` positions are passed as a position tensor (transformers'
         # documented 1D form), which gathers them into one block: the int form slices a strided
         # view, on which the output head runs one product per row, each reading the whole head
@@ -143,7 +97,8 @@ class Engine:
         with torch.inference_mode():
             return self.lm.model(input_ids=ids.to(self.lm.device), logits_to_keep=keep, **kw)
 
-    def _pad(self) -> int:
+    def pad_id(self) -> int:
+        """The id padding positions hold (masked out: any id would do): pad, else eos, else 0."""
         tok = self.lm.tokenizer
         return next(int(c) for c in (tok.pad_token_id, tok.eos_token_id, 0) if c is not None)
 
@@ -156,16 +111,16 @@ class Engine:
         for batch in _by_length([len(seqs[i]) for i in order], self.token_budget):
             idx = [order[i] for i in batch]
             width = max(len(seqs[i]) for i in idx)
-            ids = torch.tensor([list(seqs[i]) + [self._pad()] * (width - len(seqs[i]))
+            ids = torch.tensor([list(seqs[i]) + [self.pad_id()] * (width - len(seqs[i]))
                                 for i in idx])
             index = torch.tensor([positions[i] for i in idx], dtype=torch.long)
             with capture_hook(lm.layers, layers, index) as store:
-                self._run(ids, use_cache=False, logits_to_keep=1)  # only residuals are wanted
+                self.run_model(ids, use_cache=False, logits_to_keep=1)  # only residuals are wanted
             out[idx] = _stacked(store, layers)
         return out
 
     def prefill(self, prompts: list[list[int]], *, subs: list[list[Sub]] | None = None,
-                after: tuple[State, list[int], int] | None = None, start_layer: int = 0,
+                after: Continuation | None = None, start_layer: int = 0,
                 hidden: torch.Tensor | None = None, keep: int = 1, capture_tail: int = 0,
                 keep_state: bool = False, width: int = 0, group: int = 1,
                 against: list[torch.Tensor] | None = None, in_place: bool = False) -> Prefill:
@@ -173,93 +128,91 @@ class Engine:
         with `against` (one [keep, V] float32 log-prob tensor per row) only each row's KL sum
         against them, scored row by row as each call ends (no batch of log-probs is kept)."""
         # From scratch, prompts are left-padded to a common width (at least `width`). With
-        # `after=(state, rows, column)` row i continues the first `column` cached columns of
-        # `state` row `rows[i]` (rows may repeat; the prompts then have one length). `subs[i]` are
+        # `after` (a Continuation) row i continues the first `column` cached columns of its row
+        # of the kept state (rows may repeat; the prompts then have one length). `subs[i]` are
         # row i's substitutions, positions counted in its prompt. With `start_layer` > 0 only the
         # layers from it run, fed `hidden` ([rows, length, d], the residual entering it): nothing
         # below a substitution can change. `capture_tail` records the residuals entering every
         # layer at each row's last positions. Rows are split in whole `group`s, never inside one.
-        # With `in_place`, continuations read the cached columns where they are (see _in_place; a
-        # state kept from them cannot be continued again). `generate` asks for it: there every
-        # row chunk reads all the weights at every step, so a chunk saved is worth far more than
-        # the copies; measured on prefill continuations (host, sweep windows) it gained nothing
-        # and cost the short sweep ~5%.
-        width = max(width, *(len(p) for p in prompts))
+        # With `in_place`, continuations read the cached columns where they are (see
+        # reads_in_place_of; a state kept from them cannot be continued again). `generate` asks
+        # for it: there every row chunk reads all the weights at every step, so a chunk saved is
+        # worth far more than the copies; measured on prefill continuations (host, sweep windows)
+        # it gained nothing and cost the short sweep ~5%.
         if after is not None and len({len(p) for p in prompts}) != 1:
             raise ValueError("continuations of cached rows must all have one length")
         if capture_tail > min(len(p) for p in prompts):
             raise ValueError(f"capture_tail {capture_tail} exceeds the shortest prompt")
         if against is not None and len(against) != len(prompts):
             raise ValueError(f"{len(against)} reference log-probs for {len(prompts)} rows")
-        in_place = in_place and self._in_place(after)  # a caller's `after` only
-        plan = self._shareable(prompts, subs, after, start_layer, max(keep, capture_tail, 1))
+        req = PrefillRequest(prompts, subs, after, start_layer, hidden, keep, capture_tail,
+                             keep_state, max(width, *(len(p) for p in prompts)), against,
+                             in_place and self.reads_in_place_of(after), group)  # a caller's only
+        plan = self._shareable(req)
         if plan.common:  # computed once; then each row's rest after it (left-padded)
-            after, prompts, width = self._shared(plan, prompts, width)
-        return self._chunked(prompts, subs, after, start_layer, hidden, keep, capture_tail,
-                             keep_state, width, against, in_place, group)
+            req = self._shared(plan, req)
+        return self._chunked(req)
 
-    def _chunked(self, prompts, subs, after, start_layer, hidden, keep, tail, keep_state, width,
-                 against, in_place, group) -> Prefill:
-        args = (prompts, subs, after, start_layer, hidden, keep, tail, keep_state, width,
-                against, in_place)
-        footprint = (after[2] if after and not in_place else 0) + width
-        logits = keep * self.lm.vocab_size if against is not None else 0
-        parts = [self._prefill(list(rows), *args)
-                 for rows in self.chunks(len(prompts), footprint, group, logits)]
-        return Prefill(merged([p.state for p in parts]) if keep_state else None,
+    def _chunked(self, req: PrefillRequest) -> Prefill:
+        footprint = (req.after.column if req.after and not req.in_place else 0) + req.width
+        logits = req.keep * self.lm.vocab_size if req.against is not None else 0
+        parts = [self._prefill(list(rows), req)
+                 for rows in self.chunks(len(req.prompts), footprint, req.group, logits)]
+        return Prefill(merged([p.state for p in parts]) if req.keep_state else None,
                        joined([p.logprobs for p in parts]), joined([p.residuals for p in parts]),
                        joined([p.kl for p in parts]))
 
-    def _shared(self, plan: Layout, prompts, width: int):
+    def _shared(self, plan: Layout, req: PrefillRequest) -> PrefillRequest:
         """The common prefix once and, with groups, each group's segment once after it: the
-        `after` every row's rest continues, the rests and their width (columns unchanged)."""
-        c, n = plan.common, len(prompts)
+        request every row's rest makes, continuing them (columns unchanged)."""
+        c, prompts, n = plan.common, req.prompts, len(req.prompts)
         state = self.prefill([prompts[0][:c]], keep=0, keep_state=True).state
         if not plan.groups:
-            return (state, [0] * n, c), [p[c:] for p in prompts], width - c
+            return replace(req, prompts=[p[c:] for p in prompts], width=req.width - c,
+                           after=Continuation(state, [0] * n, c))
         seg, of = max(s for s, _ in plan.groups), plan.segment_of()
         segs = [prompts[rows[0]][c: c + s] for s, rows in plan.groups]
-        state = self._chunked(segs, subs=None, after=(state, [0] * len(segs), c), start_layer=0,
-                              hidden=None, keep=0, tail=0, keep_state=True, width=seg,
-                              against=None, in_place=False, group=1).state
-        return ((state, [of[i][0] for i in range(n)], c + seg),
-                [p[c + of[i][1]:] for i, p in enumerate(prompts)], width - c - seg)
+        state = self._chunked(PrefillRequest(segs, after=Continuation(state, [0] * len(segs), c),
+                                             keep=0, keep_state=True, width=seg)).state
+        return replace(req, prompts=[p[c + of[i][1]:] for i, p in enumerate(prompts)],
+                       width=req.width - c - seg,
+                       after=Continuation(state, [of[i][0] for i in range(n)], c + seg))
 
-    def _shareable(self, prompts, subs, after, start_layer: int, kept: int) -> Layout:
+    def _shareable(self, req: PrefillRequest) -> Layout:
         """What the rows share and can compute once (prefixes.layout): nothing for one row, a
         continuation, substitutions or a start layer (their positions count from the prompt's
         start), or a sliding-window model (its window counts cache columns, and sharing puts
-        each row's padding between columns); the last `kept` positions of each row stay its own."""
-        if len(prompts) < 2 or after is not None or start_layer or (subs and any(subs)):
+        each row's padding between columns); the last positions a row keeps stay its own."""
+        if len(req.prompts) < 2 or req.after is not None or req.start_layer or \
+                (req.subs and any(req.subs)):
             return Layout(0)
         config = self.lm.model.config
         if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
             return Layout(0)
-        return layout([list(p) for p in prompts], kept)
+        return layout([list(p) for p in req.prompts], max(req.keep, req.tail, 1))
 
-    def _in_place(self, after) -> bool:
+    def reads_in_place_of(self, after: Continuation | None) -> bool:
         """Whether continuations of `after` may read its cached columns in place, not copied per
         row (kvcache.Shared; not from row chunks kept apart), costing no budget: they are held."""
-        return (after is not None and not isinstance(after[0].cache, list)
+        return (after is not None and not isinstance(after.state.cache, list)
                 and reads_in_place(self.lm.model.config))
 
-    def _prefill(self, rows, prompts, subs, after, start_layer, hidden, keep, tail, keep_state,
-                 width, against, in_place) -> Prefill:
+    def _prefill(self, rows: list[int], req: PrefillRequest) -> Prefill:
         lm, dev, n = self.lm, self.lm.device, self.lm.n_layers
-        prompts = [list(prompts[i]) for i in rows]
+        prompts, width, after = [list(req.prompts[i]) for i in rows], req.width, req.after
         if after is None:
             offsets = [width - len(p) for p in prompts]
-            ids = torch.tensor([[self._pad()] * o + p for o, p in zip(offsets, prompts)])
+            ids = torch.tensor([[self.pad_id()] * o + p for o, p in zip(offsets, prompts)])
             mask = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(offsets, prompts)])
             pos, cache, shift = (mask.cumsum(-1) - 1).clamp(min=0), empty_cache(), offsets
             shared = [0] * len(rows)
         else:
-            state, cache_rows, column = after
-            picked = [cache_rows[i] for i in rows]
-            cache = read_in_place(state.cache, picked, column) if in_place else \
-                gather_prefix(state.cache, picked, column, start_layer)
+            state, column = after.state, after.column
+            picked = [after.rows[i] for i in rows]
+            cache = read_in_place(state.cache, picked, column) if req.in_place else \
+                gather_prefix(state.cache, picked, column, req.start_layer)
             pads = [width - len(p) for p in prompts]  # non-zero only after a shared prefix
-            ids = torch.tensor([[self._pad()] * o + p for o, p in zip(pads, prompts)])
+            ids = torch.tensor([[self.pad_id()] * o + p for o, p in zip(pads, prompts)])
             new = torch.tensor([[0] * o + [1] * len(p) for o, p in zip(pads, prompts)])
             mask = torch.cat([state.mask[picked, :column], new], 1)
             pos = (mask.cumsum(-1) - 1)[:, column:].clamp(min=0)
@@ -267,26 +220,28 @@ class Engine:
             cached = mask[:, :column].sum(-1).tolist()  # a padded row's rest follows them
             shared = [c if o else state.shared[r] for c, o, r in zip(cached, pads, picked)]
             shift = pads
-        entries = [[Sub(s.layer, shift[k] + s.position, s.vector) for s in subs[i]]
-                   for k, i in enumerate(rows)] if subs else []
+        entries = [[Sub(s.layer, shift[k] + s.position, s.vector) for s in req.subs[i]]
+                   for k, i in enumerate(rows)] if req.subs else []
+        keep, tail, start = req.keep, req.tail, req.start_layer
         with ExitStack() as stack:
             if any(entries):
                 stack.enter_context(substitute(lm.layers, entries, self.audit))
-            if start_layer:
-                stack.enter_context(start_at(lm.layers, start_layer, hidden[rows]))
+            if start:
+                stack.enter_context(start_at(lm.layers, start, req.hidden[rows]))
             at = torch.arange(ids.shape[1] - tail, ids.shape[1]).expand(len(rows), -1)
             store = stack.enter_context(capture_hook(lm.layers, range(n), at)) if tail else None
-            logits = self._run(ids, start_layer, cache=cache, attention_mask=mask.to(dev),
+            logits = self.run_model(ids, start, cache=cache, attention_mask=mask.to(dev),
                                position_ids=pos.to(dev), use_cache=True,
                                logits_to_keep=max(keep, 1)).logits
-        if keep_state and not start_layer and cache.get_seq_length() != mask.shape[1]:
+        if req.keep_state and not start and cache.get_seq_length() != mask.shape[1]:
             raise LacError("the model did not fill the KV cache it was given as `cache=`: lac "
                            "needs transformers >= 5.24 (an older one ignores the keyword)")
-        kl = None if against is None else torch.tensor(
-            [float(kl_sum(against[i].to(logits.device), logprobs_of(logits[k, -keep:])))
+        kl = None if req.against is None else torch.tensor(
+            [float(kl_sum(req.against[i].to(logits.device), logprobs_of(logits[k, -keep:])))
              for k, i in enumerate(rows)], dtype=torch.float64)
-        return Prefill(State(cache, mask, offsets, logits[:, -1], shared) if keep_state else None,
-                       logprobs_of(logits[:, -keep:]) if keep and against is None else None,
+        return Prefill(State(cache, mask, offsets, logits[:, -1], shared)
+                       if req.keep_state else None,
+                       logprobs_of(logits[:, -keep:]) if keep and req.against is None else None,
                        _stacked(store, range(n)) if tail else None, kl)
 
     def decode(self, state: State, n_new: int, *, stop_at_eos: bool = False,
@@ -329,8 +284,9 @@ class Engine:
             with ExitStack() as stack:
                 store = stack.enter_context(capture_hook(lm.layers, range(lm.n_layers))) \
                     if capture_into is not None else None
-                logits = self._run(nxt[:, None], cache=state.cache, attention_mask=mask.to(dev),
-                                   position_ids=last[:, None].to(dev), use_cache=True).logits[:, -1]
+                logits = self.run_model(
+                    nxt[:, None], cache=state.cache, attention_mask=mask.to(dev),
+                    position_ids=last[:, None].to(dev), use_cache=True).logits[:, -1]
             if store is not None:
                 capture_into[:, :, step] = _stacked(store, range(lm.n_layers))[:, :, 0]
         steps = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(rows)]
@@ -341,16 +297,18 @@ class Engine:
         return Decoded(steps, logprobs, capture_into,
                        State(state.cache, mask, state.offsets, logits, state.shared))
 
-    def generate(self, prompts: list[list[int]], n_new: int, *, subs=None, after=None,
+    def generate(self, prompts: list[list[int]], n_new: int, *, subs=None,
+                 after: Continuation | None = None,
                  stop_at_eos: bool = False, keep_logprobs: bool = False, capture_tail: int = 0,
                  keep_state: bool = False) -> Decoded:
         """Prefill then decode, chunk by chunk of rows within the budget (cache included; columns
         continued from `after` are read in place where they can be); with `capture_tail`,
         residuals cover the prompt tail and every token fed back."""
         # a state kept to be continued again holds copies: in-place layers hold only their own
-        in_place = not keep_state and self._in_place(after)
+        in_place = not keep_state and self.reads_in_place_of(after)
         width, copied = max(len(p) for p in prompts), after and not in_place
-        parts, chunks = [], self.chunks(len(prompts), (after[2] if copied else 0) + width + n_new)
+        parts, chunks = [], self.chunks(len(prompts),
+                                        (after.column if copied else 0) + width + n_new)
         if (keep_logprobs or capture_tail) and stop_at_eos:
             raise ValueError("keep_logprobs and capture_tail need every row's n_new steps: not "
                              "with stop_at_eos")
@@ -359,7 +317,7 @@ class Engine:
         res = torch.empty(n, lm.n_layers, capture_tail + n_new - 1, lm.d_model) \
             if capture_tail else None
         for ci, rows in enumerate(chunks):
-            cont = (after[0], [after[1][i] for i in rows], after[2]) if after else None
+            cont = after.take(rows) if after else None
             pre = self.prefill([prompts[i] for i in rows], keep=0, capture_tail=capture_tail,
                                subs=[subs[i] for i in rows] if subs else None, keep_state=True,
                                after=cont, width=width, in_place=in_place)

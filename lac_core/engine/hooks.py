@@ -12,11 +12,14 @@ import torch
 from ..errors import InterventionError, NonFiniteResidualError
 
 
-def _hidden(args, kwargs) -> torch.Tensor:
+def hidden_of(args, kwargs) -> torch.Tensor:
+    """The residual a decoder layer is called with (positional or `hidden_states=`): what a
+    forward pre-hook reads and replaces (a documented seam: tests build broken hooks with it)."""
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _with_hidden(args, kwargs, hidden):
+def with_hidden(args, kwargs, hidden):
+    """The layer's call arguments with its residual replaced, as a pre-hook returns them."""
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
@@ -46,7 +49,7 @@ def capture(layers, layer_ids, index: torch.Tensor | None = None, check_finite: 
 
     def make(layer_id):
         def hook(module, args, kwargs):  # kept minimal: it runs once per layer per forward
-            h = _hidden(args, kwargs)
+            h = hidden_of(args, kwargs)
             dtypes[layer_id] = h.dtype
             if index is not None:
                 h = h.gather(1, index.to(h.device).unsqueeze(-1).expand(-1, -1, h.shape[-1]))
@@ -106,7 +109,7 @@ class Audit:
 def _read_back(layer: int, rows, positions, vectors, audit: Audit, seen: set):
     """A forward hook on the substituted layer: it sees the arguments the layer ran on."""
     def hook(module, args, kwargs, output):
-        h = _hidden(args, kwargs)
+        h = hidden_of(args, kwargs)
         got = h[rows.to(h.device), positions.to(h.device)]
         want = on_layer(vectors, h)
         if not torch.equal(got, want):
@@ -151,9 +154,9 @@ def substitute(layers, subs_per_row: list[list[Sub]], audit: Audit | None = None
 def write_hook(rows: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor):
     """The pre-hook that writes `vectors` at (rows, positions) of the residual a layer receives."""
     def hook(module, args, kwargs):
-        h = _hidden(args, kwargs).clone()
+        h = hidden_of(args, kwargs).clone()
         h[rows.to(h.device), positions.to(h.device)] = on_layer(vectors, h)
-        return _with_hidden(args, kwargs, h)
+        return with_hidden(args, kwargs, h)
     return hook
 
 

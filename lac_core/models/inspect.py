@@ -20,6 +20,14 @@ LAYER_FIELDS = ("num_hidden_layers", "n_layer")
 RESAVE = "fix the file, or save the checkpoint again with save_pretrained"
 
 
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def gguf_facts(path: Path) -> tuple[int, bool, str]:
     """(decoder layers, has a chat template, architecture) from a GGUF file's metadata."""
     import gguf

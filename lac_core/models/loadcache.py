@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .pypi import sha256_of, to_stderr
+from .inspect import sha256_of
+from .pypi import to_stderr
 from .registry import ModelSpec
 
 FORMAT = 1
@@ -136,12 +137,12 @@ def load_gguf(spec: ModelSpec, path: Path, kw: dict, root: Path, say=to_stderr):
             why = f"it fails to load ({type(exc).__name__}: {exc})"
     say(f"load cache: no entry for {spec.name} yet; keeping one after this load" if why == NO_ENTRY
         else f"load cache: not using {entry} ({why}); rebuilding it from {path.name}")
-    model, tok = _from_gguf(spec, path, kw, say)
+    model, tok = from_gguf(spec, path, kw, say)
     keep(model, tok, key, entry, kw, say)
     return model, tok
 
 
-def _from_gguf(spec: ModelSpec, path: Path, kw: dict, say):
+def from_gguf(spec: ModelSpec, path: Path, kw: dict, say):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     say(f"loading {spec.name} from {path.name} ({path.stat().st_size / 1e6:,.0f} MB GGUF, "
@@ -227,7 +228,7 @@ def _recipe(tok, folder: Path) -> dict:
 def _write(model, tok, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file(_untied(model), folder / WEIGHTS, metadata={"format": "pt"})
+    save_file(untied(model), folder / WEIGHTS, metadata={"format": "pt"})
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):  # else from_pretrained would expect a GGUF
         del config.quantization_config
@@ -254,7 +255,7 @@ def _open_up(folder: Path) -> None:
     os.chmod(folder, mode)
 
 
-def _untied(model) -> dict:
+def untied(model) -> dict:
     """The state dict without the duplicates of tied weights (safetensors refuses tensors that
     share memory; from_pretrained ties them back)."""
     state = model.state_dict()

@@ -17,15 +17,8 @@ import zipfile
 from pathlib import Path
 
 from ..errors import ChecksumError, MissingWeightsError
+from .inspect import sha256_of  # noqa: F401  (also read from here)
 from .registry import ModelSpec
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def to_stderr(msg: str) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UnknownModelError
+from . import inspect
+from .inspect import sha256_of
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def resolve(name: str) -> ModelSpec:
     """The model a --model argument names, checked on disk before anything loads."""
-    from . import inspect
-    from .pypi import sha256_of
 
     registered = REGISTRY.get(name) or _BY_HUB_ID.get(name)
     if registered and registered.source != "hub":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import reprlib
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -15,25 +14,15 @@ from pathlib import Path
 import yaml
 
 from ..errors import GridError
+from ..verdicts import claims as registry
+from ..verdicts.claims import EXPERIMENTS
+from ..yamlfile import DuplicateKeyError, UniqueKeys, quote
 from ..paths import GRID_DIR
 
-EXPERIMENTS = {"sweep": ("C1", "C1L", "C2", "C5", "C6"), "markers": ("C3", "C3R"), "host": ("C4",)}
 DEFAULT_TEMPLATE = "As {persona}, {task}"
 MAX_BYTES = 1 << 20  # a grid file, and the content its YAML aliases expand to, at most 1 MiB
 # A template token: a literal brace pair, a {...} field, or a lone brace (an error).
 _TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}|[{}]")
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 76, 76, 3
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
-
-
-def quote(value, limit: int = 80) -> str:
-    """A value for an error message, cut to a readable length without walking all of it (a
-    grid's YAML aliases can expand to gigabytes)."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @dataclass(frozen=True)
 class Cell:
     persona_key: str
@@ -79,30 +68,9 @@ class Grid:
 
     def not_run(self, claim: str) -> str | None:
         """Why `claim` cannot run on this grid (None: it runs)."""
-        kind = next(k for k, claims in EXPERIMENTS.items() if claim in claims)
+        kind = registry.CLAIMS[claim].experiment
         return None if kind in self.experiments else \
             f"the grid runs {', '.join(self.experiments)}, not {kind}"
-
-
-class UniqueKeys(yaml.SafeLoader):
-    """A YAML loader that refuses a key repeated in one mapping instead of keeping the last."""
-
-
-def _mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            repeated = key in seen
-        except TypeError:  # an unhashable key: SafeLoader refuses it below, as a YAML error
-            continue
-        if repeated:
-            raise GridError(f"duplicate key {quote(key)} (line {key_node.start_mark.line + 1})")
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-
-UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
 def _json_pairs(pairs):
@@ -114,7 +82,7 @@ def _json_pairs(pairs):
     return out
 
 
-def _expanded_size(data, where: str) -> int:
+def expanded_size(data, where: str) -> int:
     """Characters the loaded structure holds once its aliases are expanded, without expanding
     them: a node shared by aliases is walked once (memoized by id) and counted per occurrence."""
     memo: dict[int, int | None] = {}
@@ -148,8 +116,8 @@ def _read(path: Path) -> dict:
             data = json.loads(text, object_pairs_hook=_json_pairs)
         else:
             data = yaml.load(text, Loader=UniqueKeys)
-        size = _expanded_size(data, where)
-    except GridError as exc:
+        size = expanded_size(data, where)
+    except (GridError, DuplicateKeyError) as exc:
         if str(exc).startswith(where):
             raise
         raise GridError(f"{where}: {exc}; every key may appear once in a mapping") from None

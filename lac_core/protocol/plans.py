@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.forward import Engine, Sub, kl_sum
+from ..engine.forward import Continuation, Engine, Sub, kl_sum
 from ..engine.memory import release_freed
 from .prompts import CONDITIONS, N_REF, PROMPT_PROBES, Rendered
 
@@ -122,7 +122,7 @@ class FastPlan(NaivePlan):
         rendered = {u: self.prompts[ci][c] for (ci, c), u in zip(pairs, index)}
         tail = _tail(list(rendered.values()), probes)
         pre = eng.prefill(keys, keep=0, capture_tail=tail, keep_state=True)
-        after = (pre.state, index, max(len(k) for k in keys))
+        after = Continuation(pre.state, index, max(len(k) for k in keys))
         fed = eng.prefill([self.refs[ci][:forced] for ci, _ in pairs], after=after, keep=0,
                           capture_tail=forced).residuals
         for k, ((ci, c), u) in enumerate(zip(pairs, index)):
@@ -153,7 +153,7 @@ class FastPlan(NaivePlan):
 
     def _group(self, runs, pi, column, length, seqs, window, layers, vectors, out, same_path):
         names, members = list(vectors), [ci for ci, _, _ in runs]
-        after = (self.gen.state, [ci for ci in members for _ in names], column)
+        after = Continuation(self.gen.state, [ci for ci in members for _ in names], column)
         suffixes = [seqs[ci][p: p + length] for ci, p, _ in runs for _ in names]
         spans = [slice(self._ref_index(ci, p), self._ref_index(ci, p) + length)
                  for ci, p, _ in runs]

@@ -11,6 +11,8 @@ PROBES = ("p_user_last", "p_last", "g1", "g2")
 PROMPT_PROBES = ("p_user_last", "p_last")  # probes inside the prompt; g1, g2 are generated tokens
 N_REF = 12  # greedy reference tokens r[0:12]
 WINDOW = 10  # teacher-forced KL window length
+WINDOW_OFFSET = {"p_user_last": 0, "p_last": 0, "g1": 1, "g2": 2}  # window start = p_last + offset
+FORCED = 2  # g1, g2 exist in every condition: the XY reference's r[0:2] is appended to each
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class Rendered:
         """Index of a probe in prompt + r (g1, g2: the first and second generated positions)."""
         return {"p_user_last": self.p_user_last, "p_last": self.p_last,
                 "g1": self.p_last + 1, "g2": self.p_last + 2}[probe]
+
+
+def window_start(rendered: Rendered, probe: str) -> int:
+    """First position scored: r[0:10] for p_last and p_user_last, r[1:11] g1, r[2:12] g2."""
+    return rendered.p_last + WINDOW_OFFSET[probe]
 
 
 def _template_ids(tokenizer, text: str, template: ChatTemplate, header: bool) -> list[int]:
@@ -43,9 +50,10 @@ def _raw_ids(tokenizer, text: str) -> list[int]:
     return [bos] + plain if bos is not None and added[:1] == [bos] else plain
 
 
-def render(tokenizer, text: str, template: ChatTemplate = MODEL) -> Rendered:
+def render(tokenizer, text: str, template: ChatTemplate | None = MODEL) -> Rendered:
     """Render a single user message; audit BOS and the user-turn prefix. In raw mode the prompt
     is the text itself and p_user_last = p_last."""
+    template = template or MODEL  # None: the model's own
     if template.raw:
         ids = _raw_ids(tokenizer, text)
         return Rendered(ids=tuple(ids), p_user_last=len(ids) - 1, p_last=len(ids) - 1)

@@ -9,8 +9,8 @@ window scored against the clean run (KL to clean)."""
 from __future__ import annotations
 
 from ..engine.forward import Engine
-from .experiments import (HOST_WINDOW, PromptPass, Target, _cost, _generate_at_p_last,
-                          _pass_for, teacher_forced, xy_target)
+from .passes import (HOST_WINDOW, PromptPass, Target, cost_record, generate_at_p_last,
+                     pass_for, teacher_forced, xy_target)
 from .grids import Grid
 from .markers import hits
 from ..verdicts.results import MarkerResult, SteeringResult
@@ -44,7 +44,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
     then = len(cells) * ((per_cell - (0 if regenerate_a1 else 1)) * n_new * depth
                          + HOST_WINDOW * (per_cell * (depth - layer)
                                           + depth * (1 if target else 2)))
-    passed, (prompts, h) = _pass_for(eng, grid, residuals=residuals, conditions=("XY",),
+    passed, (prompts, h) = pass_for(eng, grid, residuals=residuals, conditions=("XY",),
                                      then=int(then))
     at = {}  # persona -> a cell of it
     for ci, cell in enumerate(cells):
@@ -60,7 +60,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
         raise ValueError("every persona needs as many swap partners as every other")
     gen_rows = [(tuple(prompts[ci]["XY"].ids), vec) for ci, kind, a, vec in runs
                 if regenerate_a1 or not (kind == "dose" and a == 1.0)]
-    generated = iter(_generate_at_p_last(eng, gen_rows, layer, n_new, passed))
+    generated = iter(generate_at_p_last(eng, gen_rows, layer, n_new, passed))
     target = target or xy_target(eng, grid, prompts, passed)
     kls = _kl_to_clean(eng, prompts, runs, layer, target, passed)
     dose = {str(a): {} for a in doses}
@@ -83,7 +83,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
                      "clean_other_hits": hits(clean, grid.markers[a], stems), "kl": kl})
     return SteeringResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in cells),
                           tuple(doses), "custom" if isinstance(pairs, dict) else pairs, dose, swap,
-                          _cost(eng), grid.sha256,
+                          cost_record(eng), grid.sha256,
                           eng.audit.expect(len(gen_rows) + len(runs), "dose and swap", since))
 
 

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import NoChatTemplateError, UsageError
 
 BUILTIN = {
     "chatml": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -136,3 +136,16 @@ def choose(option: str | None, raw: bool) -> ChatTemplate:
                          "file of its own")
     check(f"--chat-template {path}", text)
     return ChatTemplate(f"file:{path.stem}", text)
+
+
+def attach(loaded, template: ChatTemplate):
+    """The loaded model (models.LoadedModel) rendering its prompts with `template`: the model's
+    own must exist; the provenance names the template and hashes its text."""
+    own = getattr(loaded.tokenizer, "chat_template", None)
+    if template.name == "model" and not own:
+        raise NoChatTemplateError(f"{loaded.spec.name} has no chat template; pass {FIXES}")
+    text = template.text or (own if not template.raw else None)
+    loaded.template = template
+    loaded.provenance.update(chat_template=template.name, chat_template_sha256=hashlib.sha256(
+        text.encode()).hexdigest() if text else None)
+    return loaded

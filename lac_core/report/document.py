@@ -9,15 +9,15 @@ from typing import Callable
 from pathlib import Path
 
 from . import breakdown, findings
-from ..verdicts import paper, rules, uncertainty
+from ..verdicts import claims as registry
+from ..verdicts import paper, uncertainty
 from .figures import kl_by_layer
 from ..protocol.grids import paper_grid
 from .reportset import Folder
-from ..verdicts.results import MARKER_CONDITIONS, jsonable
+from ..verdicts.results import MARKER_CONDITIONS, RECORDS, jsonable
 
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
-KINDS = {"sweep": "sweeps", "markers": "markers", "host": "host_injection",
-         "steering": "dose_and_swap"}
+KINDS = {kind: name for kind, (_record, name) in RECORDS.items()}  # -> results.json list
 
 
 def fmt(x, nd: int = 4) -> str:
@@ -67,7 +67,9 @@ def verdict_matrix(session) -> list[str]:
     """Claims x (model, grid): a verdict, 'not run' with the reason, or '-' (no test ran it)."""
     models = list(dict.fromkeys([*session.checked.models, *(m for _c, m, _g in session.verdicts)]))
     cols = [(m, g) for m in models for g in session.grids]
-    rows = [[claim, *(_cell(session, claim, m, g) for m, g in cols)] for claim in rules.CLAIMS]
+    shown = [c for c in registry.CLAIMS if session.claims_planned is None
+             or c in session.claims_planned or any(k[0] == c for k in session.verdicts)]
+    rows = [[claim, *(_cell(session, claim, m, g) for m, g in cols)] for claim in shown]
     return table(["claim", *(f"{m} / {g}" for m, g in cols)], rows)
 
 

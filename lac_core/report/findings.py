@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from . import breakdown, figures
+from ..verdicts import claims as registry
 from ..verdicts import paper, uncertainty
 from ..protocol.grids import paper_grid
 
@@ -17,9 +18,6 @@ def extra(kind: str, r, thresholds) -> dict:
         out["faithfulness"] = uncertainty.faithfulness_table(r, thresholds.C6.min_null_kl)
     return out
 
-
-CHECKED_ON = {"additive_vs_null": "sweep", "sum_beats_alignment": "sweep",  # check -> experiment
-              "additive_keeps_marker": "markers", "oracle_no_worse": "host"}
 
 
 def by_kind(session, kind: str) -> list:
@@ -43,7 +41,7 @@ def figure_writers(session) -> dict:
     """Report-set file name -> writer, for the heatmaps (per model) and the dose/swap figure."""
     writers = {}
     for model in dict.fromkeys(k[0] for k in session.results):
-        panels = _heatmap_panels(session, model)
+        panels = heatmap_panels(session, model)
         if panels:
             writers[heatmap_name(model)] = (
                 lambda path, m=model, p=panels: figures.heatmaps(m, p, path))
@@ -55,7 +53,7 @@ def figure_writers(session) -> dict:
     return writers
 
 
-def _heatmap_panels(session, model: str) -> list:
+def heatmap_panels(session, model: str) -> list:
     """A result's key names its grid by the session's label (its record's .grid is the name)."""
     panels = []
     for (m, grid, _k), r in by_kind(session, "sweep"):
@@ -132,11 +130,11 @@ def _breaks(session, table, fmt) -> list[str]:
              "and the distinct persona markers under clean / additive / bare (in grey, the "
              "paper's Gemma-2-2B count of the same cell where the grid is the paper's).", ""]
     for model in dict.fromkeys(k[0] for k in session.results):
-        if _heatmap_panels(session, model):
+        if heatmap_panels(session, model):
             lines += [f"![heatmaps {model}]({heatmap_name(model)})", ""]
     rows = []
     for (check, m, g), cells in sorted(session.cell_failures.items()):
-        r = session.results.get((m, g, CHECKED_ON.get(check)))
+        r = session.results.get((m, g, registry.CELL_CHECKS[check].experiment))
         if cells and r is not None:
             worst = breakdown.worst_first(check, r, sorted(cells), session.thresholds)
             rows.append([check, f"{m} / {g}", f"{len(cells)}/{len(r.cells)}",

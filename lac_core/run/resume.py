@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import CORE
-from ..verdicts.results import HostResult, MarkerResult, SteeringResult, SweepResult
+from ..verdicts.results import RECORDS as KEPT
 
-RESUMABLE = ("sweep", "markers", "host", "steering")
+RESUMABLE = tuple(KEPT)  # every kept experiment; the shared parts (residuals) are not kept
 FORMAT = "lac-resume/1"
 SUFFIX = ".npz"
-RECORDS = {cls.__name__: cls for cls in (SweepResult, MarkerResult, HostResult, SteeringResult)}
+RECORDS = {cls.__name__: cls for cls, _name in KEPT.values()}  # the allow-list of classes
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 

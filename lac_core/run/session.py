@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import os
 import platform
-import secrets
 import time
 from dataclasses import dataclass, field
 
-from ..verdicts import expected, rules
+from ..verdicts import claims as registry
+from ..verdicts import expected
 from . import preflight, provenance, resume
+from .provenance import new_run_id
 from ..errors import UsageError
 from .progress import Progress
 from ..report.document import Plan, report_names, write_report_set
 from ..report.reportset import Folder
 from .settings import Settings
-from ..verdicts.thresholds import load_thresholds
+from ..verdicts.thresholds import Thresholds, load_thresholds
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Outcome:
 @dataclass
 class Session:
     settings: Settings
-    thresholds: object
+    thresholds: Thresholds
     checked: preflight.Checked
     args: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -54,6 +55,7 @@ class Session:
     resume_notes: list = field(default_factory=list)  # resume entries not used, and why
     resume: resume.ResultCache = field(default_factory=lambda: resume.ResultCache(None))
     folder: Folder | None = None  # the report folder, checked and locked at start
+    claims_planned: set | None = None  # claims whose tests were collected (None: all registered)
     run_id: str = ""  # unique per run (new_run_id); a pytest-xdist worker takes its controller's
     _expectations: dict = field(default_factory=dict)
     _fingerprint: dict = field(default_factory=dict)
@@ -102,6 +104,13 @@ class Session:
                                            ("attention", s.attention, default.attention),
                                            ("plan", s.plan, default.plan)) if value != base]
         return " ".join([self.checked.models[model].dtype, self.checked.template.key, *extra])
+
+    def tell_notes(self) -> None:
+        """The resume cache's notes (entries not used, results not kept): to the log now, and to
+        the report at the end (run.resume_cache_not_used)."""
+        for note in self.resume.notes[len(self.resume_notes):]:
+            self.resume_notes.append(note)
+            self.progress.say(f"lac: {note}")
 
     def check_expectations(self) -> None:
         """Before any work: the expectations folder is usable and each model's file is whole."""
@@ -152,10 +161,22 @@ class Session:
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
               "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes")
 
+    def export(self) -> dict:
+        """What a pytest-xdist worker sends the controller (see merge)."""
+        return {"fingerprint": self.fingerprint(), "claims_planned": self.claims_planned,
+                **{n: getattr(self, n) for n in self.SHARED}}
+
+    def plan_claims(self, claims) -> None:
+        """The claims whose tests were collected (before -k or -m deselect any): a run plans
+        those, not every registered claim (a user's own suite runs only its own)."""
+        self.claims_planned = set(claims)
+
     def planned(self) -> set:
-        """Every (claim, model, grid) the settings ask for, where the grid runs its experiment."""
+        """Every (claim, model, grid) the run asks for, where the grid runs its experiment."""
+        claims = [c for c in registry.CLAIMS
+                  if self.claims_planned is None or c in self.claims_planned]
         return {(c, m, g) for m in self.checked.models for g, grid in self.grids.items()
-                for c in rules.CLAIMS if grid.not_run(c) is None}
+                for c in claims if grid.not_run(c) is None}
 
     def not_run(self) -> dict:
         """(claim, model, grid) -> why no verdict came (deselected, interrupted, or an error)."""
@@ -171,17 +192,16 @@ class Session:
 
     def fingerprint(self) -> dict:
         if not self._fingerprint:
-            self._fingerprint.update(provenance.fingerprint(self.settings.claims_file, self.grids))
+            self._fingerprint.update(provenance.fingerprint(
+                self.settings.claims_file, self.grids, getattr(self.thresholds, "files", ())))
         return self._fingerprint
-
-    def export(self) -> dict:
-        """What a pytest-xdist worker sends the controller (see merge)."""
-        return {"fingerprint": self.fingerprint(), **{n: getattr(self, n) for n in self.SHARED}}
 
     def merge(self, other: dict) -> None:
         """Take in a worker's export: each model runs on one worker, so keys never collide; a
         worker whose code, rules, grids or libraries differ is refused."""
         provenance.same_or_refuse(self.fingerprint(), other["fingerprint"], "a worker")
+        if other.get("claims_planned") is not None:
+            self.claims_planned = (self.claims_planned or set()) | other["claims_planned"]
         for name in self.SHARED:
             mine = getattr(self, name)
             if isinstance(mine, list):
@@ -271,8 +291,3 @@ class Session:
         return Outcome([*notes, *moved, *self.refused, *gate],
                        failed=bool(msgs or self.refused or kept))
 
-
-def new_run_id(started: float) -> str:
-    """The start time to the second and six random hex digits: two runs started in the same
-    second never share an id (it names a report subfolder and where a cached result came from)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + secrets.token_hex(3)

@@ -20,11 +20,11 @@ PLANS = ("fast", "naive")
 TRUE, FALSE = ("1", "true", "yes", "on", "y"), ("", "0", "false", "no", "off", "n")
 
 
-def _env_cache_dir() -> Path:
+def env_cache_dir() -> Path:
     return Path(os.environ.get("LAC_CACHE_DIR") or Path.home() / ".cache" / "lac").expanduser()
 
 
-def _env_offline() -> bool:
+def env_offline() -> bool:
     """LAC_OFFLINE: a value that is neither true nor false is an error, never a silent 'online'
     (it is how a user forbids downloads)."""
     value = os.environ.get("LAC_OFFLINE", "").strip().lower()
@@ -47,9 +47,9 @@ class Settings:
     dtype: str | None = None  # None or "auto": registered dtype, else by device
     attention: str = "grouped"  # attention.IMPLEMENTATIONS: eager arithmetic without K/V copies
     threads: int | None = None  # torch threads (None: torch's default; under xdist cores/workers)
-    offline: bool = field(default_factory=_env_offline)
+    offline: bool = field(default_factory=env_offline)
     device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
-    cache_dir: Path = field(default_factory=_env_cache_dir)
+    cache_dir: Path = field(default_factory=env_cache_dir)
     report_dir: Path = field(default_factory=lambda: Path.cwd() / "reports")
     expected_dir: Path = EXPECTED
     claims_file: Path = CLAIMS_FILE
@@ -75,6 +75,12 @@ class Settings:
             raise UsageError(f"--lac-probes: unknown probe {unknown[0] if unknown else '(none)'}; "
                              f"choose from {', '.join(PROBES)}")
 
+    def load_options(self):
+        """What loading a model reads of these settings."""
+        from ..models.load import LoadOptions
+
+        return LoadOptions(self.dtype, self.device, self.attention, self.cache_dir, self.offline)
+
     @classmethod
     def from_options(cls, get) -> "Settings":
         """From pytest options (`get` is `config.getoption`); an option left unset keeps the
@@ -84,7 +90,7 @@ class Settings:
                       if v is not None and v is not False})
 
 
-def _layers(text: str) -> tuple:
+def parse_layers(text: str) -> tuple:
     """'4,8,12' (indices) or '0.25,0.5' (depth fractions), each given once: indices from 1,
     fractions strictly between 0 and 1 (whether they land in range is checked per model)."""
     how = ("give layer indices (4,8,12; from 1: layer 0's input is the embedding output) or depth "
@@ -101,7 +107,7 @@ def _layers(text: str) -> tuple:
     return tuple(values)
 
 
-def _probes(text: str) -> tuple[str, ...]:
+def parse_probes(text: str) -> tuple[str, ...]:
     probes = tuple(p.strip() for p in text.split(","))
     twice = [p for i, p in enumerate(probes) if p in probes[:i]]
     if twice:
@@ -110,7 +116,7 @@ def _probes(text: str) -> tuple[str, ...]:
     return probes
 
 
-def _threads(text: str) -> int:
+def parse_threads(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
@@ -152,9 +158,10 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "fixtures/grids "
      "(short, long, markers, example) or a YAML/JSON grid file (repeatable; default the paper's "
      "three)"),
-    ("--lac-layers", "layers", _layers, {}, "swept layers: indices (4,8,12) or depth fractions "
+    ("--lac-layers", "layers", parse_layers, {}, "swept layers: indices (4,8,12) or depth "
+     "fractions "
      "(0.25,0.5); default the paper's fractions"),
-    ("--lac-probes", "probes", _probes, {},
+    ("--lac-probes", "probes", parse_probes, {},
      f"probes to sweep, comma-separated (default {','.join(PROBES)})"),
     ("--chat-template", "chat_template", _template, {}, "render prompts with this chat template: a "
      "Jinja file or chatml, gemma, llama3 (default: the model's own)"),
@@ -167,7 +174,7 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
      "(transformers' own) or sdpa (fused, faster on GPUs; numbers move, see README)"),
     ("--device", "device", str, {}, "cpu, cuda, cuda:N, mps or auto (default; also LAC_DEVICE): "
      "auto spreads a model over several visible GPUs"),
-    ("--lac-threads", "threads", _threads, {}, "torch CPU threads (default: torch's; under "
+    ("--lac-threads", "threads", parse_threads, {}, "torch CPU threads (default: torch's; under "
      "pytest-xdist, cores / workers)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep (naive: one full forward per site, the oracle)"),

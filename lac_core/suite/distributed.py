@@ -1,5 +1,8 @@
 """pytest-xdist wiring: each model's tests on one worker, and each worker's results and progress
 lines carried to the controller through xdist's own channel (so --tx remote workers work too)."""
+# The controller starts lac's part of the run when a lac option is on the command line, or when a
+# worker collects lac's tests (recognised by a model name in their ids); it then locks and checks
+# the report folder before any test is sent out. Import-light: no torch, no numpy.
 from __future__ import annotations
 
 import pickle
@@ -7,51 +10,87 @@ import pickle
 import pytest
 
 from ..errors import LacError
+from .start import run_id, start, started
 
 
 class Controller:
     """Hooks of the controlling process of an xdist run."""
 
-    def __init__(self, session):
-        self.session = session
+    def __init__(self, config):
+        self.config = config
+
+    def _models(self) -> list[str]:
+        """Model identities, longest first: the session's, else the --model arguments as given
+        (a registry name is its own identity), read without starting anything."""
+        lac = started(self.config)
+        if lac is not None:
+            names = list(lac.checked.models)
+        else:
+            from ..run.settings import DEFAULT_MODELS
+            names = list(self.config.getoption("--model") or DEFAULT_MODELS)
+        return sorted(names, key=len, reverse=True)
+
+    def _model_of(self, nodeid: str) -> str | None:
+        params = nodeid.rsplit("[", 1)[-1] if nodeid.endswith("]") else ""
+        return next((m for m in self._models() if params.startswith((f"{m}-", f"{m}]"))), None)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config, log):
-        """Scopes by model (xdist_group needs Item._nodeid, which pytest 9.2 no longer reads)."""
+        """Scopes by model (xdist_group needs Item._nodeid, which pytest 9.2 no longer reads); a
+        test of no lac model is its own scope, so other tests are distributed as by load."""
         from xdist.scheduler import LoadScopeScheduling
 
         if config.getvalue("dist") not in ("load", "loadgroup"):
             return None
-        models = sorted(self.session.checked.models, key=len, reverse=True)
+        controller = self
 
         class ByModel(LoadScopeScheduling):
             def _split_scope(self, nodeid: str) -> str:
-                params = nodeid.rsplit("[", 1)[-1] if nodeid.endswith("]") else ""
-                return next((m for m in models if params.startswith((f"{m}-", f"{m}]"))),
-                            super()._split_scope(nodeid))
+                return controller._model_of(nodeid) or nodeid
 
         return ByModel(config, log)
 
     @pytest.hookimpl
     def pytest_configure_node(self, node):
         """Every worker takes this run's id."""
-        node.workerinput["lac_run_id"] = self.session.run_id
+        node.workerinput["lac_run_id"] = run_id(self.config)
+
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """Before any test is sent out: start lac's part if the workers collected its tests, and
+        open the report folder (a problem stops the run with exit code 4)."""
+        from .plugin import open_folder
+
+        lac = started(self.config)
+        if lac is None and any(self._model_of(i) for i in ids):
+            start(self.config)
+            lac = started(self.config)
+        if lac is not None and lac.folder is None and ids and \
+                not self.config.option.collectonly:
+            open_folder(lac)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report):
         """The start and end lines a worker attached to its test reports, with the worker's id."""
+        lac = started(self.config)
         worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", "?")
         for key, lines in report.user_properties:
-            for line in lines if key == "lac_progress" else ():
-                self.session.progress.say(f"[{worker}] {line}")
+            for line in lines if key == "lac_progress" and lac is not None else ():
+                lac.progress.say(f"[{worker}] {line}")
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error):
         data = getattr(node, "workeroutput", {}).get("lac")
+        if not data:
+            return
+        lac = started(self.config)
+        if lac is None:
+            start(self.config)
+            lac = started(self.config)
         try:
-            self.session.merge(pickle.loads(data)) if data else None
+            lac.merge(pickle.loads(data))
         except LacError as exc:  # not merged: the run fails and says why
-            self.session.refused.append(f"lac: {exc}")
+            lac.refused.append(f"lac: {exc}")
 
 
 class Worker:

@@ -14,8 +14,9 @@ from typing import Callable
 
 from ..errors import UsageError
 from . import cells, rules
+from .results import RECORDS
 
-EXPERIMENTS = ("sweep", "markers", "host")  # the results a claim can read
+EXPERIMENTS = tuple(k for k in RECORDS if k != "steering")  # the results a claim can read
 Names = tuple[str, ...]  # a threshold that is a list of names (probes)
 
 
@@ -23,7 +24,7 @@ Names = tuple[str, ...]  # a threshold that is a list of names (probes)
 class CellCheck:
     """A per-cell check: `check(result, cell, thresholds) -> [problems]` on one experiment."""
 
-    name: str
+    name: str  # what cell_gate is called with, and the key of its findings in expectations
     experiment: str
     check: Callable
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import FixtureError, LacError
-from ..protocol.grids import UniqueKeys
+from ..yamlfile import load_yaml
 from .rules import FAILS, HOLDS, INCONCLUSIVE
 
 # (absolute floor, relative) tolerance by the kind of number
@@ -106,7 +106,7 @@ def load(model: str, directory: Path) -> Expectations | None:
     if not os.path.lexists(path):
         return None
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeys)
+        raw = load_yaml(path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, LacError) as exc:
         raise FixtureError(f"{path} cannot be read as expectations ({str(exc)[:300]}); fix it, "
                            "or move it away and record it again with --lac-update-baselines") \

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from . import rules
+from . import claims as registry
 from .metrics import Summary
 from .results import GEOMETRY_STATS, HostSummary, MarkerSummary, SweepSummary
 from ..paths import FIXTURES
@@ -76,8 +76,13 @@ def tables() -> dict:
 
 def verdicts_keys() -> list[tuple[str, str, str]]:
     """(claim, model, grid) of every verdict `verdicts` gives, without computing any."""
-    keys = [(c, m, g) for (m, g) in SWEEP_FILES for c in rules.SWEEP_RULES]
-    return keys + [(c, PAPER_MODEL, "markers") for c in (*rules.MARKER_RULES, *rules.HOST_RULES)]
+    keys = [(c.id, m, g) for (m, g) in SWEEP_FILES for c in _builtin("sweep")]
+    return keys + [(c.id, PAPER_MODEL, "markers")
+                   for c in (*_builtin("markers"), *_builtin("host"))]
+
+
+def _builtin(experiment: str) -> list:
+    return [c for c in registry.builtin() if c.experiment == experiment]
 
 
 def verdicts(t) -> dict:
@@ -86,10 +91,10 @@ def verdicts(t) -> dict:
     out = {}
     for (model, grid) in SWEEP_FILES:
         s = sweep_summary(model, grid)
-        for claim, rule in rules.SWEEP_RULES.items():
-            out[(claim, model, grid)] = rule(s, getattr(t, claim))
-    for claim, rule in rules.MARKER_RULES.items():
-        out[(claim, PAPER_MODEL, "markers")] = rule(marker_summary(), getattr(t, claim))
-    for claim, rule in rules.HOST_RULES.items():
-        out[(claim, PAPER_MODEL, "markers")] = rule(host_summary(), getattr(t, claim))
+        for c in _builtin("sweep"):
+            out[(c.id, model, grid)] = c.rule(s, getattr(t, c.id))
+    for c in _builtin("markers"):
+        out[(c.id, PAPER_MODEL, "markers")] = c.rule(marker_summary(), getattr(t, c.id))
+    for c in _builtin("host"):
+        out[(c.id, PAPER_MODEL, "markers")] = c.rule(host_summary(), getattr(t, c.id))
     return out

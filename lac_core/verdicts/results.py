@@ -171,6 +171,13 @@ class SteeringResult:
     audit: dict = field(default_factory=dict)  # substitutions read back (hooks.Audit.record)
 
 
+# Every experiment a run keeps a result of, declared once: its record and the name of its list in
+# results.json (what the resume cache keeps, what the report writes). The first three are what a
+# claim can read (claims.EXPERIMENTS); steering is read by the report only.
+RECORDS = {"sweep": (SweepResult, "sweeps"), "markers": (MarkerResult, "markers"),
+           "host": (HostResult, "host_injection"), "steering": (SteeringResult, "dose_and_swap")}
+
+
 def jsonable(obj):
     """Plain JSON values from records: arrays and tuples to lists, numpy scalars to Python, keys to
     strings, and non-finite floats (undefined angles) to null, so the file is strict JSON."""

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass, field
 
 HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "FAILS", "INCONCLUSIVE"
-CLAIMS = ("C1", "C1L", "C2", "C3", "C3R", "C4", "C5", "C6")  # report order
 
 
 @dataclass(frozen=True)
@@ -265,6 +264,3 @@ def c4(h, t) -> Verdict:
     return with_precondition("C4", h.label, pre, parts)
 
 
-SWEEP_RULES = {"C1": c1, "C1L": c1l, "C2": c2, "C5": c5, "C6": c6}
-MARKER_RULES = {"C3": c3, "C3R": c3r}
-HOST_RULES = {"C4": c4}

@@ -1,36 +1,47 @@
-"""The claims' thresholds as typed, frozen values, loaded and checked from fixtures/claims.yaml."""
-# Each numeric threshold in the file is `{value: x, why: "..."}`; the rationale is kept for the
-# report. An unknown or missing key is an error naming the file and the key, before any work.
+"""The claims' thresholds as typed, frozen values, loaded and checked from their files."""
+# Each numeric threshold is `{value: x, why: "..."}`; the rationale is kept for the report. The
+# sections a file must hold come from the claim registry (claims.py): every claim's section with
+# its keys and types, in lac's claims.yaml or, for a user's claim, in the thresholds file its
+# declaration names; plus two sections of lac's own (markers, per_cell). An unknown or missing
+# section or key is an error naming the file and the key, before any work.
 from __future__ import annotations
 
-from dataclasses import make_dataclass
+from dataclasses import dataclass, make_dataclass
+from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
-from ..errors import FixtureError
+from ..errors import FixtureError, LacError
+from ..yamlfile import load_yaml
+from . import claims as registry
 
 META = ("title", "paper")  # descriptive keys any section may carry
-Names = tuple[str, ...]
-FIELDS = {  # section -> {key: type}; one frozen dataclass per section
-    "C1": {"probes": Names, "max_depth_fraction": float, "max_median_kl": float},
-    "C1L": {"probes": Names, "min_ratio": float},
-    "C2": {"probes": Names, "max_cos_x_y": float, "min_cos_xy_sum": float, "min_difference": float},
-    "C3": {"min_clean_fraction": float, "min_additive_over_clean": float,
-           "max_bare_over_clean": float},
-    "C3R": {"min_clean_fraction": float, "min_remove_x_over_clean": float},
-    "C4": {"min_host_kl": float, "max_gap_closed": float},
-    "C5": {"probes": Names, "max_depth_fraction": float, "min_null_kl": float,
-           "max_additive_kl": float, "max_additive_over_null": float},
-    "C6": {"probes": Names, "min_null_kl": float, "min_ratio": float},
-    "markers": {"stems": Names},
-    "per_cell": {"oracle_vs_host_tolerance": float, "additive_vs_null_tolerance": float,
-                 "kl_floor": float},
-}
-SECTIONS = {name: make_dataclass(name, list(f.items()), frozen=True) for name, f in FIELDS.items()}
-# every section by name, the rationale of each threshold (why[section][key]) and claim titles
-Thresholds = make_dataclass("Thresholds", [*((n, c) for n, c in SECTIONS.items()), ("why", dict),
-                                           ("titles", dict)], frozen=True)
+Names = registry.Names
+OWN = {"markers": {"stems": Names},  # sections of lac's claims.yaml that are no claim's
+       "per_cell": {"oracle_vs_host_tolerance": float, "additive_vs_null_tolerance": float,
+                    "kl_floor": float}}
+
+
+@lru_cache(maxsize=None)
+def section_type(name: str, fields: tuple):
+    """One frozen dataclass per section, its fields typed as declared."""
+    return make_dataclass(name, list(fields), frozen=True)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every section by name (`t.C1`, `t.markers`), the rationale of each threshold
+    (why[section][key]), claim titles, and the files they came from."""
+
+    sections: dict
+    why: dict
+    titles: dict
+    files: tuple[Path, ...]
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(f"no thresholds section {name!r}") from None
 
 
 def _value(path: Path, where: str, raw, kind):
@@ -39,41 +50,54 @@ def _value(path: Path, where: str, raw, kind):
             return tuple(raw), None
         raise FixtureError(f"{path}: {where} must be a list of strings, got {raw!r}")
     if isinstance(raw, dict) and set(raw) <= {"value", "why"} \
-            and isinstance(raw.get("value"), (int, float)):
+            and isinstance(raw.get("value"), (int, float)) and not isinstance(raw["value"], bool):
         return float(raw["value"]), str(raw.get("why", ""))
     raise FixtureError(f"{path}: {where} must be {{value: <number>, why: <text>}}, got {raw!r}")
 
 
-def _section(path: Path, name: str, body):
+def _section(path: Path, name: str, body, fields: dict):
     if not isinstance(body, dict):
         raise FixtureError(f"{path}: section {name!r} must be a mapping of keys")
-    unknown = sorted(set(body) - set(FIELDS[name]) - set(META))
+    unknown = sorted(set(body) - set(fields) - set(META))
     if unknown:
         raise FixtureError(f"{path}: unknown key {name}.{unknown[0]}; "
-                           f"allowed: {', '.join(FIELDS[name])}")
+                           f"allowed: {', '.join(fields)}")
     values, why = {}, {}
-    for key, kind in FIELDS[name].items():
+    for key, kind in fields.items():
         if key not in body:
             raise FixtureError(f"{path}: missing key {name}.{key}; add it (see lac's claims.yaml)")
         values[key], why[key] = _value(path, f"{name}.{key}", body[key], kind)
-    return SECTIONS[name](**values), {k: v for k, v in why.items() if v is not None}
+    cls = section_type(name, tuple(fields.items()))
+    return cls(**values), {k: v for k, v in why.items() if v is not None}
 
 
-def load_thresholds(path: Path | str):
-    """Read and check the thresholds file; a bad one raises FixtureError naming file and key."""
-    path = Path(path)
+def _read(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        raw = load_yaml(path)
+    except (OSError, LacError) as exc:
         raise FixtureError(f"cannot read thresholds {path}: {exc}") from exc
     if not isinstance(raw, dict):
-        raise FixtureError(f"{path}: expected a mapping of sections {', '.join(FIELDS)}")
-    for name in sorted(set(raw) - set(FIELDS)):
-        raise FixtureError(f"{path}: unknown section {name!r}; allowed: {', '.join(FIELDS)}")
-    built, why = {}, {}
-    for name in FIELDS:
-        if name not in raw:
-            raise FixtureError(f"{path}: missing section {name!r}")
-        built[name], why[name] = _section(path, name, raw[name])
-    titles = {name: body["title"] for name, body in raw.items() if "title" in body}
-    return Thresholds(**built, why=why, titles=titles)
+        raise FixtureError(f"{path}: expected a mapping of sections")
+    return raw
+
+
+def load_thresholds(path: Path | str) -> Thresholds:
+    """Read and check lac's thresholds file and every registered claim's own; a bad one raises
+    FixtureError naming file and key."""
+    path = Path(path)
+    wanted = {path: dict(OWN)}  # file -> section -> fields
+    for claim in registry.CLAIMS.values():
+        wanted.setdefault(Path(claim.thresholds_file or path), {})[claim.id] = claim.thresholds
+    sections, why, titles = {}, {}, {}
+    for file, expected in wanted.items():
+        raw = _read(file)
+        for name in sorted(set(raw) - set(expected)):
+            raise FixtureError(f"{file}: unknown section {name!r}; allowed: {', '.join(expected)}"
+                               " (a claim's section appears once it is registered)")
+        for name, fields in expected.items():
+            if name not in raw:
+                raise FixtureError(f"{file}: missing section {name!r}")
+            sections[name], why[name] = _section(file, name, raw[name], fields)
+            if isinstance(raw[name], dict) and "title" in raw[name]:
+                titles[name] = raw[name]["title"]
+    return Thresholds(sections, why, titles, tuple(wanted))

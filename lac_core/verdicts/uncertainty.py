@@ -14,15 +14,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from . import claims as registry
 from . import rules
 from .metrics import Summary
 from .results import MARKER_CONDITIONS, HostSummary, MarkerSummary, SweepSummary
 
 RESAMPLES, SEED = 2000, 20260526
 STRUCTURAL = {"layer", "shallowest", "deepest", "bound"}  # where a number was read, not a measure
-RULES = {**{c: ("sweep", r) for c, r in rules.SWEEP_RULES.items()},
-         **{c: ("markers", r) for c, r in rules.MARKER_RULES.items()},
-         **{c: ("host", r) for c, r in rules.HOST_RULES.items()}}
 
 
 def resample(n_cells: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
@@ -123,7 +121,7 @@ def _flipped(v, name: str) -> set[str]:
 def judge(claim: str, result, thresholds) -> rules.Verdict:
     """The claim's verdict on the full grid, with an interval on every deciding number of every
     part and precondition, and the parts that make it FRAGILE."""
-    kind, rule = RULES[claim]
+    kind, rule = registry.CLAIMS[claim].experiment, registry.CLAIMS[claim].rule
     t = getattr(thresholds, claim)
     v = rule(result.summary, t)
     boots = [rule(s, t) for s in resampled(kind, result)]

@@ -1,0 +1,115 @@
+"""Loading a run's models and computing its experiments, each once per (model, grid), through the
+resume cache: what the pytest fixtures ask for, callable without pytest."""
+# An experiment that raises is recorded (session.failed) and raised again as ExperimentFailed:
+# the first asker is told the cause (`first`), later ones only that it failed, so a run never
+# starts a failed experiment twice. A model's grids are checked once it loads (its own chat
+# template rendered, no special token in a grid's texts, every prompt within its context) before
+# any experiment: a refused grid fails like an experiment.
+from __future__ import annotations
+
+import functools
+import time
+
+from ..engine.forward import Engine
+from ..engine.memory import release_freed
+from ..errors import LacError
+from ..models import load
+from ..protocol import experiments as exp  # read at call time: a test may replace one
+from ..protocol.experiments import special_tokens_in, too_long
+from ..protocol.templates import attach, check_model
+
+
+class ExperimentFailed(LacError):
+    """An experiment (or what it needs) failed in this run; `first` for its first asker."""
+
+    def __init__(self, key: tuple, cause: str, first: bool, original: BaseException | None = None):
+        super().__init__(f"{' / '.join(key)} failed: {cause}")
+        self.key, self.cause, self.first, self.original = key, cause, first, original
+
+
+def load_model(session, name: str):
+    """The model of identity `name`, loaded, its template checked and its grids vetted."""
+    t0, progress = time.perf_counter(), session.progress
+    spec = session.checked.models[name]
+    progress.start(f"{name} load")
+    try:
+        loaded = attach(load(spec, session.settings.load_options(),
+                             say=lambda msg: progress.say(f"lac: {msg}")), session.checked.template)
+        check_model(f"{name}'s chat template ({loaded.template.name})", loaded.tokenizer,
+                    loaded.template)  # the model's own is only known now
+    except Exception as exc:
+        progress.end(f"failed: {type(exc).__name__}")
+        session.failed[(name, "load")] = f"{type(exc).__name__}: {exc}"
+        raise
+    progress.end(f"{spec.dtype} on {loaded.provenance['device']}")
+    session.load_seconds[spec.name] = round(time.perf_counter() - t0, 1)
+    session.provenance[spec.name] = loaded.provenance
+    for label, grid in session.grids.items():  # before any experiment: prompts that fit
+        try:
+            why = special_tokens_in(loaded, grid) or too_long(loaded, grid)
+        except LacError as exc:  # a prompt that cannot be rendered for this model
+            why = f"grid {grid.key}: {type(exc).__name__}: {exc}"
+        if why:
+            session.failed[(spec.name, label, "*")] = why
+    return loaded
+
+
+def compute(session, lm, grid: str, kind: str, experiment, **kw):
+    """The experiment's result on this model and grid, computed once; raises ExperimentFailed."""
+    key, s = (lm.spec.name, grid, kind), session
+    if key in s.results:
+        return s.results[key]
+    failed = next((k for k in (key, (*key[:2], "*")) if k in s.failed), None)
+    if failed is not None:
+        first = failed not in s.reported
+        s.reported.add(failed)
+        raise ExperimentFailed(key, s.failed[failed], first)
+    rkey = s.result_key(*key, kw)
+    cached = s.resume.get(key, rkey)
+    s.tell_notes()
+    if cached is not None:
+        s.results[key], s.from_cache[key] = cached, s.resume.used[key]
+        s.progress.say(f"{' / '.join(key)}: from the resume cache (run {s.from_cache[key]})")
+        return cached
+    kw = {k: v() if isinstance(v, functools.partial) else v for k, v in kw.items()}
+    release_freed()  # earlier experiments' garbage would add to this one's peak memory
+    eng, t0 = Engine(lm, s.settings.token_budget, progress=s.progress), time.perf_counter()
+    s.progress.start(f"{lm.spec.name} / {grid} {kind}")
+    try:
+        s.results[key] = experiment(eng, s.grids[grid], **kw)
+    except Exception as exc:  # recorded once; what does not need it goes on
+        s.failed[key] = f"{type(exc).__name__}: {exc}"
+        s.reported.add(key)
+        s.progress.end(f"failed: {type(exc).__name__}")
+        raise ExperimentFailed(key, s.failed[key], True, exc) from exc
+    s.timings[key] = round(time.perf_counter() - t0, 1)
+    s.resume.put(key, rkey, s.results[key], s.run_id)  # kept before it is announced
+    s.tell_notes()
+    s.progress.end(f"{len(s.grids[grid].cells)} cells, {eng.cost.tokens:,} forward tokens")
+    return s.results[key]
+
+
+def result(session, lm, grid: str, kind: str):
+    """The result of one of the run's experiments ("sweep", "markers", "host", "steering"), with
+    the run's settings, and the shared parts they continue ("residuals", "target")."""
+    s, t = session.settings, session.thresholds
+    part = functools.partial(result, session, lm, grid)
+    if kind == "sweep":
+        return compute(session, lm, grid, kind, exp.sweep, layers=s.layers, probes=s.probes,
+                       plan=s.plan)
+    if kind == "residuals":  # residuals at p_last of the four conditions: experiments 2, 3, 4
+        return compute(session, lm, grid, kind, exp.p_last_residuals)
+    if kind == "target":  # the clean XY prompts' first greedy tokens: host and steering
+        return compute(session, lm, grid, kind, exp.xy_target)
+    if kind == "markers":
+        return compute(session, lm, grid, kind, exp.markers, residuals=functools.partial(
+            part, "residuals"), stems=t.markers.stems)
+    if kind == "steering":
+        return compute(session, lm, grid, kind, exp.steering, marker_result=part("markers"),
+                       residuals=functools.partial(part, "residuals"),
+                       target=functools.partial(part, "target"), pairs=s.swap_pairs)
+    if kind == "host":
+        return compute(session, lm, grid, kind, exp.host_injection,
+                       residuals=functools.partial(part, "residuals"),
+                       target=functools.partial(part, "target"))
+    raise ValueError(f"no experiment {kind!r}")

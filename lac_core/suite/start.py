@@ -1,0 +1,95 @@
+"""Starting lac's part of a pytest run, only when the run has lac's tests in it: an unrelated
+project with lac installed gets lac's options and nothing else (no session, no preflight, no
+import of torch, transformers, numpy or matplotlib, no thread setting, no line, no file)."""
+# A session starts at configure time when a lac option is on the command line, else on the first
+# test that asks for a lac fixture (pytest_generate_tests) and, in a pytest-xdist controller, on
+# the first report a worker sends from a lac session. Everything heavy is imported here, inside
+# `start`, never at this module's import.
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import pytest
+
+from ..errors import LacError
+from ..run.settings import OPTIONS
+
+SESSION = pytest.StashKey[object]()  # the run.session.Session, once started
+RUN_ID = pytest.StashKey[str]()  # this run's id, from configure time (a worker's: its controller's)
+FIXTURES = frozenset({  # a test asking for one of these is lac's
+    "lac_session", "thresholds", "lac_models", "lm", "model_name", "claim_gate", "cell_gate",
+    *(f"{k}_{s}" for k in ("sweep", "marker", "host") for s in ("grid", "cell", "result")),
+    "sweep_summary", "steering_result"})
+FLAGS = frozenset(flag for flag, *_ in OPTIONS)
+
+
+def explicit(config) -> bool:
+    """Whether the command line names a lac option: then lac starts at configure time."""
+    return any(str(a).split("=", 1)[0] in FLAGS for a in config.invocation_params.args)
+
+
+def session(config):
+    """The run's lac session, started now if it was not (None: it could not be)."""
+    if SESSION not in config.stash:
+        start(config)
+    return config.stash[SESSION]
+
+
+def started(config):
+    """The session if lac's part of the run started, else None (then lac does nothing)."""
+    return config.stash.get(SESSION, None)
+
+
+def run_id(config) -> str:
+    """This run's id: a worker takes its controller's; every process makes it at configure."""
+    if RUN_ID not in config.stash:
+        from ..run.provenance import new_run_id
+
+        given = getattr(config, "workerinput", {}).get("lac_run_id")
+        config.stash[RUN_ID] = given or new_run_id(time.time())
+    return config.stash[RUN_ID]
+
+
+def start(config) -> None:
+    """Build the settings, check everything that can be checked before any work, and set up the
+    process (torch threads, progress lines, xdist roles). A bad input stops the run: exit 4."""
+    import torch
+
+    from ..run.progress import Progress
+    from ..run.session import Session
+    from ..run.settings import Settings
+    from . import distributed
+
+    try:
+        settings = Settings.from_options(config.getoption)
+        lac = Session.start(settings, config.invocation_params.args)
+    except LacError as exc:  # one message, no test run, nothing written
+        pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    for line in lac.checked.warnings:
+        config.issue_config_time_warning(UserWarning(line), stacklevel=2)
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    shared = max(1, (os.cpu_count() or 1) // workers) if workers else None  # cores / workers
+    threads = lac.settings.threads or shared
+    if threads:
+        torch.set_num_threads(threads)
+    lac.threads = torch.get_num_threads()
+    verbose, worker = config.option.verbose, hasattr(config, "workerinput")
+    if verbose > -2 and not worker:
+        lac.progress = Progress(_say(config), detail=verbose >= 0)
+    lac.run_id = run_id(config)  # one run: the controller's id names what every worker computes
+    if worker:
+        config.pluginmanager.register(distributed.Worker(lac, config), "lac-worker")
+    config.stash[SESSION] = lac
+
+
+def _say(config):
+    """A line on the terminal, past pytest's output capture (so it shows while tests run)."""
+    def say(line: str) -> None:
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        cap = config.pluginmanager.get_plugin("capturemanager")
+        if tr is not None:
+            with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+                tr.write_line(line)
+    return say
