@@ -68,7 +68,7 @@ def test_grouped_model_matches_eager_and_generates_the_same_tokens(arch, lac_mod
 
 
 def test_attention_setting():
-    with pytest.raises(UsageError, match="--attention 'flash'"):
+    with pytest.raises(UsageError, match="--lac-attention 'flash'"):
         Settings(attention="flash")
     lm = load("tiny-llama", Settings(attention="eager").load_options())
     assert lm.provenance["attn_implementation"] == lm.model.config._attn_implementation == "eager"

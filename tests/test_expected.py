@@ -51,8 +51,8 @@ def test_a_damaged_expectations_file_is_one_clear_error(tmp_path, damage):
 
 def test_a_damaged_expectations_file_stops_the_run_at_start(tmp_path):
     _write(tmp_path, BAD["baseline without value"][0])
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model",
-           "tiny-llama", "--grid", "example", "--lac-expected-dir", str(tmp_path),
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model",
+           "tiny-llama", "--lac-grid", "example", "--lac-expected-dir", str(tmp_path),
            "--lac-reports", str(tmp_path / "reports"), "-k", "c1_additive_sufficiency"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 4 and "baselines.C1/g1/median" in out.stdout + out.stderr

@@ -104,14 +104,14 @@ def _pytest(*args, cwd=ROOT):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--grid", "{bad}"], "duplicate key 'personas'"),
-    (["--grid", "nope"], "unknown grid 'nope'"),
-    (["--model", "tiny-llama", "--lac-layers", "3,9"], "9 is layer 9, out of range for a model with 8 layers"),
+    (["--lac-grid", "{bad}"], "duplicate key 'personas'"),
+    (["--lac-grid", "nope"], "unknown grid 'nope'"),
+    (["--lac-model", "tiny-llama", "--lac-layers", "3,9"], "9 is layer 9, out of range for a model with 8 layers"),
     (["--lac-probes", "p_last,g3"], "unknown probe g3"),
-    (["--model", "gemma-3-270m"], "has no chat template of its own; pass --chat-template"),
-    (["--model", "tiny-llama", "--chat-template", "gemma", "--no-chat-template"], "exclude each other"),
-    (["--model", "{dir}"], "is not a model: no config.json with weights and no *.gguf found"),
-    (["--model", "{two}"], "holds several GGUF files (a.gguf, b.gguf)"),
+    (["--lac-model", "gemma-3-270m"], "has no chat template of its own; pass --lac-chat-template"),
+    (["--lac-model", "tiny-llama", "--lac-chat-template", "gemma", "--lac-no-chat-template"], "exclude each other"),
+    (["--lac-model", "{dir}"], "is not a model: no config.json with weights and no *.gguf found"),
+    (["--lac-model", "{two}"], "holds several GGUF files (a.gguf, b.gguf)"),
     (["--lac-token-budget", "0"], "--lac-token-budget 0: must be a positive number"),
 ])
 def test_bad_input_stops_the_session_before_any_work(tmp_path, args, message):
@@ -131,7 +131,7 @@ def test_bad_input_stops_the_session_before_any_work(tmp_path, args, message):
 def test_collect_only_loads_no_model(tmp_path):
     """Collection never fetches or loads a model (an empty weights cache stays empty)."""
     cmd = [sys.executable, "-m", "pytest", "claims/", "--collect-only", "-q", "-p", "no:cacheprovider",
-           "--model", "gemma-3-270m", "--chat-template", "gemma", "--lac-reports", str(tmp_path / "r")]
+           "--lac-model", "gemma-3-270m", "--lac-chat-template", "gemma", "--lac-reports", str(tmp_path / "r")]
     env = {**__import__("os").environ, "LAC_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0 and "tests collected" in out.stdout
@@ -294,7 +294,7 @@ def test_a_bad_template_or_alias_bomb_stops_the_session_at_start(tmp_path, text,
     bad = tmp_path / "bad.yaml"
     bad.write_text("baseline: {persona: someone, task: Do it.}\npersonas: {a: A, b: B}\n"
                    "tasks: {t: T, u: U}\n" + text.replace("BOMB", _bomb(6)))
-    out = _pytest("--model", "tiny-llama", "--grid", str(bad), "--lac-reports", str(tmp_path / "r"))
+    out = _pytest("--lac-model", "tiny-llama", "--lac-grid", str(bad), "--lac-reports", str(tmp_path / "r"))
     assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if "lac:" in line]
     assert len(lines) == 1 and str(bad) in lines[0] and message in lines[0] and len(lines[0]) < 500

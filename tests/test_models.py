@@ -32,7 +32,7 @@ def test_hub_ids_resolve_through_the_local_cache_only(monkeypatch, tmp_path):
 
 
 def test_unknown_model_names_the_fix():
-    with pytest.raises(UnknownModelError, match="--model"):
+    with pytest.raises(UnknownModelError, match="--lac-model"):
         models.resolve("no such model!")
 
 
@@ -110,7 +110,7 @@ def test_a_gguf_given_as_file_or_directory_gives_the_registry_numbers(lac_models
     np.testing.assert_array_equal(ours.kl_null, theirs.kl_null)
 
 
-# Bad --model arguments and damaged model files: refused before any work with a LacError naming
+# Bad --lac-model arguments and damaged model files: refused before any work with a LacError naming
 # the file, the field and the fix (exit code 4 end to end), never a crash inside a library
 
 
@@ -153,7 +153,7 @@ def test_hub_ids_the_hub_library_rejects_are_unknown_models(hub_id, tmp_path, mo
     monkeypatch.chdir(tmp_path)  # "a/.." must not name an existing folder
     with pytest.raises(UnknownModelError, match=re.escape(repr(hub_id))) as err:
         models.resolve(hub_id)
-    assert "not a valid hub id" in str(err.value) and "--model" in str(err.value)
+    assert "not a valid hub id" in str(err.value) and "--lac-model" in str(err.value)
 
 
 def _no_layers(doc):
@@ -270,7 +270,7 @@ def test_the_same_gguf_named_twice_runs_once(tmp_path):
     checked = preflight.check(_settings(tmp_path, str(a), str(b), "tiny-llama"))
     first = models.resolve(str(a)).name
     assert list(checked.models) == [first, "tiny-llama"]
-    assert len(checked.warnings) == 1 and f"--model {b} repeats {first}" in checked.warnings[0]
+    assert len(checked.warnings) == 1 and f"--lac-model {b} repeats {first}" in checked.warnings[0]
     assert "same weights" in checked.warnings[0] and "runs once" in checked.warnings[0]
 
 
@@ -345,7 +345,7 @@ def test_sdpa_on_a_model_without_it_is_a_usage_error_at_preflight(tmp_path, lac_
         lm.model.save_pretrained(model)
         lm.tokenizer.save_pretrained(model)
     with pytest.raises(UsageError, match=re.escape(
-            "--attention sdpa: Gemma2ForCausalLM does not support it; use --attention grouped "
+            "--lac-attention sdpa: Gemma2ForCausalLM does not support it; use --lac-attention grouped "
             "(default) or eager")):
         preflight.check(_settings(tmp_path, model, attention="sdpa"))
     assert preflight.check(_settings(tmp_path, model, attention="eager")).models
@@ -361,7 +361,7 @@ def test_sdpa_where_supported_passes_preflight_and_loads(tmp_path):
 
 def test_sdpa_refused_at_load_in_lac_terms():
     """A spec made by hand skips preflight: load says the same, not transformers' advice."""
-    with pytest.raises(UsageError, match="--attention sdpa: Gemma2ForCausalLM does not support"):
+    with pytest.raises(UsageError, match="--lac-attention sdpa: Gemma2ForCausalLM does not support"):
         models.load("tiny-gemma2", Settings(attention="sdpa"))
 
 
@@ -414,14 +414,14 @@ def test_a_truncated_cached_gguf_is_refused_at_preflight_offline(tmp_path):
     assert list(preflight.check(_settings(tmp_path, "smollm2-135m-instruct")).models)
 
 
-E2E = {  # a --model run as a user would: (arguments, environment, what the one line says)
-    "C1 hub id": (["--model", "org/model--v2"], {}, "not a valid hub id"),
-    "C2 config": (["--model", "{ckpt}"], {}, "config.json"),
-    "C7 no weights": (["--model", "org/name"], {"HF_HUB_CACHE": "{hub}"}, "hf download org/name"),
-    "C8 sdpa": (["--model", "tiny-gemma2", "--attention", "sdpa"], {}, "--attention sdpa"),
-    "F5 directory": (["--model", "smollm2-135m-instruct"], {"LAC_CACHE_DIR": "{cache}"},
+E2E = {  # a --lac-model run as a user would: (arguments, environment, what the one line says)
+    "C1 hub id": (["--lac-model", "org/model--v2"], {}, "not a valid hub id"),
+    "C2 config": (["--lac-model", "{ckpt}"], {}, "config.json"),
+    "C7 no weights": (["--lac-model", "org/name"], {"HF_HUB_CACHE": "{hub}"}, "hf download org/name"),
+    "C8 sdpa": (["--lac-model", "tiny-gemma2", "--lac-attention", "sdpa"], {}, "--lac-attention sdpa"),
+    "F5 directory": (["--lac-model", "smollm2-135m-instruct"], {"LAC_CACHE_DIR": "{cache}"},
                      "is a directory"),
-    "F6 truncated": (["--model", "smollm2-135m-instruct", "--lac-offline"],
+    "F6 truncated": (["--lac-model", "smollm2-135m-instruct", "--lac-offline"],
                      {"LAC_CACHE_DIR": "{cache2}"}, "is corrupt"),
 }
 
@@ -446,7 +446,7 @@ def test_bad_models_stop_the_run_with_one_usage_line(checkpoint, tmp_path, case)
     truncated.write_bytes(b"GGUF")
     args, env, says = E2E[case]
     cmd = [sys.executable, "-m", "pytest", "claims/", "-p", "no:cacheprovider", "--lac-no-cache",
-           "--grid", "example", "--collect-only", *(a.format(**where) for a in args)]
+           "--lac-grid", "example", "--collect-only", *(a.format(**where) for a in args)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, **{k: v.format(**where) for k, v in env.items()}})
     text = out.stdout + out.stderr

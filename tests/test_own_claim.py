@@ -38,8 +38,8 @@ def installed(tmp_path_factory):
 
 def _run(folder, site, *args):
     env = {**os.environ, "PYTHONPATH": str(site), "LAC_CACHE_DIR": str(folder / "cache")}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--model", "tiny-llama",
-           "--grid", "example", "--lac-expected-dir", "expected", "--lac-no-cache", *args]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lac-model", "tiny-llama",
+           "--lac-grid", "example", "--lac-expected-dir", "expected", "--lac-no-cache", *args]
     return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
 
 

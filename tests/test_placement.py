@@ -20,7 +20,7 @@ from lac_core.run.settings import ROOT, Settings
 
 def _claims(tmp_path, name, *args):
     (tmp_path / "expected").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider", "--grid", "example",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider", "--lac-grid", "example",
            "--lac-reports", str(tmp_path / name), "--lac-expected-dir", str(tmp_path / "expected"), *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert "Traceback" not in out.stdout, out.stdout[-3000:]
@@ -33,7 +33,7 @@ def _finite(x):
 
 
 def test_bfloat16_end_to_end(tmp_path):
-    data = _claims(tmp_path, "bf16", "--model", "tiny-llama", "--dtype", "bfloat16")
+    data = _claims(tmp_path, "bf16", "--lac-model", "tiny-llama", "--lac-dtype", "bfloat16")
     assert data["models"]["tiny-llama"]["dtype"] == "bfloat16"
     assert {v["claim"] for v in data["verdicts"]} == {"C1", "C1L", "C2", "C3", "C3R", "C4", "C5", "C6"}
     for record in (*data["sweeps"], *data["host_injection"]):
@@ -82,7 +82,7 @@ def test_a_model_spread_by_a_device_map_gives_the_same_numbers(lac_models):
 
 
 def test_two_workers_give_the_serial_results(tmp_path):
-    models = ["--model", "tiny-llama", "--model", "tiny-qwen2"]
+    models = ["--lac-model", "tiny-llama", "--lac-model", "tiny-qwen2"]
     serial = _claims(tmp_path, "serial", *models, "--lac-threads", "1")
     parallel = _claims(tmp_path, "parallel", *models, "-n", "2")
     assert {k for k in serial if serial[k] != parallel[k]} == {"run"}

@@ -16,7 +16,7 @@ EXAMPLE = resolve_grid("example").key
 
 def _run(tmp_path, *extra, model="tiny-llama"):
     (tmp_path / "expected").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "--model", model, "--grid", "example", "-q",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "--lac-model", model, "--lac-grid", "example", "-q",
            "-p", "no:cacheprovider", "--lac-reports", str(tmp_path / "reports"),
            "--lac-expected-dir", str(tmp_path / "expected"), *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -94,7 +94,7 @@ def test_numeric_drift_fails_the_session(recorded):
 
 def test_expectations_of_another_template_are_not_used(recorded):
     tmp, _ = recorded
-    out = _run(tmp, "--chat-template", "chatml")
+    out = _run(tmp, "--lac-chat-template", "chatml")
     assert out.returncode == 1 and "no expectations for tiny-llama / float32 chatml" in out.stdout
 
 
@@ -107,8 +107,8 @@ def test_a_model_that_does_not_load_fails_once(tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     (broken / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     (tmp_path / "expected").mkdir()
-    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--model",
-           str(broken), "--model", "tiny-llama", "--grid", "example", "--lac-reports", str(tmp_path / "r"),
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--lac-model",
+           str(broken), "--lac-model", "tiny-llama", "--lac-grid", "example", "--lac-reports", str(tmp_path / "r"),
            "--lac-expected-dir", str(tmp_path / "expected")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.stdout.count("failed to load:") == 1, out.stdout[-3000:]

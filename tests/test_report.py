@@ -11,7 +11,7 @@ from lac_core.run.settings import ROOT
 
 def _claims(tmp_path, *args):
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider",
-           "--grid", "example", "--lac-reports", str(tmp_path / "reports"), *args]
+           "--lac-grid", "example", "--lac-reports", str(tmp_path / "reports"), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -32,7 +32,7 @@ def _broken_checkpoint(tmp_path):
 
 def test_a_model_that_failed_to_load_has_its_column_and_its_cause(tmp_path):
     """Probe E8."""
-    out = _claims(tmp_path, "--model", "tiny-llama", "--model", str(_broken_checkpoint(tmp_path)),
+    out = _claims(tmp_path, "--lac-model", "tiny-llama", "--lac-model", str(_broken_checkpoint(tmp_path)),
                   "-k", "c1_additive_sufficiency and not cell")
     assert out.returncode == 1, out.stdout[-2000:]
     data = json.loads((tmp_path / "reports" / "results.json").read_text())
@@ -46,10 +46,10 @@ def test_a_model_that_failed_to_load_has_its_column_and_its_cause(tmp_path):
 
 def test_a_run_that_produced_nothing_still_replaces_the_previous_report(tmp_path):
     """Probe G1: a folder never keeps an earlier run's report as if it were this one's."""
-    first = _claims(tmp_path, "--model", "tiny-llama", "-k", "c1_additive_sufficiency and not cell")
+    first = _claims(tmp_path, "--lac-model", "tiny-llama", "-k", "c1_additive_sufficiency and not cell")
     assert first.returncode in (0, 1)
     before = json.loads((tmp_path / "reports" / "results.json").read_text())["run"]["run_id"]
-    again = _claims(tmp_path, "--model", str(_broken_checkpoint(tmp_path)),
+    again = _claims(tmp_path, "--lac-model", str(_broken_checkpoint(tmp_path)),
                     "-k", "c1_additive_sufficiency and not cell")
     assert again.returncode == 1
     run = json.loads((tmp_path / "reports" / "results.json").read_text())["run"]

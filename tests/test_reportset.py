@@ -22,7 +22,7 @@ def _claims(tmp_path, *args, reports=None, inject=None):
         extra = ["-p", "lac_inject"]
     (tmp_path / "expected").mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider",
-           "--model", "tiny-llama", "--grid", "example", "-k", "c1_additive_sufficiency and not cell",
+           "--lac-model", "tiny-llama", "--lac-grid", "example", "-k", "c1_additive_sufficiency and not cell",
            "--lac-expected-dir", str(tmp_path / "expected"),
            "--lac-reports", str(tmp_path / "reports") if reports is None else reports, *extra, *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,

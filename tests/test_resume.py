@@ -23,8 +23,8 @@ from lac_core.verdicts.results import SweepResult, jsonable
 from lac_core.run.resume import ResultCache
 from lac_core.run.settings import ROOT
 
-ARGS = ["-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model", "tiny-llama",
-        "--grid", "example", "-k", "c1_additive or c4_no"]  # two experiments: sweep, then host
+ARGS = ["-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model", "tiny-llama",
+        "--lac-grid", "example", "-k", "c1_additive or c4_no"]  # two experiments: sweep, then host
 
 
 def _cmd(tmp_path, name, *extra):

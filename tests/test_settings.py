@@ -13,8 +13,8 @@ from lac_core.run.settings import ROOT, Settings, env_cache_dir, env_offline, pa
 
 
 def _start(tmp_path, *args, env=None, collect=True):
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model",
-           "tiny-llama", "--grid", "example", "--lac-reports", str(tmp_path / "reports"),
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model",
+           "tiny-llama", "--lac-grid", "example", "--lac-reports", str(tmp_path / "reports"),
            *(["--collect-only"] if collect else []), *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, **(env or {})})
@@ -31,8 +31,8 @@ def _start(tmp_path, *args, env=None, collect=True):
     (["--lac-threads", "-1"], "--lac-threads '-1': give a positive number"),  # case 17
     (["--lac-threads", "0"], "--lac-threads '0': give a positive number"),
     (["--lac-probes", "p_last,p_last"], "p_last is given twice"),
-    (["--model", ""], "--model '' is empty"),
-    (["--chat-template", ""], "--chat-template '' is empty"),
+    (["--lac-model", ""], "--lac-model '' is empty"),
+    (["--lac-chat-template", ""], "--lac-chat-template '' is empty"),
 ])
 def test_bad_options_stop_the_run_at_start(tmp_path, args, message):
     code, text = _start(tmp_path, *args)

@@ -65,7 +65,7 @@ def test_a_model_without_a_template_is_refused_by_default(lac_models):
     saved = tok.chat_template
     try:
         tok.chat_template = None
-        with pytest.raises(NoChatTemplateError, match="--no-chat-template"):
+        with pytest.raises(NoChatTemplateError, match="--lac-no-chat-template"):
             render(tok, "As Yoda, Write a haiku.")
         assert render(tok, "As Yoda, Write a haiku.", choose("llama3", False)).p_last > 0
     finally:
@@ -93,8 +93,8 @@ def test_a_chat_template_file_is_compiled_and_rendered_at_start(tmp_path, name):
     f.write_text(text)
     with pytest.raises(UsageError) as err:
         choose(str(f), False)
-    assert f"--chat-template {f}" in str(err.value) and message in str(err.value)
-    assert "--no-chat-template" in str(err.value)
+    assert f"--lac-chat-template {f}" in str(err.value) and message in str(err.value)
+    assert "--lac-no-chat-template" in str(err.value)
 
 
 def test_a_chat_template_file_that_is_not_text_is_a_usage_error(tmp_path):
@@ -123,8 +123,8 @@ def test_a_broken_chat_template_stops_the_session_at_start(tmp_path):
 
     f = tmp_path / "broken.jinja"
     f.write_text(BAD_TEMPLATES["syntax"][0])
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--model",
-           "tiny-llama", "--chat-template", str(f), "--lac-reports", str(tmp_path / "r")]
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model",
+           "tiny-llama", "--lac-chat-template", str(f), "--lac-reports", str(tmp_path / "r")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if "lac:" in line]
@@ -147,7 +147,7 @@ def test_a_model_whose_own_template_drops_the_message_fails_before_any_experimen
     template = ckpt / "chat_template.jinja"
     template.write_text(template.read_text().replace("m['content']", "m['contents']"))
     cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-rfs", "-p", "no:cacheprovider",
-           "--lac-no-cache", "--model", str(ckpt), "--grid", "example", "--lac-reports",
+           "--lac-no-cache", "--lac-model", str(ckpt), "--lac-grid", "example", "--lac-reports",
            str(tmp_path / "r"), "-k", "c1_additive or c4_no"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     text = out.stdout + out.stderr

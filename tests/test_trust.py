@@ -26,7 +26,7 @@ EXAMPLE = resolve_grid("example").key
 
 def _claims(tmp_path, *args, reports="reports", env=None):
     (tmp_path / "expected").mkdir(exist_ok=True)  # an empty expectations folder: the paper decides
-    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--grid",
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-rfs", "-p", "no:cacheprovider", "--lac-grid",
            "example", "--lac-expected-dir", str(tmp_path / "expected"), "--lac-reports",
            str(tmp_path / reports), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -54,7 +54,7 @@ def test_row1_different_models_never_share_a_key_or_a_file(tmp_path, lac_models)
     assert len(set(ids)) == 3 and all(i.split("@")[0] in ("model", "smollm2-135m-instruct") for i in ids)
     assert "smollm2-135m-instruct" not in ids  # a directory named like a registry model is not it
     assert len({file_for(i, tmp_path) for i in (*ids, "smollm2-135m-instruct")}) == 4
-    out = _claims(tmp_path, "--model", str(a), "--model", str(b), "--lac-update-baselines")
+    out = _claims(tmp_path, "--lac-model", str(a), "--lac-model", str(b), "--lac-update-baselines")
     assert out.stdout.count("lac: wrote") == 2
     written = sorted(p.name for p in (tmp_path / "expected").glob("*.yaml"))
     assert written == sorted(file_for(i, tmp_path).name for i in ids[:2])
@@ -66,22 +66,22 @@ def test_row2_lac_replaces_only_what_it_wrote(tmp_path):
     (mine / "results_mine.json").write_text("{}")
     (mine / "figures" / "mine.png").write_bytes(b"png")
     (mine / "results.json").write_text('{"my": "own results"}')
-    out = _claims(tmp_path, "--model", "tiny-llama")
+    out = _claims(tmp_path, "--lac-model", "tiny-llama")
     assert out.returncode == 4 and "results.json exists and lac did not write it" in out.stdout + out.stderr
     assert "--lac-reports-overwrite" in out.stdout + out.stderr
     assert (mine / "results.json").read_text() == '{"my": "own results"}'
     (mine / "results.json").unlink()
-    _claims(tmp_path, "--model", "tiny-llama")
+    _claims(tmp_path, "--lac-model", "tiny-llama")
     assert (mine / "results_mine.json").read_text() == "{}" and (mine / "figures" / "mine.png").exists()
     assert "results.json" in reportset.owned(mine) and "figures/mine.png" not in reportset.owned(mine)
-    _claims(tmp_path, "--model", "tiny-llama", "--grid", "markers")  # a second run replaces its own
+    _claims(tmp_path, "--lac-model", "tiny-llama", "--lac-grid", "markers")  # a second run replaces its own
     assert (mine / "figures" / "mine.png").exists() and json.loads((mine / "results.json").read_text())
 
 
 @pytest.mark.parametrize("args, why", [(["-k", "c1_additive"], "deselected"),
                                        (["--maxfail", "1"], "interrupted")])
 def test_row3_a_cut_run_says_partial_and_why(tmp_path, args, why):
-    _claims(tmp_path, "--model", "tiny-llama", *args)
+    _claims(tmp_path, "--lac-model", "tiny-llama", *args)
     data = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert data["run"]["status"] == "PARTIAL"
     assert {n["why"] for n in data["run"]["not_run"]} == {why}
@@ -92,12 +92,12 @@ def test_row3_a_cut_run_says_partial_and_why(tmp_path, args, why):
 
 
 def test_row3_a_whole_run_is_complete(tmp_path):
-    _claims(tmp_path, "--model", "tiny-llama")
+    _claims(tmp_path, "--lac-model", "tiny-llama")
     assert json.loads((tmp_path / "reports" / "results.json").read_text())["run"]["status"] == "COMPLETE"
 
 
 def test_row4_a_partial_update_keeps_what_did_not_run(tmp_path):
-    _claims(tmp_path, "--model", "tiny-llama", "--lac-update-baselines")
+    _claims(tmp_path, "--lac-model", "tiny-llama", "--lac-update-baselines")
     path = tmp_path / "expected" / "tiny-llama.yaml"
     body = yaml.safe_load(path.read_text())
     sec = body["setups"]["float32 model"][EXAMPLE]
@@ -105,7 +105,7 @@ def test_row4_a_partial_update_keeps_what_did_not_run(tmp_path):
     sec["verdicts"]["C2"] = "HOLDS"  # and a verdict of a claim that won't run
     path.write_text(yaml.safe_dump(body, sort_keys=False, width=120))
     before = yaml.safe_load(path.read_text())["setups"]["float32 model"][EXAMPLE]
-    _claims(tmp_path, "--model", "tiny-llama", "--lac-update-baselines", "-k", "pirate__bread or (c1_additive and not cell)")
+    _claims(tmp_path, "--lac-model", "tiny-llama", "--lac-update-baselines", "-k", "pirate__bread or (c1_additive and not cell)")
     after = yaml.safe_load(path.read_text())["setups"]["float32 model"][EXAMPLE]
     assert "nurse__tax" in after["cell_findings"]["additive_vs_null"] and after["verdicts"]["C2"] == "HOLDS"
     for check, cells in before["cell_findings"].items():
@@ -145,10 +145,10 @@ def test_row6_damaged_models_are_named(tmp_path, lac_models):
 
 def test_row7_usage_errors_at_start(tmp_path):
     for args, env, message in ((["--lac-token-budget", "-5"], {}, "--lac-token-budget -5"),
-                               (["--model", "tiny-llama"], {"LAC_DEVICE": "gpu"}, "choose cpu, cuda")):
+                               (["--lac-model", "tiny-llama"], {"LAC_DEVICE": "gpu"}, "choose cpu, cuda")):
         out = _claims(tmp_path, *args, env=env)
         assert out.returncode == 4 and message in out.stderr
-    twice = _claims(tmp_path, "--model", "tiny-llama", "--model", "tiny-llama", "--collect-only")
+    twice = _claims(tmp_path, "--lac-model", "tiny-llama", "--lac-model", "tiny-llama", "--collect-only")
     assert "repeats tiny-llama; it runs once" in twice.stdout + twice.stderr
     assert twice.stdout.count("test_c1_additive_sufficiency[tiny-llama-example]") == 1
 
@@ -169,7 +169,7 @@ def test_row8_a_non_finite_kl_stops_the_run(monkeypatch, lac_models):
 
 
 def test_row11_a_failing_claim_names_numbers_threshold_and_cells(tmp_path):
-    out = _claims(tmp_path, "--model", "tiny-llama", "-k", "c2_partial")
+    out = _claims(tmp_path, "--lac-model", "tiny-llama", "-k", "c2_partial")
     line = next(x for x in out.stdout.splitlines() if "C2 FAILS on tiny-llama / example" in x)
     assert "(<= 0.5)" in line and "95% interval" in line and "cells against the line" in line
 
@@ -177,7 +177,7 @@ def test_row11_a_failing_claim_names_numbers_threshold_and_cells(tmp_path):
 def test_results_are_strict_json_with_provenance_and_identical_across_runs(tmp_path):
     runs = []
     for name in ("one", "two"):
-        _claims(tmp_path, "--model", "tiny-llama", reports=name)
+        _claims(tmp_path, "--lac-model", "tiny-llama", reports=name)
         text = (tmp_path / name / "results.json").read_text()
         runs.append(json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in results.json")))
     run = runs[0]["run"]

@@ -17,7 +17,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from .kvcache import Shared
 
 GROUPED = "lac_grouped_eager"
-IMPLEMENTATIONS = {"grouped": GROUPED, "eager": "eager", "sdpa": "sdpa"}  # --attention -> HF name
+# --lac-attention -> transformers' name
+IMPLEMENTATIONS = {"grouped": GROUPED, "eager": "eager", "sdpa": "sdpa"}
 # A continuation can read a kept prompt's keys and values in place (kvcache.Shared: its cache
 # layers return them in two parts) only where the model hands what its cache returns straight to
 # the attention function, untouched: checked in transformers' modeling files of these model

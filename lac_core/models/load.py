@@ -77,7 +77,7 @@ def _missing(spec: ModelSpec, src: str, exc: Exception) -> MissingWeightsError:
     return MissingWeightsError(
         f"weights of {spec.hub_id} are not in the local Hugging Face cache (HF_HOME={home}); no "
         f"hub is reachable here. On a machine with hub access run `hf download {spec.hub_id}` "
-        "and copy the cache over, or pass --model with a local directory.")
+        "and copy the cache over, or pass --lac-model with a local directory.")
 
 
 def _from_files(spec: ModelSpec, options: LoadOptions, kw: dict, say):
@@ -111,7 +111,7 @@ def _from_files(spec: ModelSpec, options: LoadOptions, kw: dict, say):
 
 def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
          say=to_stderr) -> LoadedModel:
-    """Load a resolved model (or a --model argument) in the run's dtype and attention."""
+    """Load a resolved model (or a --lac-model argument) in the run's dtype and attention."""
     import transformers
 
     options = options or LoadOptions()

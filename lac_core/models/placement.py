@@ -1,6 +1,6 @@
 """Precision and placement: which dtype a model runs in and which devices hold its layers."""
 # Registered models keep their registered dtype on every device (the paper's: float32 Gemma-2,
-# bfloat16 Qwen2.5); other models run bfloat16 on a GPU and float32 on the CPU; --dtype
+# bfloat16 Qwen2.5); other models run bfloat16 on a GPU and float32 on the CPU; --lac-dtype
 # overrides both. Device `auto` is CUDA when visible (spread over every visible GPU with
 # accelerate's device_map="auto" when there are several), else MPS, else the CPU.
 from __future__ import annotations
@@ -19,8 +19,8 @@ def resolve_device(option: str | None) -> str:
     """`cpu`, `cuda`, `cuda:N`, `mps` or `auto` (also LAC_DEVICE) -> the device a run uses."""
     option = option or "auto"
     if not DEVICE.match(option):
-        raise UsageError(f"--device {option!r} (or LAC_DEVICE): choose cpu, cuda, cuda:N, mps or "
-                         "auto")
+        raise UsageError(f"--lac-device {option!r} (or LAC_DEVICE): choose cpu, cuda, cuda:N, mps "
+                         "or auto")
     if option == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -28,18 +28,20 @@ def resolve_device(option: str | None) -> str:
     if option.startswith("cuda"):
         index = int(option.split(":")[1]) if ":" in option else 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise UsageError(f"--device {option}: no such CUDA device is visible "
-                             f"({torch.cuda.device_count()} visible); pass --device cpu or auto")
+            raise UsageError(f"--lac-device {option}: no such CUDA device is visible "
+                             f"({torch.cuda.device_count()} visible); pass --lac-device cpu or "
+                             "auto")
     if option == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: MPS is not available here; pass --device cpu or auto")
+        raise UsageError("--lac-device mps: MPS is not available here; pass --lac-device cpu or "
+                         "auto")
     return option
 
 
 def resolve_dtype(registered: str | None, option: str | None, device: str) -> str:
-    """The dtype a model runs in: --dtype, else its registered dtype, else by device."""
+    """The dtype a model runs in: --lac-dtype, else its registered dtype, else by device."""
     if option and option != "auto":
         if option not in DTYPES:
-            raise UsageError(f"--dtype {option!r}: choose float32, bfloat16, float16 or auto")
+            raise UsageError(f"--lac-dtype {option!r}: choose float32, bfloat16, float16 or auto")
         return option
     return registered or ("float32" if device == "cpu" else "bfloat16")
 

@@ -1,4 +1,4 @@
-"""Which model a --model argument names: a registry name, hub id, GGUF file or directory."""
+"""Which model a --lac-model argument names: a registry name, hub id, GGUF file or directory."""
 from __future__ import annotations
 
 import re
@@ -86,7 +86,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve(name: str) -> ModelSpec:
-    """The model a --model argument names, checked on disk before anything loads."""
+    """The model a --lac-model argument names, checked on disk before anything loads."""
 
     registered = REGISTRY.get(name) or _BY_HUB_ID.get(name)
     if registered and registered.source != "hub":
@@ -121,10 +121,10 @@ def _check_hub_id(name: str) -> None:
         raise UnknownModelError(
             f"unknown model {name!r}: not a registered name ({', '.join(sorted(REGISTRY))}), not a "
             "hub id of the form owner/name, and not an existing GGUF file or model directory. "
-            "Pass one of those to --model.")
+            "Pass one of those to --lac-model.")
     try:
         validate_repo_id(name)
     except HFValidationError as exc:
         raise UnknownModelError(
-            f"--model {name!r} is not a valid hub id and not an existing file or directory: {exc} "
-            "Pass the hub id as the hub spells it, a registered name, or a path.") from None
+            f"--lac-model {name!r} is not a valid hub id and not an existing file or directory: "
+            f"{exc} Pass the hub id as the hub spells it, a registered name, or a path.") from None

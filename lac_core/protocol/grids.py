@@ -282,5 +282,5 @@ def resolve_grid(name_or_path: str) -> Grid:
     known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
     if name_or_path not in known:
         raise GridError(f"unknown grid {quote(name_or_path)}: not one of {', '.join(known)} and "
-                        "not a .yaml / .json file; pass --grid NAME or --grid PATH")
+                        "not a .yaml / .json file; pass --lac-grid NAME or --lac-grid PATH")
     return load_grid(GRID_DIR / f"{name_or_path}.yaml")

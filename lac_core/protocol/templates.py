@@ -1,6 +1,6 @@
 """Which chat template renders the prompts: the model's own, a built-in one, a file, or none."""
-# The model's own template is the default. A model without one needs --chat-template NAME|FILE
-# (a Jinja template, as transformers' apply_chat_template takes it) or --no-chat-template (raw
+# The model's own template is the default. A model without one needs --lac-chat-template NAME|FILE
+# (a Jinja template, as transformers' apply_chat_template takes it) or --lac-no-chat-template (raw
 # text with the tokenizer's BOS, for base models). The choice is part of a run's identity.
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ BUILTIN = {
               "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
               "{% endif %}",
 }
-FIXES = ("--chat-template FILE (a Jinja chat template) or one of the built-in names "
-         f"{', '.join(BUILTIN)}, or --no-chat-template (raw prompt text, for base models)")
+FIXES = ("--lac-chat-template FILE (a Jinja chat template) or one of the built-in names "
+         f"{', '.join(BUILTIN)}, or --lac-no-chat-template (raw prompt text, for base models)")
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,10 @@ def check_model(label: str, tokenizer, template: "ChatTemplate") -> None:
 
 
 def choose(option: str | None, raw: bool) -> ChatTemplate:
-    """The template a run uses, from --chat-template and --no-chat-template."""
+    """The template a run uses, from --lac-chat-template and --lac-no-chat-template."""
     if option and raw:
-        raise UsageError("--chat-template and --no-chat-template exclude each other; pass one")
+        raise UsageError("--lac-chat-template and --lac-no-chat-template exclude each other; pass "
+                         "one")
     if raw:
         return ChatTemplate("raw")
     if not option:
@@ -117,24 +118,24 @@ def choose(option: str | None, raw: bool) -> ChatTemplate:
     path = Path(option).expanduser()
     if option in BUILTIN:
         if path.exists():  # never guess which one was meant
-            raise UsageError(f"--chat-template {option}: both a built-in template and a file in "
-                             f"this folder; pass ./{option} for the file, or run elsewhere for "
+            raise UsageError(f"--lac-chat-template {option}: both a built-in template and a file "
+                             f"in this folder; pass ./{option} for the file, or run elsewhere for "
                              "the built-in one")
         check(f"built-in chat template {option!r}", BUILTIN[option])
         return ChatTemplate(option, BUILTIN[option])
     if not path.is_file():
-        raise UsageError(f"--chat-template {option!r}: not a file and not a built-in name; pass "
-                         f"{FIXES}")
+        raise UsageError(f"--lac-chat-template {option!r}: not a file and not a built-in name; "
+                         f"pass {FIXES}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--chat-template {path}: cannot read it ({exc}); pass a UTF-8 Jinja "
+        raise UsageError(f"--lac-chat-template {path}: cannot read it ({exc}); pass a UTF-8 Jinja "
                          f"file or {FIXES}") from None
     if path.suffix == ".json" or text.lstrip().startswith("{\""):
-        raise UsageError(f"--chat-template {path}: this looks like a chat_template.json file; "
+        raise UsageError(f"--lac-chat-template {path}: this looks like a chat_template.json file; "
                          "pass the Jinja text itself (the value of its chat_template key) in a "
                          "file of its own")
-    check(f"--chat-template {path}", text)
+    check(f"--lac-chat-template {path}", text)
     return ChatTemplate(f"file:{path.stem}", text)
 
 

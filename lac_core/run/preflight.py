@@ -1,7 +1,7 @@
 """Everything that can be checked before a model loads, checked once at session start."""
 # Options, grid files, the chat template, each model's identity (registry name, hub id in the
 # local cache, checkpoint directory, GGUF file), its chat template, its cached GGUF (a file where
-# one belongs; offline, one of the registered size), --attention against its architecture, and
+# one belongs; offline, one of the registered size), --lac-attention against its architecture, and
 # its depth against the chosen layers. A model named twice (the same identity, or the same GGUF
 # sha256 in the same dtype: a registry name and its file's path) runs once, with a warning. A
 # failure raises one LacError that names the problem and the fix; nothing has run.
@@ -42,7 +42,7 @@ def check(settings: Settings) -> Checked:
         first = spec.name if spec.name in specs else by_weights.get(weights)
         if first:
             same = "" if first == spec.name else f" (same weights: sha256 {spec.sha256[:12]}...)"
-            warnings.append(f"lac: --model {arg} repeats {first}{same}; it runs once")
+            warnings.append(f"lac: --lac-model {arg} repeats {first}{same}; it runs once")
             continue
         if template.name == "model" and not spec.chat_template:
             raise UsageError(f"{spec.name} has no chat template of its own; pass {FIXES}")

@@ -118,13 +118,13 @@ class Session:
         if os.path.lexists(where) and not where.is_dir():
             raise UsageError(f"--lac-expected-dir {where} is not a folder; pass the folder of the "
                              "per-model expectation files")
-        if not where.exists() and not s.update_baselines:
+        if not where.exists() and not s.updating:
             raise UsageError(f"--lac-expected-dir {where} does not exist, so no expectations would "
                              "be read and the regression gate would be off; pass an existing "
                              "folder, or --lac-update-baselines to record into a new one")
         for model in self.checked.models:
             self.expectations(model)
-            if s.update_baselines and expected.file_for(model, where).is_symlink():
+            if s.updating and expected.file_for(model, where).is_symlink():
                 raise UsageError(f"{expected.file_for(model, where)} is a symbolic link; lac does "
                                  "not write expectations through or over links")
 
@@ -279,7 +279,7 @@ class Session:
         moved = [f"lac: {folder.path / name} appeared during the run and lac did not write it; "
                  "it is kept as it is" for name in kept] + \
             [f"lac: this run's report set is in {where} instead"] if kept else []
-        if self.settings.update_baselines:
+        if self.settings.updating:
             return Outcome([*moved, *(f"lac: wrote {path}" for path in self.update_expectations())],
                            failed=bool(kept))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"

@@ -43,7 +43,7 @@ class Settings:
     layers: tuple | None = None  # swept layers: indices (int) or depth fractions (float)
     probes: tuple[str, ...] = PROBES
     chat_template: str | None = None  # a built-in name or a Jinja file; None: the model's own
-    raw: bool = False  # --no-chat-template
+    raw: bool = False  # --lac-no-chat-template
     dtype: str | None = None  # None or "auto": registered dtype, else by device
     attention: str = "grouped"  # attention.IMPLEMENTATIONS: eager arithmetic without K/V copies
     threads: int | None = None  # torch threads (None: torch's default; under xdist cores/workers)
@@ -54,6 +54,7 @@ class Settings:
     expected_dir: Path = EXPECTED
     claims_file: Path = CLAIMS_FILE
     update_baselines: bool = False
+    regen_all: bool = False  # update the baselines and pass (--lac-update-baselines fails)
     reports_overwrite: bool = False  # replace files in the report folder that lac did not write
     no_cache: bool = False  # recompute every experiment, ignoring the resume cache
     swap_pairs: str = "next"  # persona swap: each persona with the next in the grid, or "all"
@@ -65,7 +66,7 @@ class Settings:
             raise UsageError(f"--lac-token-budget {self.token_budget!r}: must be a positive number "
                              f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
         if self.attention not in ("grouped", "eager", "sdpa"):
-            raise UsageError(f"--attention {self.attention!r}: choose grouped, eager or sdpa")
+            raise UsageError(f"--lac-attention {self.attention!r}: choose grouped, eager or sdpa")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise UsageError(f"--lac-threads {self.threads!r}: give a positive number of threads")
         if self.swap_pairs not in ("next", "all"):
@@ -74,6 +75,11 @@ class Settings:
         if unknown or not self.probes:
             raise UsageError(f"--lac-probes: unknown probe {unknown[0] if unknown else '(none)'}; "
                              f"choose from {', '.join(PROBES)}")
+
+    @property
+    def updating(self) -> bool:
+        """Whether this run rewrites expectations (--lac-update-baselines, --lac-regen-all)."""
+        return self.update_baselines or self.regen_all
 
     def load_options(self):
         """What loading a model reads of these settings."""
@@ -139,8 +145,8 @@ def _texts(flag: str):
 
 def _template(text: str) -> str:
     if not text.strip():
-        raise UsageError("--chat-template '' is empty; name a Jinja file or a built-in template, "
-                         "or leave the option out to use the model's own")
+        raise UsageError("--lac-chat-template '' is empty; name a Jinja file or a built-in "
+                         "template, or leave the option out to use the model's own")
     return text
 
 
@@ -150,49 +156,71 @@ def _folder(text: str, flag: str = "--lac-reports") -> Path:
     return Path(text).expanduser()
 
 
-OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help
-    ("--model", "models", _texts("--model"), dict(action="append"), "model to check: registry "
-     "name, hub id or "
-     f"local directory (repeatable; default {DEFAULT_MODELS[0]})"),
-    ("--grid", "grids", _texts("--grid"), dict(action="append"), "grid to run: a name in "
-     "fixtures/grids "
-     "(short, long, markers, example) or a YAML/JSON grid file (repeatable; default the paper's "
-     "three)"),
-    ("--lac-layers", "layers", parse_layers, {}, "swept layers: indices (4,8,12) or depth "
-     "fractions "
-     "(0.25,0.5); default the paper's fractions"),
+DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "bfloat16": "bfloat16",
+          "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
+          "auto": "auto"}
+
+
+def parse_dtype(text: str) -> str:
+    """A dtype name, made canonical (fp16 -> float16, bf16 -> bfloat16) before any key is built."""
+    try:
+        return DTYPES[text.strip().lower()]
+    except KeyError:
+        raise UsageError(f"--lac-dtype {text!r}: choose float32, bfloat16, float16 or auto (fp32, "
+                         "bf16, fp16 are read as these)") from None
+
+
+OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help (which names the default)
+    ("--lac-model", "models", _texts("--lac-model"), dict(action="append"),
+     "model to check: a registry name (python -m lac_core.list), a hub id (ID or ID@REVISION), "
+     f"a GGUF file or a model folder; repeatable (default: {DEFAULT_MODELS[0]})"),
+    ("--lac-grid", "grids", _texts("--lac-grid"), dict(action="append"),
+     "grid to run: a shipped grid's name (python -m lac_core.list) or a YAML/JSON grid file; "
+     f"repeatable (default: {', '.join(DEFAULT_GRIDS)})"),
+    ("--lac-layers", "layers", parse_layers, {},
+     "swept layers: indices (4,8,12) or depth fractions (0.25,0.5) (default: the paper's "
+     "fractions 0.25,0.40,0.55,0.70,0.85)"),
     ("--lac-probes", "probes", parse_probes, {},
-     f"probes to sweep, comma-separated (default {','.join(PROBES)})"),
-    ("--chat-template", "chat_template", _template, {}, "render prompts with this chat template: a "
-     "Jinja file or chatml, gemma, llama3 (default: the model's own)"),
-    ("--no-chat-template", "raw", bool, dict(action="store_true"),
-     "raw prompts: the user text after the tokenizer's BOS (for base models)"),
-    ("--dtype", "dtype", str, dict(choices=("float32", "bfloat16", "float16", "auto")),
-     "model precision (default auto: the registered dtype, else bfloat16 on GPU, float32 on CPU)"),
-    ("--attention", "attention", str, dict(choices=("grouped", "eager", "sdpa")),
-     "attention: grouped (default; eager arithmetic without copying grouped keys/values), eager "
-     "(transformers' own) or sdpa (fused, faster on GPUs; numbers move, see README)"),
-    ("--device", "device", str, {}, "cpu, cuda, cuda:N, mps or auto (default; also LAC_DEVICE): "
-     "auto spreads a model over several visible GPUs"),
-    ("--lac-threads", "threads", parse_threads, {}, "torch CPU threads (default: torch's; under "
-     "pytest-xdist, cores / workers)"),
+     f"probes to sweep, comma-separated (default: {','.join(PROBES)})"),
+    ("--lac-chat-template", "chat_template", _template, {},
+     "render prompts with this chat template: a Jinja file, or chatml, gemma, llama3 (default: "
+     "the model's own)"),
+    ("--lac-no-chat-template", "raw", bool, dict(action="store_true"),
+     "raw prompts: the user text after the tokenizer's BOS, for base models (default: off)"),
+    ("--lac-dtype", "dtype", parse_dtype, {},
+     "model precision: float32, bfloat16, float16 or auto (default: auto: a registered model's "
+     "own, else bfloat16 on a GPU and float32 on the CPU)"),
+    ("--lac-attention", "attention", str, dict(choices=("grouped", "eager", "sdpa")),
+     "attention: grouped (eager arithmetic without copying grouped keys/values), eager "
+     "(transformers' own) or sdpa (fused; numbers move) (default: grouped)"),
+    ("--lac-device", "device", str, {},
+     "cpu, cuda, cuda:N, mps or auto; auto spreads a model over every visible GPU (default: "
+     "$LAC_DEVICE, else auto)"),
+    ("--lac-threads", "threads", parse_threads, {},
+     "torch CPU threads (default: torch's own; under pytest-xdist, cores / workers)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
-     "execution plan of the sweep (naive: one full forward per site, the oracle)"),
+     "execution plan of the sweep; naive runs one full forward per site, the oracle "
+     "(default: fast)"),
     ("--lac-token-budget", "token_budget", int, dict(type=int, default=DEFAULT_TOKEN_BUDGET),
-     "max tokens per forward call, cached ones included (memory knob)"),
+     f"max tokens per forward call, cached ones included: the memory knob (default: "
+     f"{DEFAULT_TOKEN_BUDGET})"),
     ("--lac-no-cache", "no_cache", bool, dict(action="store_true"),
-     "recompute every experiment: do not reuse results kept by earlier runs (resume cache)"),
+     "recompute every experiment: neither read nor keep results in the resume cache "
+     "(default: off)"),
     ("--lac-swap-pairs", "swap_pairs", str, dict(choices=("next", "all")),
-     "persona swap: each persona A with the next in the grid's order (default) or every other"),
+     "persona swap: each persona with the next in the grid's order, or with every other "
+     "(default: next)"),
     ("--lac-offline", "offline", bool, dict(action="store_true"),
-     "never fetch weights: a missing model is an error (also LAC_OFFLINE=1)"),
+     "never download: a model not in the caches is an error (default: off, or $LAC_OFFLINE)"),
     ("--lac-update-baselines", "update_baselines", bool, dict(action="store_true"),
-     "rewrite each model's expectations (verdicts, cell findings, baselines) from this run"),
+     "rewrite the expectations of each model that ran from this run, print what changed and "
+     "fail, for review (default: off)"),
+    ("--lac-regen-all", "regen_all", bool, dict(action="store_true"),
+     "rewrite the expectations like --lac-update-baselines, and pass (default: off)"),
     ("--lac-reports", "report_dir", _folder, {},
-     "directory for results.json, REPORT.md and figures (default ./reports)"),
+     "folder of the report set: results.json, REPORT.md, SUMMARY.md, figures (default: ./reports)"),
     ("--lac-reports-overwrite", "reports_overwrite", bool, dict(action="store_true"),
-     "replace files in the report folder that lac did not write"),
-    ("--lac-expected-dir", "expected_dir", lambda t: _folder(t, "--lac-expected-dir"),
-     dict(default=str(EXPECTED)),
-     "directory of the per-model expectations"),
+     "replace regular files in the report folder that lac did not write (default: off)"),
+    ("--lac-expected-dir", "expected_dir", lambda t: _folder(t, "--lac-expected-dir"), {},
+     "folder of the per-model expectations (default: the ones lac ships)"),
 ]

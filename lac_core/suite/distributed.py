@@ -20,14 +20,14 @@ class Controller:
         self.config = config
 
     def _models(self) -> list[str]:
-        """Model identities, longest first: the session's, else the --model arguments as given
+        """Model identities, longest first: the session's, else the --lac-model arguments as given
         (a registry name is its own identity), read without starting anything."""
         lac = started(self.config)
         if lac is not None:
             names = list(lac.checked.models)
         else:
             from ..run.settings import DEFAULT_MODELS
-            names = list(self.config.getoption("--model") or DEFAULT_MODELS)
+            names = list(self.config.getoption("--lac-model") or DEFAULT_MODELS)
         return sorted(names, key=len, reverse=True)
 
     def _model_of(self, nodeid: str) -> str | None:
