@@ -4,6 +4,7 @@
 # so two runs on different files never mix. The paper's grids live in fixtures/grids/.
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -281,6 +282,9 @@ def resolve_grid(name_or_path: str) -> Grid:
         return load_grid(path)
     known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
     if name_or_path not in known:
-        raise GridError(f"unknown grid {quote(name_or_path)}: not one of {', '.join(known)} and "
-                        "not a .yaml / .json file; pass --lac-grid NAME or --lac-grid PATH")
+        close = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise GridError(f"unknown grid {quote(name_or_path)}: {hint}not one of {', '.join(known)} "
+                        "and not a .yaml / .json file; pass --lac-grid NAME or --lac-grid PATH "
+                        "(python -m lac_core.list shows them)")
     return load_grid(GRID_DIR / f"{name_or_path}.yaml")

@@ -48,6 +48,7 @@ def results_document(session) -> dict:
         if kind in KINDS:
             doc[KINDS[kind]].append({**asdict(r),
                                      **findings.extra(kind, r, session.thresholds)})
+    doc["regression_gate"] = session.gate_outcome
     doc["anti_steering"] = [{"model": m, "grid": g, **breakdown.anti_steering(r)}
                             for (m, g, kind), r in sorted(session.results.items())
                             if kind == "markers"]

@@ -17,6 +17,7 @@ from ..errors import UsageError
 from .progress import Progress
 from ..report.document import Plan, report_names, write_report_set
 from ..report.reportset import Folder
+from ..paths import EXPECTED, FIXTURES, ROOT
 from .settings import Settings
 from ..verdicts.thresholds import Thresholds, load_thresholds
 
@@ -44,6 +45,7 @@ class Session:
     cell_checks: dict = field(default_factory=dict)  # (check, model, grid) -> cells that ran
     threads: int = 0  # torch CPU threads of this process
     timings: dict = field(default_factory=dict)  # (model, grid, kind) -> wall seconds
+    interval_seconds: dict = field(default_factory=dict)  # model -> s resampling for intervals
     progress: Progress = field(default_factory=Progress)  # silent unless the plugin gives a say
     collected: dict = field(default_factory=dict)  # claim test node id -> (claim, model, grid)
     outcomes: dict = field(default_factory=dict)  # node id -> why it gave no verdict (error, skip)
@@ -56,6 +58,8 @@ class Session:
     resume: resume.ResultCache = field(default_factory=lambda: resume.ResultCache(None))
     folder: Folder | None = None  # the report folder, checked and locked at start
     claims_planned: set | None = None  # claims whose tests were collected (None: all registered)
+    gate_outcome: dict | None = None  # the regression gate, once applied (Session.gate)
+    report_folder: object = None  # where the report set went
     run_id: str = ""  # unique per run (new_run_id); a pytest-xdist worker takes its controller's
     _expectations: dict = field(default_factory=dict)
     _fingerprint: dict = field(default_factory=dict)
@@ -122,6 +126,9 @@ class Session:
             raise UsageError(f"--lac-expected-dir {where} does not exist, so no expectations would "
                              "be read and the regression gate would be off; pass an existing "
                              "folder, or --lac-update-baselines to record into a new one")
+        if s.updating and where == EXPECTED and FIXTURES != ROOT / "fixtures":
+            raise UsageError("lac is installed: it never writes into its own package; pass "
+                             "--lac-expected-dir DIR to record expectations in a folder of yours")
         for model in self.checked.models:
             self.expectations(model)
             if s.updating and expected.file_for(model, where).is_symlink():
@@ -159,7 +166,8 @@ class Session:
                 or not self.expectations(m).section(*self._key(m, g)[1:])]
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
-              "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes")
+              "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes",
+              "interval_seconds")
 
     def export(self) -> dict:
         """What a pytest-xdist worker sends the controller (see merge)."""
@@ -240,54 +248,84 @@ class Session:
                 "args": self.args}
 
     def update_expectations(self) -> list[str]:
-        """Record this run's verdicts, cell findings and deciding numbers as the expectations."""
-        written, ran = [], [(m, g) for (_c, m, g) in (*self.verdicts, *self.cell_checks)]
+        """Record this run's verdicts, cell findings and deciding numbers as the expectations;
+        what changed, one line each (a file written with no change says so)."""
+        lines, ran = [], [(m, g) for (_c, m, g) in (*self.verdicts, *self.cell_checks)]
         for model in dict.fromkeys(m for m, _g in ran):
             with expected.locked(self.settings.expected_dir):  # re-read: keep others' sections
-                written.append(self._update(model, [g for m, g in ran if m == model]))
-        return written
+                lines += self._update(model, [g for m, g in ran if m == model])
+        return lines
 
-    def _update(self, model: str, grids: list[str]) -> str:
-        exp = expected.load(model, self.settings.expected_dir) or expected.Expectations(model)
+    def _update(self, model: str, grids: list[str]) -> list[str]:
+        exp, changes = expected.read_for_update(model, self.settings.expected_dir), []
         for grid in dict.fromkeys(grids):
             verdicts = {c: v for (c, m, g), (v, _e) in self.verdicts.items()
                         if (m, g) == (model, grid)}
             cells = {c: (ran, self.cell_failures.get((c, m, g), []))
                      for (c, m, g), ran in self.cell_checks.items()
                      if (m, g) == (model, grid)}
-            exp.record(self.setup(model), self.grids[grid].key, verdicts, cells)
-        return str(expected.save(exp, self.settings.expected_dir))
+            where = f"{model} / {self.setup(model)} / {self.grids[grid].key}"
+            changes += [f"  {where}: {c}" for c in
+                        exp.record(self.setup(model), self.grids[grid].key, verdicts, cells)]
+        path = expected.save(exp, self.settings.expected_dir)
+        return [f"lac: wrote {path}" + ("" if changes else " (nothing changed)"), *changes]
 
-    def drift(self) -> list[str]:
-        """Every deciding number outside its baseline's tolerance, per model and grid."""
-        msgs = []
+    def gate(self) -> dict:
+        """The regression gate, as every output a CI reads shows it (results.json, REPORT.md,
+        SUMMARY.md, the JUnit case lac/regression_gate): each deciding number against its
+        baseline (two-sided) and each verdict against its expected one."""
+        if self.settings.updating:
+            return {"status": "not applied", "why": "this run rewrote the expectations",
+                    "drift": [], "changed_verdicts": [], "without_expectations": [],
+                    "refused": list(self.refused)}
+        drift = []
         for model, grid in dict.fromkeys((m, g) for (_c, m, g) in self.verdicts):
             exp, setup, key = self._key(model, grid)
             base = ((exp.section(setup, key) if exp else None) or {}).get("baselines")
             if base:
                 now = expected.quantities({c: v for (c, m, g), (v, _e) in self.verdicts.items()
                                            if (m, g) == (model, grid)})
-                msgs += [f"{model} / {grid}: {m}" for m in expected.drift(base, now)]
-        return msgs
+                drift += [{"model": model, "grid": grid, **d} for d in expected.beyond(base, now)]
+        changed = [{"claim": c, "model": m, "grid": g, "expected": exp, "got": v.status}
+                   for (c, m, g), (v, exp) in sorted(self.verdicts.items())
+                   if exp is not None and exp != v.status]
+        failed = bool(drift or changed or self.refused)
+        return {"status": "failed" if failed else "passed", "drift": drift,
+                "changed_verdicts": changed, "without_expectations": self.unexpected(),
+                "refused": list(self.refused)}
 
     def finish(self) -> Outcome:
-        """Write the report set, then update the expectations or apply the regression gate."""
+        """Apply the regression gate (or rewrite the expectations), then write the report set,
+        which shows the gate's outcome."""
         if not (self.verdicts or self.results or self.refused or self.folder):
             return Outcome()  # no claim run started (collect-only, lac's own tests): no report
+        updates = self.update_expectations() if self.settings.updating else []
+        self.gate_outcome = gate = self.gate()
         folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite)
         where, kept = write_report_set(self, folder)
         moved = [f"lac: {folder.path / name} appeared during the run and lac did not write it; "
                  "it is kept as it is" for name in kept] + \
             [f"lac: this run's report set is in {where} instead"] if kept else []
+        self.report_folder = where
         if self.settings.updating:
-            return Outcome([*moved, *(f"lac: wrote {path}" for path in self.update_expectations())],
-                           failed=bool(kept))
+            changed = any(line.startswith("  ") for line in updates)
+            review = ["lac: expectations rewritten (--lac-update-baselines): review the changes "
+                      "above, then rerun without it"] if changed and not self.settings.regen_all \
+                else []
+            return Outcome([*moved, *updates, *review], failed=bool(kept or review))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
-                 for k in self.unexpected()]
-        msgs = self.drift()
-        gate = ["lac: numeric drift beyond tolerance (regression gate):", *(f"  {m}" for m in msgs),
-                "lac: if the change is intended, rerun with --lac-update-baselines and review the "
-                "diff"] if msgs else []
-        return Outcome([*notes, *moved, *self.refused, *gate],
-                       failed=bool(msgs or self.refused or kept))
+                 for k in gate["without_expectations"]]
+        return Outcome([*notes, *moved, *self.refused, *gate_lines(gate)],
+                       failed=gate["status"] == "failed" or bool(kept))
 
+
+def gate_lines(gate: dict) -> list[str]:
+    """The gate's failures as terminal (and JUnit) lines."""
+    drift = [f"  {d['model']} / {d['grid']}: {d['quantity']}: baseline {d['baseline']}, now "
+             f"{d['value']:.6g}, tolerance {d['tolerance']}" for d in gate["drift"]]
+    changed = [f"  {c['claim']} on {c['model']} / {c['grid']}: expected {c['expected']}, got "
+               f"{c['got']}" for c in gate["changed_verdicts"]]
+    return ([*(["lac: numeric drift beyond tolerance (regression gate):"] if drift else []),
+             *drift, *(["lac: verdicts that changed (regression gate):"] if changed else []),
+             *changed] + (["lac: if the change is intended, rerun with --lac-update-baselines "
+                           "and review the diff"] if drift or changed else []))

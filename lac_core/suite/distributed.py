@@ -69,14 +69,16 @@ class Controller:
                 not self.config.option.collectonly:
             open_folder(lac)
 
-    @pytest.hookimpl
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report):
-        """The start and end lines a worker attached to its test reports, with the worker's id."""
+        """The start and end lines a worker attached to its test reports, said with the worker's
+        id and taken off the report (before JUnit sees them: they are lac's, not the test's)."""
         lac = started(self.config)
         worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", "?")
-        for key, lines in report.user_properties:
-            for line in lines if key == "lac_progress" and lac is not None else ():
+        for key, lines in [p for p in report.user_properties if p[0] == "lac_progress"]:
+            for line in lines if lac is not None else ():
                 lac.progress.say(f"[{worker}] {line}")
+        report.user_properties = [p for p in report.user_properties if p[0] != "lac_progress"]
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error):

@@ -48,8 +48,9 @@ class LoadFailure:
 
 
 @pytest.fixture(scope="session")
-def lm(model_name, lac_session):
-    """The loaded model (or its LoadFailure); tests are grouped by model, one loaded at a time."""
+def lac_loaded(model_name, lac_session):
+    """The loaded model (or its LoadFailure), once per model: tests are grouped by model, one
+    loaded at a time."""
     from ..run import compute
 
     try:
@@ -62,17 +63,17 @@ def lm(model_name, lac_session):
     gc.collect()
 
 
-@pytest.fixture(autouse=True)
-def _model_gate(request):
-    """Fail the first test of a model that did not load, with the cause; skip its other tests."""
-    if "model_name" not in request.fixturenames:
-        return
-    model = request.getfixturevalue("lm")
-    if isinstance(model, LoadFailure):
-        if not model.reported:
-            model.reported = True
-            pytest.fail(f"{model.model} failed to load: {model.cause}", pytrace=False)
-        pytest.skip(f"{model.model} failed to load (the cause is reported once, above)")
+@pytest.fixture
+def lm(lac_loaded):
+    """The loaded model of this test. A model that did not load fails its first test with the
+    cause and skips its other tests (this fixture runs first for every test of a model: every
+    result fixture asks for it)."""
+    if isinstance(lac_loaded, LoadFailure):
+        if not lac_loaded.reported:
+            lac_loaded.reported = True
+            pytest.fail(f"{lac_loaded.model} failed to load: {lac_loaded.cause}", pytrace=False)
+        pytest.skip(f"{lac_loaded.model} failed to load (the cause is reported once, above)")
+    return lac_loaded
 
 
 def experiment(lac_session, lm, grid: str, kind: str):
@@ -93,7 +94,7 @@ def experiment(lac_session, lm, grid: str, kind: str):
     pytest.fail(str(failed), pytrace=False)
 
 
-# Result fixtures are function-scoped so that _model_gate runs first.
+# Result fixtures are function-scoped: `lm` (which gates a model that did not load) runs first.
 @pytest.fixture
 def sweep_result(lac_session, lm, sweep_grid):
     """Experiment 1 on this model and grid (verdicts.results.SweepResult)."""

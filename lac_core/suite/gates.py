@@ -3,6 +3,8 @@ expectations (strict xfail for a recorded finding), and a per-cell check likewis
 # Import-light (the plugin names this module): the verdicts load inside the gates.
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
@@ -20,6 +22,19 @@ def _why(verdict, claim: str, result, thresholds) -> str:
                f"{', '.join(against[:12])}" if against else ""))
 
 
+def _properties(claim: str, verdict, exp) -> list[tuple[str, object]]:
+    """What a CI reads of a claim test (JUnit <property>s): the verdict, the expected one and
+    the numbers it was decided on."""
+    d = verdict.deciding
+    props = [("lac_claim", claim), ("lac_verdict", verdict.status),
+             ("lac_expected", exp or "HOLDS (no expectations recorded)")]
+    if d is not None:
+        props += [("lac_deciding", f"{d.name}: {d.detail}"), ("lac_margin", d.margin)]
+        if "margin" in d.intervals:
+            props.append(("lac_margin_interval", d.intervals["margin"]))
+    return props + [("lac_fragile", ", ".join(verdict.fragile))] if verdict.fragile else props
+
+
 def _xfail(request, reason: str):
     request.applymarker(pytest.mark.xfail(strict=True, reason=f"finding: {reason}"))
 
@@ -27,7 +42,8 @@ def _xfail(request, reason: str):
 @pytest.fixture
 def claim_gate(request, lac_session):
     """Record a verdict and assert it: a claim must hold unless the model's expectations say
-    otherwise, then it is a strict xfail (a change of verdict, either way, fails the run)."""
+    otherwise, then it is a strict xfail (a change of verdict, either way, fails the run). A run
+    that rewrites the expectations only records it."""
 
     def gate(claim: str, result, model: str, grid: str):
         from ..verdicts import claims as registry
@@ -37,14 +53,30 @@ def claim_gate(request, lac_session):
             raise pytest.UsageError(f"lac: claim {claim} is not registered: register it with "
                                     "lac_core.register_claim before the session starts (a "
                                     "conftest.py or plugin module; docs/own-claim.md)")
+        kind = registry.CLAIMS[claim].experiment
+        waits = not uncertainty.resampled_already(kind, result)
+        if waits:  # the first verdict on a result resamples its cells: say so, and time it
+            lac_session.progress.start(f"{model} / {grid} {kind} intervals "
+                                       f"({uncertainty.RESAMPLES:,} resamples of the cells)")
+            t0 = time.perf_counter()
         verdict = uncertainty.judge(claim, result, lac_session.thresholds)
+        if waits:
+            lac_session.progress.end(f"{len(result.cells)} cells")
+            lac_session.interval_seconds[model] = round(
+                lac_session.interval_seconds.get(model, 0.0) + time.perf_counter() - t0, 1)
         exp = lac_session.record_verdict(claim, model, grid, verdict)
+        request.node.user_properties.extend(_properties(claim, verdict, exp))
+        if lac_session.settings.updating:  # recorded: the run's end writes it and says what moved
+            return
+        why = _why(verdict, claim, result, lac_session.thresholds)
         if exp is not None and verdict.status != exp:
-            pytest.fail(f"{claim} verdict changed on {model} / {grid}: expected {exp}, "
-                        f"got {_why(verdict, claim, result, lac_session.thresholds)}")
+            pytest.fail(f"{claim} verdict changed on {model} / {grid}: expected {exp}, got {why}",
+                        pytrace=False)
         if exp is not None and exp != rules.HOLDS:
             _xfail(request, verdict.explain())
-        assert verdict.status == rules.HOLDS, _why(verdict, claim, result, lac_session.thresholds)
+        if verdict.status != rules.HOLDS:  # its numbers and rule, not the plugin's traceback
+            pytest.fail(f"{why}\nrule ({claim}): {registry.CLAIMS[claim].statement}",
+                        pytrace=False)
 
     return gate
 
@@ -58,8 +90,11 @@ def cell_gate(request, lac_session):
         from ..verdicts import claims as registry
 
         problems = registry.CELL_CHECKS[check].check(result, cell, lac_session.thresholds)
-        if lac_session.record_cell(check, model, grid, cell, problems):
+        if lac_session.record_cell(check, model, grid, cell, problems) and \
+                not lac_session.settings.updating:
             _xfail(request, f"{check} fails on {model} / {grid} / {cell}")
-        assert not problems, f"{check} on {model} / {grid} / {cell}: " + "; ".join(problems)
+        if problems and not lac_session.settings.updating:
+            pytest.fail(f"{check} on {model} / {grid} / {cell}: " + "; ".join(problems),
+                        pytrace=False)
 
     return gate

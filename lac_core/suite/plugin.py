@@ -124,11 +124,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{claim:4} {model:32} {grid:8} {v.status:12} {d.name if d else '-'}: "
                       f"{d.detail if d else ''}{flag}")
     for model, secs in lac.load_seconds.items():
-        runs = {f"{g} {k}": s for (m, g, k), s in lac.timings.items() if m == model}
-        tr.write_line(f"time {model}: load {secs}s, {runs}")
+        runs = [f"{g} {k} {s} s" for (m, g, k), s in lac.timings.items() if m == model]
+        intervals = lac.interval_seconds.get(model)
+        tr.write_line(f"time: {model} loaded in {secs} s; " + ", ".join(runs)
+                      + (f"; intervals {intervals} s" if intervals is not None else "") + ".")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
+    """The session's end: report set and regression gate (the controller's, under xdist). The
+    gate is also one test case, lac/regression_gate, logged before the JUnit and terminal
+    reporters finish, so CI counts it like any test."""
     lac = started(session.config)
     if lac is None:
         return
@@ -148,7 +154,31 @@ def pytest_sessionfinish(session, exitstatus):
         if lac.folder is not None:
             lac.folder.release()
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None and getattr(getattr(tr, "_tw", None), "width_of_current_line", 0):
+        tr.line("")  # under -q the progress dots leave the line open: lac's lines start anew
     for line in outcome.lines:
         tr.write_line(line) if tr else print(line)
+    if lac.report_folder is not None:
+        line = f"lac: report set written to {lac.report_folder}"
+        tr.write_line(line) if tr else print(line)
+    if lac.gate_outcome is not None:
+        session.config.hook.pytest_runtest_logreport(report=gate_report(lac.gate_outcome))
     if outcome.failed:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def gate_report(gate: dict) -> pytest.TestReport:
+    """The regression gate as a test report (nodeid lac/regression_gate): passed, failed with
+    the drift and changed verdicts, or skipped when the run rewrote the expectations."""
+    from ..run.session import gate_lines
+
+    if gate["status"] == "not applied":
+        outcome, longrepr = "skipped", ("lac", 0, f"regression gate not applied: {gate['why']}")
+    else:
+        outcome = gate["status"]
+        longrepr = "\n".join(gate_lines(gate) + gate["refused"]) if outcome == "failed" else None
+    props = [("lac_gate", gate["status"]), ("lac_drift", len(gate["drift"])),
+             ("lac_changed_verdicts", len(gate["changed_verdicts"]))]
+    return pytest.TestReport("lac/regression_gate", ("lac", None, "regression_gate"),
+                             {"regression_gate": 1}, outcome, longrepr, "call",
+                             user_properties=props)

@@ -19,7 +19,8 @@ from ..run.settings import OPTIONS
 SESSION = pytest.StashKey[object]()  # the run.session.Session, once started
 RUN_ID = pytest.StashKey[str]()  # this run's id, from configure time (a worker's: its controller's)
 FIXTURES = frozenset({  # a test asking for one of these is lac's
-    "lac_session", "thresholds", "lac_models", "lm", "model_name", "claim_gate", "cell_gate",
+    "lac_session", "thresholds", "lac_models", "lm", "lac_loaded", "model_name", "claim_gate",
+    "cell_gate",
     *(f"{k}_{s}" for k in ("sweep", "marker", "host") for s in ("grid", "cell", "result")),
     "sweep_summary", "steering_result"})
 FLAGS = frozenset(flag for flag, *_ in OPTIONS)
@@ -91,5 +92,7 @@ def _say(config):
         cap = config.pluginmanager.get_plugin("capturemanager")
         if tr is not None:
             with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+                if getattr(getattr(tr, "_tw", None), "width_of_current_line", 0):
+                    tr.line("")  # under -q the progress dots leave the line open
                 tr.write_line(line)
     return say

@@ -23,7 +23,7 @@ from .rules import FAILS, HOLDS, INCONCLUSIVE
 # (absolute floor, relative) tolerance by the kind of number
 TOLERANCES = {"cos": (0.01, 0.0), "count": (1.0, 0.0), "ratio": (0.0, 0.15),
               "default": (0.002, 0.10)}
-_SKIP = {"layer", "shallowest", "deepest", "informative_layers", "bound"}
+SKIP = {"layer", "shallowest", "deepest", "informative_layers", "bound"}  # where, not a measure
 HEADER = "# Written by `pytest claims/ --lac-update-baselines`; review before committing.\n"
 FIELDS = ("verdicts", "notes", "cell_findings", "baselines")
 LOCK = ".lac-lock"
@@ -38,6 +38,7 @@ def file_for(model: str, directory: Path) -> Path:
 class Expectations:
     model: str
     setups: dict = field(default_factory=dict)  # setup -> grid key -> {field: ...}
+    document: object = None  # the file as ruamel read it (comments kept), when updating one
 
     def section(self, setup: str, grid: str) -> dict | None:
         return self.setups.get(setup, {}).get(grid)
@@ -48,19 +49,39 @@ class Expectations:
     def cell_fails(self, setup: str, grid: str, check: str, cell: str) -> bool:
         return cell in (self.section(setup, grid) or {}).get("cell_findings", {}).get(check, [])
 
-    def record(self, setup: str, grid: str, verdicts: dict, cells: dict) -> None:
+    def record(self, setup: str, grid: str, verdicts: dict, cells: dict) -> list[str]:
         """Take one grid's verdicts (claim -> Verdict), per-cell checks (check -> (cells that ran,
-        cells that failed)) and deciding numbers as its expectations; what did not run is kept."""
-        sec = self.setups.setdefault(setup, {}).setdefault(grid, {f: {} for f in FIELDS})
+        cells that failed)) and deciding numbers as its expectations; what did not run is kept,
+        and so is every tolerance already set (by hand or not): only values are rewritten. The
+        changes, one line each."""
+        sec = self.setups.setdefault(setup, {}).setdefault(grid, {})
+        for name in FIELDS:
+            sec.setdefault(name, {})
+        changes = []
         for claim, v in verdicts.items():
+            if sec["verdicts"].get(claim) != v.status:
+                changes.append(f"{claim}: {sec['verdicts'].get(claim, 'no verdict')} -> {v.status}")
             sec["verdicts"][claim] = v.status
             sec["notes"][claim] = v.explain()
             if v.status == HOLDS:
                 del sec["notes"][claim]
         for check, (ran, failed) in cells.items():
-            kept = set(sec["cell_findings"].get(check, [])) - set(ran)
+            before = list(sec["cell_findings"].get(check, []))
+            kept = set(before) - set(ran)
             sec["cell_findings"][check] = sorted(kept | set(failed))
-        sec["baselines"].update(make_baselines(quantities(verdicts)))
+            if sorted(before) != sec["cell_findings"][check]:
+                changes.append(f"cells failing {check}: {sorted(before)} -> "
+                               f"{sec['cell_findings'][check]}")
+        for key, fresh in make_baselines(quantities(verdicts)).items():
+            base = sec["baselines"].get(key)
+            if base is None:
+                sec["baselines"][key] = fresh
+                changes.append(f"{key}: new baseline {fresh['value']}")
+            elif base["value"] != fresh["value"]:
+                changes.append(f"{key}: {base['value']} -> {fresh['value']} (tolerance "
+                               f"{base['tolerance']} kept)")
+                base["value"] = fresh["value"]
+        return changes
 
 
 def _problem(raw, model: str) -> str | None:
@@ -118,6 +139,25 @@ def load(model: str, directory: Path) -> Expectations | None:
     return Expectations(model, raw.get("setups") or {})
 
 
+def _yaml():
+    """ruamel's round-trip YAML: comments and layout of a hand-edited file survive a rewrite."""
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.width, rt.allow_duplicate_keys = 120, False
+    return rt
+
+
+def read_for_update(model: str, directory: Path) -> Expectations:
+    """The model's expectations as the file holds them, comments and all (a fresh one if none),
+    checked whole first (load)."""
+    path = file_for(model, directory)
+    if load(model, directory) is None:
+        return Expectations(model)
+    data = _yaml().load(path.read_text())
+    return Expectations(model, data.setdefault("setups", {}), data)
+
+
 def save(exp: Expectations, directory: Path) -> Path:
     """Written to a new temporary file beside it (a fresh name: never one planted there) and
     renamed over it; a link at the file's name is refused, not written through or replaced."""
@@ -126,11 +166,16 @@ def save(exp: Expectations, directory: Path) -> Path:
     if path.is_symlink():
         raise FixtureError(f"{path} is a symbolic link; lac does not write expectations through "
                            "or over links: replace it with the file itself")
-    body = {"model": exp.model, "setups": exp.setups}
+    document = exp.document
+    if document is None:  # a new file: lac's header, then the data
+        from ruamel.yaml.comments import CommentedMap
+
+        document = CommentedMap(model=exp.model, setups=exp.setups)
+        document.yaml_set_start_comment(HEADER.removeprefix("# ").rstrip())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(HEADER + yaml.safe_dump(body, sort_keys=False, width=120))
+            _yaml().dump(document, f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
@@ -158,16 +203,18 @@ def _kind(name: str) -> str:
     return {"count": "count", "clean": "count", "ratio": "ratio"}.get(name, "default")
 
 
+def part_numbers(claim: str, parts) -> dict[str, float]:
+    """The deciding numbers of a claim's parts ((name, numbers) pairs): 'claim/part/number'."""
+    return {f"{claim}/{name}/{key}": float(value) for name, numbers in parts
+            for key, value in (numbers or {}).items()
+            if key not in SKIP and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)}
+
+
 def quantities(verdicts: dict) -> dict[str, float]:
     """Deciding numbers of every part of every verdict (claim -> Verdict): 'claim/part/number'."""
-    out = {}
-    for claim, v in verdicts.items():
-        for part in v.parts:
-            for name, value in part.numbers.items():
-                if name not in _SKIP and isinstance(value, (int, float)) \
-                        and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{claim}/{part.name}/{name}"] = float(value)
-    return out
+    return {k: x for claim, v in verdicts.items()
+            for k, x in part_numbers(claim, ((p.name, p.numbers) for p in v.parts)).items()}
 
 
 def make_baselines(values: dict[str, float]) -> dict:
@@ -178,12 +225,17 @@ def make_baselines(values: dict[str, float]) -> dict:
     return out
 
 
+def beyond(baselines: dict, current: dict[str, float]) -> list[dict]:
+    """Every quantity outside baseline +- tolerance (two-sided): {quantity, baseline, value,
+    tolerance}."""
+    return [{"quantity": key, "baseline": base["value"], "value": value,
+             "tolerance": base["tolerance"]}
+            for key, value in sorted(current.items())
+            if (base := baselines.get(key)) is not None
+            and not abs(value - base["value"]) <= base["tolerance"]]
+
+
 def drift(baselines: dict, current: dict[str, float]) -> list[str]:
     """A message per quantity outside baseline +- tolerance (two-sided)."""
-    msgs = []
-    for key, value in sorted(current.items()):
-        base = baselines.get(key)
-        if base is not None and not abs(value - base["value"]) <= base["tolerance"]:
-            msgs.append(f"{key}: baseline {base['value']}, now {value:.6g}, "
-                        f"tolerance {base['tolerance']}")
-    return msgs
+    return [f"{d['quantity']}: baseline {d['baseline']}, now {d['value']:.6g}, tolerance "
+            f"{d['tolerance']}" for d in beyond(baselines, current)]

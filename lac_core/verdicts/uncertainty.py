@@ -29,16 +29,29 @@ def resample(n_cells: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.n
 
 
 def _summaries(x: np.ndarray) -> np.ndarray:
-    """Summaries over axis 1 of [B, cells, ...] values (non-finite left out): an object array."""
+    """Summaries over axis 1 of [B, cells, ...] values (NaN left out): an object array."""
+    # np.percentile on the slices that hold no NaN gives nanpercentile's values bit for bit, 100x
+    # faster (nanpercentile goes slice by slice through apply_along_axis): only the slices holding
+    # a NaN (an undefined angle) take the NaN-aware path.
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: an undefined summary
-        p25, med, p75 = np.nanpercentile(x, [25, 50, 75], axis=1)
-        lo, hi, n = np.nanmin(x, axis=1), np.nanmax(x, axis=1), np.isfinite(x).sum(axis=1)
+        p25, med, p75 = np.percentile(x, [25, 50, 75], axis=1)
+        lo, hi, n = np.min(x, axis=1), np.max(x, axis=1), np.isfinite(x).sum(axis=1)
+        holes = np.isnan(x).any(axis=1)
+        if holes.any():
+            rows = np.moveaxis(x, 1, -1)[holes]  # [slices with a NaN, cells]
+            p25[holes], med[holes], p75[holes] = np.nanpercentile(rows, [25, 50, 75], axis=-1)
+            lo[holes], hi[holes] = np.nanmin(rows, axis=-1), np.nanmax(rows, axis=-1)
     out = np.empty(med.shape, dtype=object)
     for i in np.ndindex(med.shape):
         out[i] = Summary(float(med[i]), float(p25[i]), float(p75[i]), float(lo[i]), float(hi[i]),
                          int(n[i]))
     return out
+
+
+def resampled_already(kind: str, result) -> bool:
+    """Whether the resampled summaries of this result are computed (a caller may say it waits)."""
+    return kind in result.__dict__.get("_resampled", {})
 
 
 def _sweeps(r, idx) -> list:
