@@ -106,12 +106,19 @@ def test_update_prints_what_changed_fails_and_keeps_hand_edits(recorded):
         out = _run(recorded, "--lac-update-baselines")
         assert out.returncode == 1, out.stdout[-2000:]
         assert f"{KEY}: {value + 1} -> {value} (tolerance 0.5 kept)" in out.stdout
+        assert "1 failed" in out.stdout.splitlines()[-1]  # counted, not only an exit code
+        root, case = _case(recorded)
+        assert case.find("failure") is not None and KEY in case.find("failure").get("message", "") \
+            + (case.find("failure").text or "")
+        assert json.loads((recorded / "reports" / "results.json").read_text())[
+            "regression_gate"]["review"] is True
         after = _file(recorded).read_text()
         assert "# widened by hand after review" in after  # the comment survives
         assert yaml.safe_load(after)["setups"]["float32 model"][EXAMPLE]["baselines"][KEY] == \
             {"value": value, "tolerance": 0.5}  # the value rewritten, the tolerance kept
         again = _run(recorded, "--lac-update-baselines")  # nothing changed now: it passes
         assert again.returncode == 0 and "(nothing changed)" in again.stdout
+        assert _case(recorded)[1].find("failure") is None
     finally:
         _file(recorded).write_text(text)
 

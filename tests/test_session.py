@@ -24,7 +24,7 @@ def _record(session, kl):
 
 
 def test_finish_writes_the_report_and_gates_on_drift(tmp_path):
-    first = _session(tmp_path, update_baselines=True)
+    first = _session(tmp_path, regen_all=True)
     _record(first, GOOD)
     out = first.finish()
     assert not out.failed and out.lines[0].startswith("lac: wrote")

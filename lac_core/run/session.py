@@ -274,10 +274,10 @@ class Session:
         """The regression gate, as every output a CI reads shows it (results.json, REPORT.md,
         SUMMARY.md, the JUnit case lac/regression_gate): each deciding number against its
         baseline (two-sided) and each verdict against its expected one."""
-        if self.settings.updating:
+        if self.settings.updating:  # finish() adds what was rewritten and whether to review
             return {"status": "not applied", "why": "this run rewrote the expectations",
                     "drift": [], "changed_verdicts": [], "without_expectations": [],
-                    "refused": list(self.refused)}
+                    "refused": list(self.refused), "rewritten": [], "review": False}
         drift = []
         for model, grid in dict.fromkeys((m, g) for (_c, m, g) in self.verdicts):
             exp, setup, key = self._key(model, grid)
@@ -301,6 +301,9 @@ class Session:
             return Outcome()  # no claim run started (collect-only, lac's own tests): no report
         updates = self.update_expectations() if self.settings.updating else []
         self.gate_outcome = gate = self.gate()
+        if self.settings.updating:
+            gate["rewritten"] = [line.strip() for line in updates if line.startswith("  ")]
+            gate["review"] = bool(gate["rewritten"]) and not self.settings.regen_all
         folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite)
         where, kept = write_report_set(self, folder)
         moved = [f"lac: {folder.path / name} appeared during the run and lac did not write it; "
@@ -308,15 +311,16 @@ class Session:
             [f"lac: this run's report set is in {where} instead"] if kept else []
         self.report_folder = where
         if self.settings.updating:
-            changed = any(line.startswith("  ") for line in updates)
-            review = ["lac: expectations rewritten (--lac-update-baselines): review the changes "
-                      "above, then rerun without it"] if changed and not self.settings.regen_all \
-                else []
+            review = [REVIEW] if gate["review"] else []
             return Outcome([*moved, *updates, *review], failed=bool(kept or review))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
                  for k in gate["without_expectations"]]
         return Outcome([*notes, *moved, *self.refused, *gate_lines(gate)],
                        failed=gate["status"] == "failed" or bool(kept))
+
+
+REVIEW = ("lac: expectations rewritten (--lac-update-baselines): review the changes above, then "
+          "rerun without it")
 
 
 def gate_lines(gate: dict) -> list[str]:

@@ -169,10 +169,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 def gate_report(gate: dict) -> pytest.TestReport:
     """The regression gate as a test report (nodeid lac/regression_gate): passed, failed with
-    the drift and changed verdicts, or skipped when the run rewrote the expectations."""
-    from ..run.session import gate_lines
+    the drift and changed verdicts, failed with the changes when --lac-update-baselines rewrote
+    something, else skipped when the run rewrote the expectations."""
+    from ..run.session import REVIEW, gate_lines
 
-    if gate["status"] == "not applied":
+    if gate.get("review"):  # --lac-update-baselines changed something: red until reviewed
+        outcome, longrepr = "failed", "\n".join([REVIEW, *gate["rewritten"]])
+    elif gate["status"] == "not applied":
         outcome, longrepr = "skipped", ("lac", 0, f"regression gate not applied: {gate['why']}")
     else:
         outcome = gate["status"]
