@@ -1,2 +1,3 @@
-"""Wires the lac pytest plugin (options, model fixtures, verdict table, report) into every test run."""
-pytest_plugins = ["lac_core.suite.plugin"]
+"""Wires the lac pytest plugin (options, model fixtures, verdict table, report) into every test run;
+pytester for the tests that run pytest on a project of their own."""
+pytest_plugins = ["lac_core.suite.plugin", "pytester"]

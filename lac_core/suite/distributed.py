@@ -10,7 +10,7 @@ import pickle
 import pytest
 
 from ..errors import LacError
-from .start import run_id, start, started
+from .start import lac_tests_named, run_id, start, started
 
 
 class Controller:
@@ -36,12 +36,12 @@ class Controller:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config, log):
-        """Scopes by model (xdist_group needs Item._nodeid, which pytest 9.2 no longer reads); a
-        test of no lac model is its own scope, so other tests are distributed as by load."""
+        """In a run of lac's claims: scopes by model (xdist_group needs Item._nodeid, which
+        pytest 9.2 no longer reads); a test of no lac model is its own scope."""
         from xdist.scheduler import LoadScopeScheduling
 
-        if config.getvalue("dist") not in ("load", "loadgroup"):
-            return None
+        if config.getvalue("dist") not in ("load", "loadgroup") or not lac_tests_named(config):
+            return None  # xdist's own scheduling: lac leaves other runs as they are
         controller = self
 
         class ByModel(LoadScopeScheduling):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,25 @@ FLAGS = frozenset(flag for flag, *_ in OPTIONS)
 def explicit(config) -> bool:
     """Whether the command line names a lac option: then lac starts at configure time."""
     return any(str(a).split("=", 1)[0] in FLAGS for a in config.invocation_params.args)
+
+
+def lac_tests_named(config) -> bool:
+    """Whether the command line asks for lac's claim tests (a lac option, lac's claims folder or
+    the installed lac_core.claims): known before collection, unlike `started`, so xdist's
+    scheduling is changed only for such a run."""
+    from ..paths import CORE, ROOT
+
+    if explicit(config):
+        return True
+    homes = [(ROOT / "claims").resolve(), (CORE / "claims").resolve()]
+    for arg in config.args:
+        name = str(arg).split("::", 1)[0]
+        if name == "lac_core.claims" or name.startswith("lac_core.claims."):
+            return True
+        path = (Path(config.invocation_params.dir) / name).resolve()
+        if any(path == home or home in path.parents or path in home.parents for home in homes):
+            return True
+    return False
 
 
 def session(config):
