@@ -1,38 +1,28 @@
-"""The report set of a session: results.json, REPORT.md and figures (no torch)."""
-# Every table is built by `table`; every number comes from the session that writes it.
+"""The report set of a session: results.json, REPORT.md, SUMMARY.md, COMPARE.md (two or more
+models) and figures, each a PNG with its SVG (no torch)."""
+# Every number comes from the session that writes it; the text files are built from results.json
+# as a dict (tables.View), so they say what it says.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 from pathlib import Path
 
-from . import breakdown, findings
+from . import breakdown, comparefig, findings, sections, summary
 from ..verdicts import claims as registry
 from ..verdicts import paper, uncertainty
-from .figures import kl_by_layer
+from .figures import kl_by_layer_figure
 from ..protocol.grids import paper_grid
 from .reportset import Folder
-from ..verdicts.results import MARKER_CONDITIONS, RECORDS, jsonable
+from .style import pair, with_svg
+from .tables import View, claim_details, fmt, gate_lines, interval_table, matrix, table
+from ..verdicts.results import RECORDS, jsonable
 
+__all__ = ["fmt", "table", "results_document", "report_markdown", "OUTPUTS", "report_names",
+           "write_report_set", "Plan", "Output"]
 SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
 KINDS = {kind: name for kind, (_record, name) in RECORDS.items()}  # -> results.json list
-
-
-def fmt(x, nd: int = 4) -> str:
-    """A table cell: floats at `nd` decimals, missing numbers '-', and a '|' or line break in a
-    text (a grid's key may hold one) escaped, so no value slides into the next column."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    text = f"{x:.{nd}f}" if isinstance(x, float) else str(x)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    """A markdown table; floats at 4 decimals, missing numbers as '-'."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(fmt(c) for c in row) + " |" for row in rows)]
 
 
 def results_document(session) -> dict:
@@ -55,162 +45,27 @@ def results_document(session) -> dict:
     return jsonable(doc)
 
 
-def _cell(session, claim: str, model: str, grid: str) -> str:
-    v, exp = session.verdicts.get((claim, model, grid), (None, None))
-    if v is not None:
-        return v.status + (" FRAGILE" if v.fragile else "") + \
-            ("" if exp in (None, v.status) else f" (expected {exp})")
-    why = session.grids[grid].not_run(claim) or session.not_run().get((claim, model, grid))
-    return f"not run: {why}" if why else "-"
+def view(session, doc: dict) -> View:
+    """results.json's dict with what only the session knows: the planned models (a model that
+    failed to load keeps its column), the planned claims, and the paper's verdict per claim and
+    grid (the same rule on the paper's Gemma-2-2B data, where the grid is the paper's)."""
+    models = dict.fromkeys([*session.checked.models, *(m for _c, m, _g in session.verdicts)])
+    claims = [c for c in registry.CLAIMS if session.claims_planned is None
+              or c in session.claims_planned or any(k[0] == c for k in session.verdicts)]
+    theirs, texts = paper.verdicts(session.thresholds), {}
+    for claim in claims:
+        for label, grid in session.grids.items():
+            pv = theirs.get((claim, paper.PAPER_MODEL, paper_grid(grid.name, grid.sha256)))
+            if pv and pv.deciding:
+                texts[(claim, label)] = f"{pv.status}: {pv.deciding.name}: {pv.deciding.detail}"
+    return View(doc, tuple(models), tuple(claims), texts)
 
 
-def verdict_matrix(session) -> list[str]:
-    """Claims x (model, grid): a verdict, 'not run' with the reason, or '-' (no test ran it)."""
-    models = list(dict.fromkeys([*session.checked.models, *(m for _c, m, _g in session.verdicts)]))
-    cols = [(m, g) for m in models for g in session.grids]
-    shown = [c for c in registry.CLAIMS if session.claims_planned is None
-             or c in session.claims_planned or any(k[0] == c for k in session.verdicts)]
-    rows = [[claim, *(_cell(session, claim, m, g) for m, g in cols)] for claim in shown]
-    return table(["claim", *(f"{m} / {g}" for m, g in cols)], rows)
-
-
-def claim_details(session) -> list[str]:
-    theirs = paper.verdicts(session.thresholds)
-    rows = []
-    for (claim, m, g), (v, _exp) in sorted(session.verdicts.items()):
-        grid = session.grids[g]
-        theirs_grid = paper_grid(grid.name, grid.sha256)
-        d, pv = v.deciding, theirs.get((claim, paper.PAPER_MODEL, theirs_grid))
-        pd = f"{pv.status}: {pv.deciding.name}: {pv.deciding.detail}" if pv and pv.deciding else "-"
-        rows.append([claim, f"{m} / {g}", v.status + (" FRAGILE" if v.fragile else ""),
-                     d.name if d else "-", d.detail if d else "", d.margin if d else None,
-                     (_ci(d, "margin") if d else "").strip() or "-", ", ".join(v.fragile) or "-",
-                     pd])
-    return table(["claim", "model / grid", "verdict", "deciding part", "numbers", "margin",
-                  "margin 95% interval", "fragile parts", "paper (Gemma-2-2B, same rule)"], rows)
-
-
-def _ci(part, key: str) -> str:
-    ci = part.intervals.get(key)
-    return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
-
-
-def interval_table(session) -> list[str]:
-    """Every part and precondition of every verdict: its numbers with 95% intervals (cells
-    resampled jointly, 2,000 times)."""
-    rows = []
-    for (claim, m, g), (v, _exp) in sorted(session.verdicts.items()):
-        for p in (*v.preconditions, *v.parts):
-            nums = "; ".join(f"{k} {fmt(x)}" + _ci(p, k) for k, x in p.numbers.items()
-                             if isinstance(x, (int, float)))
-            flag = " (fragile)" if p.name in v.fragile else ""
-            rows.append([claim, f"{m} / {g}", p.name, p.status + flag, p.margin,
-                         _ci(p, "margin").strip() or "-", nums or "-"])
-    return table(["claim", "model / grid", "part", "status", "margin", "margin 95% interval",
-                  "numbers [95% interval]"], rows)
-
-
-def sweep_section(r, seconds=None) -> list[str]:
-    s, c = r.summary, r.cost
-    head = (f"#### {r.model} / {r.grid} grid ({len(r.cells)} cells, plan {r.plan}, "
-            f"{findings.took(seconds)}, {c.get('forward_tokens')} forward tokens "
-            f"(floor {c.get('floor_tokens')}), {c.get('forward_layer_tokens')} token-layers "
-            f"(floor {c.get('floor_layer_tokens')}))")
-
-    def kl(probe, k):
-        a = s.kl_add[probe][k]
-        return f"{a.median:.4f} [{a.p25:.4f}, {a.p75:.4f}] / {s.kl_null[probe][k].median:.4f}"
-
-    def geo(probe, k):
-        return " / ".join(fmt(s.geometry[probe][k][g].median, 3)
-                          for g in ("cos_xy_sum", "cos_x_y", "inter_over_xy"))
-
-    return [head, "", "Median [p25, p75] of the 10-token KL (nats), additive / null (h_BB alone):",
-            "",
-            *table(["probe", *(f"L{k} ({k / s.n_layers:.2f})" for k in s.layers)],
-                   [[p, *(kl(p, k) for k in s.layers)] for p in s.probes]), "",
-            "Median cos(dXY, dX+dY) / cos(dX, dY) / |Inter|/|dXY|:", "",
-            *table(["probe", *(f"L{k}" for k in s.layers)],
-                   [[p, *(geo(p, k) for k in s.layers)] for p in s.probes]), ""]
-
-
-def _paper_markers(r) -> bool:
-    """The paper's marker and host numbers sit beside a result only on the paper's own grid."""
-    return paper_grid(r.grid, r.grid_sha256) == "markers"
-
-
-def marker_section(r, seconds=None) -> list[str]:
-    s, ps = r.summary, paper.marker_summary()
-    theirs = _paper_markers(r)
-    counts = [[c, f"{s.any[c]}/{s.n_cells}", f"{s.distinct_mean[c]:.2f}",
-               f"{ps.any[c]}/{ps.n_cells}" if theirs else "-",
-               f"{ps.distinct_mean[c]:.2f}" if theirs else "-"] for c in MARKER_CONDITIONS]
-    cells = [[cell, *(", ".join(r.hits[cell][c]) or "-" for c in MARKER_CONDITIONS)]
-             for cell in r.cells]
-    return [f"#### {r.model} / {r.grid} (layer {r.layer}, p_last)", "",
-            *table(["condition", "any-marker", "distinct mean", "paper Gemma L14 any",
-                    "paper distinct mean"], counts), "",
-            "Per cell (markers found; texts in results.json):", "",
-            *table(["cell", *MARKER_CONDITIONS], cells), ""]
-
-
-def host_section(r, seconds=None) -> list[str]:
-    s, ph, theirs = r.summary, paper.host_summary(), _paper_markers(r)
-    rows = [["host, none", f"{s.median_host:.3f}", "-", "host, none",
-             f"{ph.median_host:.3f}" if theirs else "-", "-"]]
-    for name, pname in zip(r.interventions(), ph.median_kl):  # the paper's sets, its own numbering
-        rows.append([name, f"{s.median_kl[name]:.3f}", f"{s.median_gap_closed[name]:.3f}", pname,
-                     *((f"{ph.median_kl[pname]:.3f}", f"{ph.median_gap_closed[pname]:.3f}")
-                       if theirs else ("-", "-"))])
-    return [f"#### {r.model} / {r.grid} (mid layer {r.layer})", "",
-            *table(["intervention", "median KL", "median gap closed", "paper (Gemma)", "median KL",
-                    "gap closed"], rows), ""]
-
-
-SECTIONS = {
-    "markers": ("## Persona markers (experiment 2)", marker_section,
-                "Cells whose 80-token greedy generation contains at least one of the persona's "
-                "markers, and mean distinct markers per generation. Single words match on word "
-                "boundaries, phrases as substrings, stems (`indemnif`) as word prefixes; "
-                "case-insensitive."),
-    "host": ("## Host injection and multi-layer injection (experiments 3, 4)", host_section,
-             "Median over the marker cells of KL(target || host) on the target's 10 greedy tokens, "
-             "and the median gap closed (KL_host - KL_int) / KL_host. Layer sets are the paper's "
-             "Gemma sets mapped to this depth (l -> round(l / 26 n))."),
-    "sweep": ("## Localized sweep (experiment 1)", sweep_section, ""),
-}
-
-
-def provenance(session) -> list[str]:
-    run, template = session.run_info(), session.checked.template
-    raw = " (raw prompts: the user text after the tokenizer's BOS; p_user_last = p_last)"
-    lines = ["## Provenance", "", f"- run id {run['run_id']}, wall time {run['wall_seconds']} s, "
-             f"plan {run['plan']}, token budget {run['token_budget']}, {run['seed']}",
-             f"- chat template: {template.name}{raw if template.raw else ''}; swept layers "
-             f"{run['layers'] or 'the paper fractions'}; probes {', '.join(run['probes'])}",
-             *(f"- grid {label}: {g.source}, sha256 {g.sha256}, experiments "
-               f"{', '.join(g.experiments)}" for label, g in session.grids.items()),
-             *(f"- no expectations recorded for {k}: the paper's rules decided"
-               for k in session.unexpected()),
-             f"- lac {run['lac']}, git commit {run['git_commit'] or '-'}"
-             f"{' (dirty: uncommitted changes)' if run['git_dirty'] else ''}; claims.yaml sha256 "
-             f"{run['claims_sha256']}; started {run['started']}; status {run['status']}",
-             f"- torch {run['torch']}, transformers {run['transformers']}, numpy {run['numpy']}, "
-             f"{run['platform']}",
-             f"- command: pytest {' '.join(run['args'])}"]
-    for model, p in session.provenance.items():
-        lines.append(f"- **{model}**: {p['source']}; sha256 {p['sha256'] or '-'}; "
-                     f"{p['architecture']}, {p['n_layers']} layers, d={p['d_model']}; dtype "
-                     f"{p['dtype']}; attention "
-                     f"{p['attn_implementation']}; device {p['device']}; torch {p['torch']}, "
-                     f"transformers {p['transformers']}; chat template {p['chat_template']} "
-                     f"(sha256 {p['chat_template_sha256'] or '-'}); load "
-                     f"{session.load_seconds.get(model)} s; {p['decoding']}")
-    return lines
-
-
-def report_markdown(session, figures: dict) -> str:
-    run = session.run_info()
+def report_markdown(session, figures: dict, v: View | None = None) -> str:
+    """REPORT.md: status, verdicts (linked to experiments 1-4), the regression gate, claim by
+    claim, the experiments in order, beyond the paper, provenance; the intervals last."""
+    v = v or view(session, results_document(session))
+    run = v.doc["run"]
     status = run["status"] + ("" if run["status"] == "COMPLETE" else
                               f": {len(run['not_run'])} planned verdicts did not come (the matrix "
                               "says why)")
@@ -218,33 +73,29 @@ def report_markdown(session, figures: dict) -> str:
     origin = ("Every number below comes from this one run" if not cached else
               f"{len(cached)} experiment results came from the resume cache, computed by earlier "
               "runs under the same key (same code, model, grid, settings and library versions: "
-              f"{', '.join(f'{k} from run {v}' for k, v in cached.items())}); the rest from this "
-              "run")
+              f"{', '.join(f'{k} from run {rid}' for k, rid in cached.items())}); the rest "
+              "from this run")
     notes = [f"- {note}" for note in run["resume_cache_not_used"]]
     failed = [f"- {what}: {why}" for what, why in run["failed"].items()]
-    lines = [f"# lac report: run {run['run_id']}", "", f"**Run status: {status}.** {origin} "
+    lines = [f"# lac report: {v.title()}", "", f"Run {run['run_id']}.", "",
+             f"**Run status: {status}.** {origin} "
              "(settings and versions in Provenance); the regression gate covered only what ran.",
              "", *(["What failed (the claims that need it did not run):", "", *failed, ""]
                    if failed else []),
              *(["Resume cache entries not used (recomputed):", "", *notes, ""] if notes else []),
-             "## Verdicts (claims x models)", "", *verdict_matrix(session), "",
-             "## Claim by claim", "", *claim_details(session), "",
-             "## Every deciding number, with its 95% interval", "",
+             "## Verdicts (claims x models)", "",
+             "Each statement links to the experiment whose numbers decide it.", "", *matrix(v), "",
+             *gate_lines(v.doc.get("regression_gate")),
+             "## Claim by claim", "", *claim_details(v), "",
+             *sections.experiments(session, figures),
+             *findings.section(session, table, fmt), *sections.provenance(session), "",
+             '<a id="appendix-intervals"></a>', "",
+             "## Appendix: every deciding number, with its 95% interval", "",
              "Intervals resample the grid's cells (2,000 times, fixed seed) and run the same rule "
              "on each resample. A verdict is FRAGILE when a part's margin interval holds 0 and "
              "flipping that part alone would change it; the verdict itself is the rule on the full "
-             "grid.", "",
-             *interval_table(session), ""]
-    for kind, (title, section, intro) in SECTIONS.items():
-        results = findings.by_kind(session, kind)
-        lines += [title, "", *([intro, ""] if intro else [])] if results else []
-        for key, r in results:
-            lines += section(r, session.timings.get(key))
-            if key in figures:
-                lines += [f"![additive KL by layer, {r.model} {r.grid}](figures/{figures[key]})",
-                          ""]
-    lines += findings.section(session, table, fmt)
-    return "\n".join(lines + provenance(session)) + "\n"
+             "grid.", "", *interval_table(v)]
+    return "\n".join(lines) + "\n"
 
 
 def figure_name(model: str, grid: str) -> str:
@@ -273,31 +124,75 @@ class Output:
 
 def _kl_figures(session) -> dict:
     c6 = session.thresholds.C6.min_null_kl
-    return {figure_name(*key[:2]): (lambda path, r=r: kl_by_layer(
-        r, path, uncertainty.faithfulness_table(r, c6)))
-        for key, r in session.results.items() if key[2] == "sweep"}
+    out = {}
+    for key, r in session.results.items():
+        if key[2] == "sweep":
+            out.update(pair(figure_name(*key[:2]), lambda r=r: kl_by_layer_figure(
+                r, uncertainty.faithfulness_table(r, c6))))
+    return out
 
 
-def _document(session) -> dict:
-    text = json.dumps(results_document(session), indent=1, allow_nan=False)
-    return {"results.json": lambda path: path.write_text(text)}
+def _sweeps(session) -> list:
+    return [r for _k, r in findings.by_kind(session, "sweep")]
 
 
-def _report(session) -> dict:
+def _compare_figures(session) -> dict:
+    """COMPARE.md's figures: name -> (build, caption), when two or more models ran a sweep."""
+    sweeps, models = _sweeps(session), list(session.checked.models)
+    if not summary.compared(r.model for r in sweeps):
+        return {}
+    c6 = session.thresholds.C6.min_null_kl
+    tables = {(r.model, r.grid): uncertainty.faithfulness_table(r, c6) for r in sweeps}
+    out = {summary.COMPARE_KL: (lambda: comparefig.compare_kl_figure(sweeps, models),
+                                summary.KL_CAPTION)}
+    if any(tables.values()):
+        out[summary.COMPARE_F] = (lambda: comparefig.compare_f_figure(sweeps, tables, models),
+                                  summary.F_CAPTION)
+    return out
+
+
+def _compare_figure_writers(session) -> dict:
+    return {name: w for fig, (build, _c) in _compare_figures(session).items()
+            for name, w in pair(fig, build).items()}
+
+
+def _text_names(plan) -> list[str]:
+    return ["results.json", "REPORT.md", "SUMMARY.md",
+            *(["COMPARE.md"] if summary.compared(plan.models) else [])]
+
+
+def _texts(session) -> dict:
+    """results.json and the text files read from it, the dict built once for all of them."""
+    doc = results_document(session)
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    v = view(session, doc)
     figures = {key: Path(figure_name(*key[:2])).name for key in session.results
                if key[2] == "sweep"}
-    return {"REPORT.md": lambda path: path.write_text(report_markdown(session, figures))}
+    out = {"results.json": text, "REPORT.md": report_markdown(session, figures, v),
+           "SUMMARY.md": summary.summary_markdown(v)}
+    if summary.compared(v.models):
+        out["COMPARE.md"] = summary.compare_markdown(v, {name: caption for name, (_b, caption)
+                                                         in _compare_figures(session).items()})
+    return {name: (lambda path, t=t: path.write_text(t)) for name, t in out.items()}
+
+
+def _compare_names(plan) -> list[str]:
+    sweeps = dict.fromkeys(m for m, _g in plan.runs("sweep"))
+    return with_svg([summary.COMPARE_KL, summary.COMPARE_F]) if summary.compared(sweeps) else []
 
 
 # Every file a report set holds, declared once: the start check and the publish step both read
-# this list, so a file added here is covered by both without another edit.
+# this list, so a file added here is covered by both without another edit. Every figure is a PNG
+# with an SVG beside it.
 OUTPUTS = [
-    Output(lambda plan: ["results.json"], _document),
-    Output(lambda plan: ["REPORT.md"], _report),
-    Output(lambda plan: [figure_name(m, g) for m, g in plan.runs("sweep")], _kl_figures),
-    Output(findings.figure_names, findings.figure_writers),
+    Output(_text_names, _texts),
+    Output(lambda plan: with_svg(figure_name(m, g) for m, g in plan.runs("sweep")), _kl_figures),
+    Output(lambda plan: with_svg(findings.figure_names(plan)), findings.figure_writers),
+    Output(_compare_names, _compare_figure_writers),
 ]
-REPLACES = ("results.json", "REPORT.md", "figures/")  # lac's earlier files a new set supersedes
+# lac's earlier files a new set supersedes (a COMPARE.md of an earlier two-model run goes when
+# this run has one model)
+REPLACES = ("results.json", "REPORT.md", "SUMMARY.md", "COMPARE.md", "figures/")
 
 
 def report_names(plan: Plan) -> list[str]:
@@ -306,7 +201,7 @@ def report_names(plan: Plan) -> list[str]:
 
 
 def write_report_set(session, folder: Folder) -> tuple[Path, list[str]]:
-    """results.json, REPORT.md and figures/ of this session, written into `folder` as one set:
+    """The report set of this session (OUTPUTS), written into `folder` as one set:
     the folder it went to, and the files that kept it from the folder itself (see Folder)."""
     writers = {name: write for out in OUTPUTS for name, write in out.writers(session).items()}
     return folder.publish(writers, REPLACES, fallback=f"lac-{session.run_id}")

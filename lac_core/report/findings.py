@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from . import breakdown, figures
+from .style import pair
 from ..verdicts import claims as registry
 from ..verdicts import paper, uncertainty
 from ..protocol.grids import paper_grid
@@ -38,18 +39,21 @@ def figure_names(plan) -> list[str]:
 
 
 def figure_writers(session) -> dict:
-    """Report-set file name -> writer, for the heatmaps (per model) and the dose/swap figure."""
+    """Report-set file name -> writer, for the heatmaps (per model) and the dose/swap figure,
+    each a PNG and its SVG."""
     writers = {}
     for model in dict.fromkeys(k[0] for k in session.results):
         panels = heatmap_panels(session, model)
         if panels:
-            writers[heatmap_name(model)] = (
-                lambda path, m=model, p=panels: figures.heatmaps(m, p, path))
+            writers.update(pair(heatmap_name(model),
+                                lambda m=model, p=panels: figures.heatmaps_figure(m, p)))
     steer = by_kind(session, "steering")
     if steer:
         rows = {f"{k[0]} / {k[1]}": breakdown.dose_table(r) for k, r in steer}
         swaps = {f"{k[0]} / {k[1]}": breakdown.swap_share(r) for k, r in steer}
-        writers[DOSE_FIGURE] = lambda path: figures.dose_and_swap(rows, swaps, path)
+        models = list(session.checked.models)
+        writers.update(pair(DOSE_FIGURE,
+                            lambda: figures.dose_and_swap_figure(rows, swaps, models)))
     return writers
 
 

@@ -1,0 +1,222 @@
+"""The tables every text file of a set shares (REPORT.md, SUMMARY.md, COMPARE.md), built from
+results.json as a dict (a View), so each file says what results.json says and a test can build
+them from a small dict."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..verdicts import claims as registry
+
+# Where each experiment's numbers are in REPORT.md: stable anchors the verdict matrix links to.
+ANCHORS = {"sweep": "experiment-1", "markers": "experiment-2", "host": "experiment-3"}
+# A margin's unit, per claim (a precondition's where it differs): lac's claims; a claim a user
+# registers shows its margin as a bare number.
+UNITS = {"C1": "nats", "C1L": "nats", "C2": "cosine", "C3": "cells", "C3R": "cells",
+         "C4": "share of the KL gap", "C5": "nats", "C6": "share unexplained (U)"}
+PRECONDITION_UNITS = {"C4": "nats"}
+
+
+def fmt(x, nd: int = 4) -> str:
+    """A table cell: floats at `nd` decimals, missing numbers '-', and a '|' or line break in a
+    text (a grid's key may hold one) escaped, so no value slides into the next column."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    text = f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table; floats at 4 decimals, missing numbers as '-'."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(fmt(c) for c in row) + " |" for row in rows)]
+
+
+@dataclass(frozen=True)
+class View:
+    """results.json as a dict, with the models and claims the run planned (a model that failed
+    to load has no record, yet keeps its column) and the paper's verdict text per (claim, grid
+    label) where the grid is the paper's."""
+
+    doc: dict
+    models: tuple = ()
+    claims: tuple = ()
+    paper: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        ran = [(v["claim"], v["model"]) for v in self.verdicts] + \
+            [(n["claim"], n["model"]) for n in self.doc["run"].get("not_run", [])]
+        if not self.models:
+            object.__setattr__(self, "models", tuple(dict.fromkeys(
+                [*self.doc.get("models", {}), *(m for _c, m in ran)])))
+        if not self.claims:
+            seen = {c for c, _m in ran}
+            object.__setattr__(self, "claims", tuple(
+                [c for c in registry.CLAIMS if c in seen] + sorted(seen - set(registry.CLAIMS))))
+
+    @property
+    def verdicts(self) -> list[dict]:
+        return self.doc["verdicts"]
+
+    @property
+    def grids(self) -> dict:
+        return self.doc["run"]["grids"]
+
+    def columns(self) -> list[tuple[str, str]]:
+        return [(m, g) for m in self.models for g in self.grids]
+
+    def title(self) -> str:
+        return f"{', '.join(self.models) or 'no model'} on {', '.join(self.grids) or 'no grid'}"
+
+
+def statement(claim: str) -> str:
+    c = registry.CLAIMS.get(claim)
+    return c.statement if c else ""
+
+
+def experiment(claim: str) -> str | None:
+    c = registry.CLAIMS.get(claim)
+    return c.experiment if c else None
+
+
+def unit(claim: str, part: str) -> str:
+    return (PRECONDITION_UNITS.get(claim) if part == "precondition" else None) or \
+        UNITS.get(claim, "")
+
+
+def with_unit(x, claim: str, part: str) -> str:
+    u = unit(claim, part)
+    return fmt(x) + (f" {u}" if u and fmt(x) != "-" else "")
+
+
+def verdict_text(v: dict, expected: str = "differs") -> str:
+    """HOLDS / FAILS / INCONCLUSIVE, FRAGILE, and the expectation: where it differs, or always
+    (`expected="always"`, SUMMARY.md)."""
+    text = v["status"] + (" FRAGILE" if v.get("fragile") else "")
+    exp = v.get("expected")
+    if expected == "always":
+        return text + (f" (expected {exp})" if exp else " (no expectation)")
+    return text + ("" if exp in (None, v["status"]) else f" (expected {exp})")
+
+
+def matrix(view: View, expected: str = "differs", link: bool = True,
+           statements: bool = True) -> list[str]:
+    """Claims x (model, grid), a verdict per cell, then the claim's statement linked to the
+    experiment that decides it. A claim its grid cannot run (the grid runs no
+    such experiment) is folded into one note per grid, not a cell per model; a verdict that did
+    not come reads 'not run (n)', its reason listed once below."""
+    got = {(v["claim"], v["model"], v["grid"]): v for v in view.verdicts}
+    why = {(n["claim"], n["model"], n["grid"]): n["why"] for n in view.doc["run"]["not_run"]}
+    cols, reasons, folded, rows = view.columns(), {}, {}, []
+    for claim in view.claims:
+        cells, kind = [], experiment(claim)
+        for m, g in cols:
+            if (claim, m, g) in got:
+                cells.append(verdict_text(got[(claim, m, g)], expected))
+            elif kind and kind not in view.grids[g]["experiments"]:
+                folded.setdefault((g, kind), []).append(claim)
+                cells.append("·")
+            elif (claim, m, g) in why:
+                n = reasons.setdefault(why[(claim, m, g)], len(reasons) + 1)
+                cells.append(f"not run ({n})")
+            else:
+                cells.append("-")
+        if any(c != "·" for c in cells):
+            where = f" ([experiment {ANCHORS[kind][-1]}](#{ANCHORS[kind]}))" \
+                if link and kind in ANCHORS else ""
+            rows.append([claim, *cells, *([statement(claim) + where] if statements else [])])
+    head = ["claim", *(f"{m} / {g}" for m, g in cols), *(["statement"] if statements else [])]
+    notes = [f"- `·` grid {g} runs {', '.join(view.grids[g]['experiments'])}, no {kind}: "
+             f"{', '.join(dict.fromkeys(cs))} have no verdict on it, on any model"
+             for (g, kind), cs in folded.items()]
+    notes += [f"- ({n}) not run: {text}" for text, n in reasons.items()]
+    return [*table(head, rows), *([""] + notes if notes else [])]
+
+
+def _ci(part: dict, key: str) -> str:
+    ci = (part.get("intervals") or {}).get(key)
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+
+
+def claim_details(view: View) -> list[str]:
+    """Each verdict's deciding part: its numbers, margin (with its unit) and interval, and the
+    same rule on the paper's data where the grid is the paper's."""
+    rows = []
+    for v in view.verdicts:
+        d, claim = v["deciding"], v["claim"]
+        ci = _ci(d, "margin") if d else ""
+        rows.append([claim, f"{v['model']} / {v['grid']}", verdict_text(v),
+                     d["name"] if d else "-", d["detail"] if d else "",
+                     with_unit(d["margin"], claim, d["name"]) if d else "-",
+                     f"{ci} {unit(claim, d['name'])}".strip() if ci else "-",
+                     ", ".join(v.get("fragile") or ()) or "-",
+                     view.paper.get((claim, v["grid"]), "-")])
+    return table(["claim", "model / grid", "verdict", "deciding part", "numbers", "margin",
+                  "margin 95% interval", "fragile parts", "paper (Gemma-2-2B, same rule)"], rows)
+
+
+def interval_table(view: View) -> list[str]:
+    """Every part and precondition of every verdict: its numbers with 95% intervals (cells
+    resampled jointly, 2,000 times)."""
+    rows = []
+    for v in view.verdicts:
+        for p in (*v["preconditions"], *v["parts"]):
+            nums = "; ".join(f"{k} {fmt(x)}" + (f" {_ci(p, k)}" if _ci(p, k) else "")
+                             for k, x in p["numbers"].items()
+                             if isinstance(x, (int, float)) or x is None)
+            flag = " (fragile)" if p["name"] in (v.get("fragile") or ()) else ""
+            ci = _ci(p, "margin")
+            rows.append([v["claim"], f"{v['model']} / {v['grid']}", p["name"], p["status"] + flag,
+                         with_unit(p["margin"], v["claim"], p["name"]),
+                         f"{ci} {unit(v['claim'], p['name'])}".strip() if ci else "-",
+                         nums or "-"])
+    return table(["claim", "model / grid", "part", "status", "margin", "margin 95% interval",
+                  "numbers [95% interval]"], rows)
+
+
+def _count(items, what: str, how: str) -> str:
+    n = len(items or ())
+    return "" if not n else f"{n} {what}{'' if n == 1 or what.endswith('s') else 's'} {how}"
+
+
+def gate_summary(gate: dict | None) -> tuple[str, str]:
+    """The regression gate's status and why, in words."""
+    if not gate:
+        return "not recorded", "the run ended before the gate was applied"
+    if gate["status"] == "not applied":
+        return "not applied", gate.get("why") or "the gate did not run"
+    bits = [_count(gate["drift"], "deciding number", "beyond tolerance"),
+            _count(gate["changed_verdicts"], "verdict", "changed"),
+            _count(gate.get("refused"), "worker's results", "refused")]
+    why = "; ".join(b for b in bits if b) or "every deciding number within its baseline's " \
+        "tolerance and every verdict as expected"
+    if gate.get("without_expectations"):
+        why += f"; not gated (no expectations): {', '.join(gate['without_expectations'])}"
+    return gate["status"], why
+
+
+NUMS = ("baseline", "value", "tolerance")
+
+
+def _g(x) -> str:
+    return f"{x:.6g}" if isinstance(x, (int, float)) else fmt(x)
+
+
+def gate_lines(gate: dict | None, heading: str = "##") -> list[str]:
+    """The gate's status, why, each drifted quantity and each changed verdict."""
+    status, why = gate_summary(gate)
+    lines = [f"{heading} Regression gate: {status}", "", f"**{status}**: {why}.", ""]
+    if gate and gate.get("drift"):
+        lines += ["Drift beyond tolerance (two-sided):", "",
+                  *table(["model / grid", "quantity", "baseline", "value", "tolerance"],
+                         [[f"{d['model']} / {d['grid']}", d["quantity"], *(_g(d[k]) for k in
+                                                                            NUMS)]
+                          for d in gate["drift"]]), ""]
+    if gate and gate.get("changed_verdicts"):
+        lines += ["Verdicts that changed:", "",
+                  *table(["claim", "model / grid", "expected", "got"],
+                         [[c["claim"], f"{c['model']} / {c['grid']}", c["expected"], c["got"]]
+                          for c in gate["changed_verdicts"]]), ""]
+    if gate and gate.get("refused"):
+        lines += ["Refused:", "", *(f"- {fmt(r)}" for r in gate["refused"]), ""]
+    return lines
