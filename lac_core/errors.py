@@ -13,6 +13,10 @@ class MissingWeightsError(LacError):
     pass
 
 
+class HubAccessError(LacError):
+    """The hub refused a model (401, 403, gated): the fix is a login or a token, not a name."""
+
+
 class ChecksumError(LacError):
     pass
 

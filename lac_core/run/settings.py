@@ -58,6 +58,7 @@ class Settings:
     reports_overwrite: bool = False  # replace files in the report folder that lac did not write
     no_cache: bool = False  # recompute every experiment, ignoring the resume cache
     swap_pairs: str = "next"  # persona swap: each persona with the next in the grid, or "all"
+    collect_only: bool = False  # pytest --collect-only: resolve models without downloading any
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -93,7 +94,7 @@ class Settings:
         field's default."""
         values = {name: (get(flag), convert) for flag, name, convert, _kw, _help in OPTIONS}
         return cls(**{name: convert(v) for name, (v, convert) in values.items()
-                      if v is not None and v is not False})
+                      if v is not None and v is not False}, collect_only=bool(get("collectonly")))
 
 
 def parse_layers(text: str) -> tuple:

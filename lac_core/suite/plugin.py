@@ -171,7 +171,7 @@ def gate_report(gate: dict) -> pytest.TestReport:
     """The regression gate as a test report (nodeid lac/regression_gate): passed, failed with
     the drift and changed verdicts, failed with the changes when --lac-update-baselines rewrote
     something, else skipped when the run rewrote the expectations."""
-    from ..run.session import REVIEW, gate_lines
+    from ..run.gating import REVIEW, gate_lines
 
     if gate.get("review"):  # --lac-update-baselines changed something: red until reviewed
         outcome, longrepr = "failed", "\n".join([REVIEW, *gate["rewritten"]])
