@@ -1,0 +1,66 @@
+"""Run the `run:` steps of docs/ci/lac-workflow.yml here, as GitHub Actions would, so the recipe
+users copy cannot rot: the job's env with each `${{ }}` expression given a value on the command
+line (an expression left without one is an error), `uses:` steps skipped, a step after a failure
+run only when it says `if: always()`. Prints each step's exit code; exits with the job's."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+def fill(text: str, values: dict[str, str], where: str) -> str:
+    def one(match: re.Match) -> str:
+        if match.group(1) not in values:
+            sys.exit(f"workflow: {where} uses ${{{{ {match.group(1)} }}}}, which has no value; "
+                     f"pass --set '{match.group(1)}=...'")
+        return values[match.group(1)]
+    return EXPR.sub(one, str(text))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("workflow", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="EXPR=VALUE")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set a variable; one the job's env names is then taken as given")
+    ap.add_argument("--workdir", type=Path, required=True)
+    args = ap.parse_args()
+    values = dict(item.split("=", 1) for item in args.set)
+    (job_name, job), = yaml.safe_load(args.workflow.read_text())["jobs"].items()
+    overrides = dict(item.split("=", 1) for item in args.env)
+    env = {**os.environ, **overrides}
+    for name, value in job.get("env", {}).items():
+        if name not in overrides:
+            env[name] = fill(value, values, f"env {name}")
+    outputs = tempfile.NamedTemporaryFile(delete=False, dir=args.workdir, suffix=".output")
+    env.setdefault("GITHUB_STEP_SUMMARY", str(args.workdir / "step-summary.md"))
+    env["GITHUB_OUTPUT"] = outputs.name
+    failed = False
+    for i, step in enumerate(job["steps"]):
+        name = step.get("name") or step.get("uses")
+        if "run" not in step:
+            print(f"workflow: step {i} {name}: `uses:` skipped here", flush=True)
+            continue
+        if failed and "always()" not in str(step.get("if", "")):
+            print(f"workflow: step {i} {name}: skipped after a failure", flush=True)
+            continue
+        script = fill(step["run"], values, f"step {name!r}")
+        print(f"workflow: step {i} {name}: started", flush=True)
+        rc = subprocess.run(["bash", "-e", "-c", script], cwd=args.workdir, env=env).returncode
+        print(f"workflow: step {i} {name}: exit {rc}", flush=True)
+        failed = failed or rc != 0
+    print(f"workflow: job {job_name}: {'failed' if failed else 'passed'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
