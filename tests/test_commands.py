@@ -16,7 +16,7 @@ from lac_core.models import REGISTRY
 from lac_core.paths import GRID_DIR, ROOT
 from lac_core.protocol.grids import resolve_grid
 from lac_core.run.settings import Settings, parse_dtype
-from lac_core.verdicts.uncertainty import _summaries
+from lac_core.verdicts.uncertainty import resampled_summaries
 
 
 def _module(*args):
@@ -68,7 +68,7 @@ def test_fast_summaries_equal_nanpercentile_bit_for_bit(resamples, cells, layers
     rng = np.random.default_rng(seed)
     x = rng.lognormal(size=(resamples, cells, layers))
     x[rng.random(x.shape) < holes] = np.nan  # undefined angles, whole slices sometimes
-    got = _summaries(x)
+    got = resampled_summaries(x)
     want = _reference(x)
     for i in np.ndindex(got.shape):
         s = got[i]

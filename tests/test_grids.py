@@ -203,7 +203,7 @@ def test_every_cell_and_the_baseline_render_at_load(tmp_path, monkeypatch):
     cell = next(c for c in grid.cells if c.id == "pirate__bread")
     assert grid.user_text(cell, "XY") == "{As} a pirate: Bake bread. }{"
     assert grid.user_text(cell, "BB") == "{As} someone: Do something. }{"
-    monkeypatch.setattr(grids, "_template", lambda template, where: template, raising=False)
+    monkeypatch.setattr(grids, "checked_template", lambda template, where: template)
     for template, why in (("As {persona:%s}, {task}", "does not render"),
                           ("As {persona:.3}, {task}", "does not keep the persona and task")):
         path = _grid(tmp_path, template=template)

@@ -31,7 +31,7 @@ FAKE = ModelSpec("fake", "gguf", 8, sha256="f" * 64)
 Q8 = gguf.GGMLQuantizationType.Q8_0
 
 
-def _write_gguf(path: Path, d=64, ff=128, heads=4, kv=2, layers=2) -> Path:
+def write_gguf(path: Path, d=64, ff=128, heads=4, kv=2, layers=2) -> Path:
     """A tiny Llama GGUF (Q8_0 matrices, the tiny Llama's BPE tokenizer): the real GGUF loader
     dequantizes it in a fraction of a second."""
     tok = tiny_tokenizer("llama")
@@ -198,7 +198,7 @@ def test_a_damaged_entry_is_not_valid(tiny_entry, tmp_path, damage):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """A tiny GGUF file, and its spec with its sha256 as lac registers one."""
-    path = _write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    path = write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
     return ModelSpec("synthetic", "gguf", 2, sha256=models.sha256_of(path)), path
 
 
@@ -293,7 +293,7 @@ def test_an_entry_that_cannot_be_kept_costs_nothing_but_time(tmp_path, load, mon
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(loadcache, "_write", disk_full)
+    monkeypatch.setattr(loadcache, "write_entry", disk_full)
     said = []
     model, tok = load(tmp_path, said)
     assert "could not keep" in said[-1] and "No space left" in said[-1]

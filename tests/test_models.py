@@ -263,9 +263,9 @@ def _settings(tmp_path, *names, **kw):
 def test_the_same_gguf_named_twice_runs_once(tmp_path):
     from lac_core.run import preflight
 
-    from .test_loadcache import _write_gguf
+    from .test_loadcache import write_gguf
 
-    a = _write_gguf(tmp_path / "a.gguf")
+    a = write_gguf(tmp_path / "a.gguf")
     b = tmp_path / "copy" / "b.gguf"
     b.parent.mkdir()
     b.write_bytes(a.read_bytes())

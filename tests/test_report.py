@@ -265,3 +265,19 @@ def test_compare_sets_the_models_side_by_side(tmp_path):
     assert "(figures/compare_kl_by_depth.png)" in text and "no null runs" in text
     single = synthetic_session(models=("tiny-llama",), grids=("example",))
     assert not any("COMPARE" in n for out in document.OUTPUTS for n in out.writers(single))
+
+
+def test_an_update_that_needs_review_says_so_with_its_changes():
+    from lac_core.report.summary import summary_markdown
+    from lac_core.report.tables import View
+    gate = {"status": "not applied", "why": "this run rewrote the expectations", "drift": [],
+            "changed_verdicts": [], "without_expectations": [], "refused": [],
+            "rewritten": ["m / float32 model / short@ab: C1/g1/median: 1.2 -> 1.4"], "review": True}
+    doc = {"run": {"run_id": "r1", "status": "COMPLETE", "wall_seconds": 3, "failed": {},
+                   "grids": {"short": {"experiments": ["sweep"]}}, "not_run": []},
+           "models": {"m": {}}, "regression_gate": gate,
+           "verdicts": [{"claim": "C1", "model": "m", "grid": "short", "status": "FAILS",
+                         "fragile": [], "expected": "FAILS"}]}
+    text = summary_markdown(View(doc))
+    assert "1 changes to review: the run fails until it is rerun without" in text
+    assert "- m / float32 model / short@ab: C1/g1/median: 1.2 -> 1.4" in text

@@ -198,7 +198,7 @@ def keep(model, tok, key: dict, entry: Path, kw: dict, say) -> None:
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name[:16]}.build-"))
-        _write(model, tok, tmp)
+        write_entry(model, tok, tmp)
         _same_model(model, _load_model(tmp, kw))
         _seal(tmp, key, _recipe(tok, tmp / TOKENIZER))
         _open_up(tmp)
@@ -225,7 +225,8 @@ def _recipe(tok, folder: Path) -> dict:
     raise ValueError("tokenizers differ after the round trip")
 
 
-def _write(model, tok, folder: Path) -> None:
+def write_entry(model, tok, folder: Path) -> None:
+    """An entry's files (weights, config, tokenizer) into folder; public as a test's seam."""
     from safetensors.torch import save_file
 
     save_file(untied(model), folder / WEIGHTS, metadata={"format": "pt"})

@@ -162,10 +162,10 @@ def _check(data, where: str) -> tuple:
     if base["persona"] in personas.values() or base["task"] in tasks.values():
         raise GridError(f"{where}: the baseline persona and task must differ from the grid's own; "
                         "change 'baseline' or remove the duplicate")
-    return base, personas, tasks, _template(data.get("template", DEFAULT_TEMPLATE), where)
+    return base, personas, tasks, checked_template(data.get("template", DEFAULT_TEMPLATE), where)
 
 
-def _template(template, where: str) -> str:
+def checked_template(template, where: str) -> str:
     """The template, if it holds {persona} and {task} once each and nothing else str.format would
     read: a format spec, conversion or attribute would change the texts, a lone brace fails."""
     rule = ("'template' must contain {persona} and {task} once each and no other field (no "

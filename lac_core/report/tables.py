@@ -184,7 +184,11 @@ def gate_summary(gate: dict | None) -> tuple[str, str]:
     if not gate:
         return "not recorded", "the run ended before the gate was applied"
     if gate["status"] == "not applied":
-        return "not applied", gate.get("why") or "the gate did not run"
+        why = gate.get("why") or "the gate did not run"
+        if gate.get("review"):
+            why += (f"; {len(gate['rewritten'])} changes to review: the run fails until it is "
+                    "rerun without --lac-update-baselines")
+        return "not applied", why
     bits = [_count(gate["drift"], "deciding number", "beyond tolerance"),
             _count(gate["changed_verdicts"], "verdict", "changed"),
             _count(gate.get("refused"), "worker's results", "refused")]
@@ -217,6 +221,9 @@ def gate_lines(gate: dict | None, heading: str = "##") -> list[str]:
                   *table(["claim", "model / grid", "expected", "got"],
                          [[c["claim"], f"{c['model']} / {c['grid']}", c["expected"], c["got"]]
                           for c in gate["changed_verdicts"]]), ""]
+    if gate and gate.get("rewritten"):
+        lines += ["Rewritten in the expectations:", "",
+                  *(f"- {fmt(r)}" for r in gate["rewritten"]), ""]
     if gate and gate.get("refused"):
         lines += ["Refused:", "", *(f"- {fmt(r)}" for r in gate["refused"]), ""]
     return lines
