@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lac_core.suite.plugin import SESSION
+from lac_core.suite.start import session
 from lac_core.report.reportset import check, publish
 
 
@@ -27,8 +27,9 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
-    """Refuse, at start, to replace a benchmarks.json that lac did not write."""
-    settings = config.stash[SESSION].settings
+    """Start lac's session now (benchmarks name no lac option, so the plugin would wait for the
+    first lac fixture) and refuse, at start, to replace a benchmarks.json lac did not write."""
+    settings = session(config).settings
     check(settings.report_dir, ["benchmarks.json"], settings.reports_overwrite)
 
 
@@ -115,5 +116,5 @@ def pytest_terminal_summary(terminalreporter):
             tr.write_line(f"{group:40} {name:28} {row['min'] * 1e3:10.2f} ms  x{row['min'] / base:6.3f} "
                           f"vs {base_name}  {extra if extra else ''}")
     text = json.dumps({**RESULTS, "tables": TABLES} if TABLES else RESULTS, indent=1)
-    publish(terminalreporter.config.stash[SESSION].settings.report_dir,
+    publish(session(terminalreporter.config).settings.report_dir,
             {"benchmarks.json": lambda path: path.write_text(text)})
