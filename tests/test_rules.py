@@ -184,3 +184,25 @@ def test_a_probe_left_out_of_the_sweep_is_inconclusive_not_a_pass():
         v = rule(s, t)
         assert v.status == rules.INCONCLUSIVE, v.explain()
         assert any(p.name.startswith("g2") and p.status == rules.INCONCLUSIVE for p in v.parts)
+
+
+@pytest.mark.parametrize("claim", ["C1", "C1L", "C5", "C6"])
+def test_a_part_decided_at_no_swept_layer_names_no_cells(claim):
+    """Qwen2.5-Coder's C5 on the short grid is INCONCLUSIVE at g2 with no informative layer: its
+    part holds no layer, and naming the cells against it raised ValueError (hidden by the
+    strict xfail until the message was built before the xfail)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lac_core.verdicts.cells import against
+    from lac_core.verdicts.rules import Part
+
+    shape = (3, 2, 2)
+    result = SimpleNamespace(probes=("p_last", "g2"), layers=(6, 10), kl_add=np.ones(shape),
+                             kl_null=np.ones(shape),
+                             geometry={"cos_x_y": np.zeros((3, 2, 24)),
+                                       "cos_xy_sum": np.ones((3, 2, 24))})
+    part = Part(name="g2", status="INCONCLUSIVE", margin=float("nan"),
+                detail="no informative layer in the band", numbers={})
+    assert against(claim, part, result, SimpleNamespace(**{claim: None})) == []

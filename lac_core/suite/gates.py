@@ -68,15 +68,14 @@ def claim_gate(request, lac_session):
         request.node.user_properties.extend(_properties(claim, verdict, exp))
         if lac_session.settings.updating:  # recorded: the run's end writes it and says what moved
             return
-        why = _why(verdict, claim, result, lac_session.thresholds)
         if exp is not None and verdict.status != exp:
-            pytest.fail(f"{claim} verdict changed on {model} / {grid}: expected {exp}, got {why}",
-                        pytrace=False)
+            pytest.fail(f"{claim} verdict changed on {model} / {grid}: expected {exp}, got "
+                        f"{_why(verdict, claim, result, lac_session.thresholds)}", pytrace=False)
         if exp is not None and exp != rules.HOLDS:
             _xfail(request, verdict.explain())
         if verdict.status != rules.HOLDS:  # its numbers and rule, not the plugin's traceback
-            pytest.fail(f"{why}\nrule ({claim}): {registry.CLAIMS[claim].statement}",
-                        pytrace=False)
+            pytest.fail(f"{_why(verdict, claim, result, lac_session.thresholds)}\n"
+                        f"rule ({claim}): {registry.CLAIMS[claim].statement}", pytrace=False)
 
     return gate
 

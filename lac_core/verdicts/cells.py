@@ -77,11 +77,14 @@ def against(claim: str, part: Part, result, thresholds) -> list[str]:
         pi = result.probes.index(name)
         site = int(part.name.split(" L")[-1]) if " L" in part.name else 0
         layer = n.get("layer", n.get("deepest", site))
-        li = result.layers.index(layer) if layer in result.layers else 0
+        shallowest = n.get("shallowest", layer)
+        if layer not in result.layers or shallowest not in result.layers:
+            return []  # a part decided at no swept layer (none informative): no cell to name
+        li = result.layers.index(layer)
         add, null = result.kl_add[:, pi, li], result.kl_null[:, pi, li]
         cos_xy = result.geometry["cos_x_y"][:, pi, layer]
         cos_sum = result.geometry["cos_xy_sum"][:, pi, layer]
-        low = result.kl_add[:, pi, result.layers.index(n.get("shallowest", layer))]
+        low = result.kl_add[:, pi, result.layers.index(shallowest)]
         if claim == "C1":
             bad = (add > t.max_median_kl, add)
         elif claim == "C5":
@@ -89,7 +92,7 @@ def against(claim: str, part: Part, result, thresholds) -> list[str]:
         elif claim == "C1L":
             bad = (add < t.min_ratio * low, add / np.maximum(low, 1e-12))
         elif claim == "C6":  # each cell's own unexplained share, deepest against shallowest
-            lo = result.layers.index(n.get("shallowest", layer))
+            lo = result.layers.index(shallowest)
             u_lo = result.kl_add[:, pi, lo] / np.maximum(result.kl_null[:, pi, lo], 1e-12)
             u_hi = add / np.maximum(null, 1e-12)
             bad = (u_hi < t.min_ratio * u_lo, u_hi)
