@@ -74,3 +74,26 @@ def test_the_options_are_still_there(unrelated):
     result = pytester.runpytest_subprocess("-p", "lac_core.suite.plugin", "--help")
     assert result.ret == 0
     assert "--lac-model" in result.stdout.str() and "--lac-reports" in result.stdout.str()
+
+
+def test_a_project_holding_the_venv_lac_is_installed_in_is_not_a_lac_run(tmp_path, monkeypatch):
+    """lac installed in project/.venv: running pytest on the project must keep xdist's own
+    scheduling (pytest does not collect a venv), while lac's claims named by path or by
+    --pyargs are a lac run."""
+    from types import SimpleNamespace
+
+    from lac_core import paths
+    from lac_core.suite.start import lac_tests_named
+
+    site = tmp_path / "project" / ".venv" / "lib" / "site-packages"
+    (site / "lac_core" / "claims").mkdir(parents=True)
+    monkeypatch.setattr(paths, "ROOT", site)
+    monkeypatch.setattr(paths, "CORE", site / "lac_core")
+
+    def named(*args):
+        config = SimpleNamespace(args=list(args), invocation_params=SimpleNamespace(
+            args=tuple(args), dir=tmp_path / "project"))
+        return lac_tests_named(config)
+
+    assert not named(str(tmp_path / "project")) and not named(".")
+    assert named("lac_core.claims") and named(str(site / "lac_core" / "claims"))

@@ -40,14 +40,16 @@ def lac_tests_named(config) -> bool:
 
     if explicit(config):
         return True
-    homes = [(ROOT / "claims").resolve(), (CORE / "claims").resolve()]
+    checkout, installed = (ROOT / "claims").resolve(), (CORE / "claims").resolve()
     for arg in config.args:
         name = str(arg).split("::", 1)[0]
         if name == "lac_core.claims" or name.startswith("lac_core.claims."):
             return True
         path = (Path(config.invocation_params.dir) / name).resolve()
-        if any(path == home or home in path.parents or path in home.parents for home in homes):
+        if path in (checkout, installed) or {checkout, installed} & set(path.parents):
             return True
+        if path in checkout.parents and checkout.is_dir():  # `pytest .` in lac's checkout; not
+            return True  # a project holding the venv lac is installed in (pytest skips venvs)
     return False
 
 
