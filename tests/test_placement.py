@@ -14,7 +14,7 @@ from lac_core.engine.forward import Engine
 from lac_core.errors import NonFiniteResidualError, UsageError
 from lac_core.protocol.grids import resolve_grid
 from lac_core.models import load
-from lac_core.models.placement import resolve_device, resolve_dtype
+from lac_core.models.placement import kernels, resolve_device, resolve_dtype
 from lac_core.run.settings import ROOT, Settings
 
 
@@ -60,6 +60,24 @@ def test_dtype_and_device_choices():
             continue
         with pytest.raises(UsageError, match=message):
             resolve_device(bad)
+
+
+def test_reduced_precision_names_its_kernel_family(monkeypatch):
+    """bfloat16 numbers differ between kernel families (C5 flips on SmolLM2's example grid):
+    the family is named from the device, ATen's CPU capability, the CPU's native bf16/fp16
+    features and a oneDNN cap; float32 is not split."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    assert kernels("cpu", "float32") is None
+    assert kernels("cpu", "bfloat16") == "cpu:AVX512+avx512_bf16" and kernels("cpu", "float16") == "cpu:AVX512"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert kernels("cpu", "bfloat16") == "cpu:AVX512+avx512_bf16+onednn_avx2"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: ((8, 0), (8, 6))[i])
+    assert kernels("cuda", "bfloat16") == "cuda:sm_80+sm_86" and kernels("cuda:1", "bfloat16") == "cuda:sm_86"
+    assert kernels("mps", "float16") == "mps"
 
 
 def test_a_model_spread_by_a_device_map_gives_the_same_numbers(lac_models):

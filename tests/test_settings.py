@@ -91,6 +91,28 @@ def test_the_setup_key_names_what_was_set_away_from_its_default():
     assert s.setup("tiny-llama") == "float32 model layers=2,4 probes=p_last,g1 attention=eager plan=naive"
 
 
+def test_bfloat16_expectations_are_kept_per_kernel_family(tmp_path):
+    """A bfloat16 run is never held to baselines recorded with other kernels (its numbers move
+    10-300% between CPUs), and the run says which families have a section."""
+    from lac_core.models.placement import kernels
+    from lac_core.verdicts import expected
+    from lac_core.verdicts.rules import Verdict
+
+    s = Session.start(Settings(models=("tiny-llama",), grids=("example",), dtype="bfloat16",
+                               expected_dir=tmp_path))
+    here = kernels("cpu", "bfloat16")
+    assert s.setup("tiny-llama") == f"bfloat16 model kernels={here}"
+    grid = s.grids["example"].key
+    section = {"verdicts": {"C1": "FAILS"}, "baselines": {"C1/g1/median": {"value": 9.0, "tolerance": 0.1}}}
+    expected.save(expected.Expectations("tiny-llama", {"bfloat16 model kernels=cpu:OTHER": {grid: section}}), tmp_path)
+    s = Session.start(Settings(models=("tiny-llama",), grids=("example",), dtype="bfloat16",
+                               expected_dir=tmp_path))
+    assert s.record_verdict("C1", "tiny-llama", "example", Verdict("C1", "x", "HOLDS", None, ())) is None
+    assert s.unexpected() == [f"tiny-llama / bfloat16 model kernels={here} / {grid} (recorded only for "
+                              "cpu:OTHER: bfloat16 and float16 numbers depend on the kernels, so record "
+                              "this machine's with --lac-update-baselines)"]
+
+
 def test_a_run_with_its_own_layers_is_not_held_to_default_baselines(tmp_path):
     code, text = _start(tmp_path, "--lac-layers", "2,4", "--lac-no-cache", "-k",
                         "c1_additive_sufficiency and not cell", collect=False)

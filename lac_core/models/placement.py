@@ -5,6 +5,7 @@
 # accelerate's device_map="auto" when there are several), else MPS, else the CPU.
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -44,6 +45,32 @@ def resolve_dtype(registered: str | None, option: str | None, device: str) -> st
             raise UsageError(f"--lac-dtype {option!r}: choose float32, bfloat16, float16 or auto")
         return option
     return registered or ("float32" if device == "cpu" else "bfloat16")
+
+
+# CPU features whose kernels compute a reduced-precision dtype natively (else it is emulated)
+NATIVE = {"bfloat16": ("amx_bf16", "avx512_bf16"), "float16": ("amx_fp16", "avx512_fp16")}
+
+
+def kernels(device: str, dtype: str) -> str | None:
+    """Which kernel family computes a bfloat16 or float16 run (None for float32). Their rounding
+    differs by family: on SmolLM2's example grid in bfloat16, one CPU gives C5 FAILS with its
+    AVX-512 BF16 kernels and HOLDS with ATen's or oneDNN's capped at AVX2, and deciding numbers
+    move by 10-300% between machines, so expectations in these dtypes are kept per family. float32 agrees across machines within
+    the gate's tolerances and is not split."""
+    if dtype not in NATIVE:
+        return None
+    if device.startswith("cuda"):  # every GPU holding layers: one, or all under a device map
+        ids = ([int(device.split(":")[1])] if ":" in device
+               else range(max(1, torch.cuda.device_count())))
+        return "cuda:" + "+".join(sorted({"sm_%d%d" % torch.cuda.get_device_capability(i)
+                                          for i in ids}))
+    if device != "cpu":
+        return device
+    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return "cpu:" + "+".join([torch.backends.cpu.get_cpu_capability(),
+                              *(f for f in NATIVE[dtype] if flags.get(f)),
+                              *([f"onednn_{capped.lower()}"] if capped else [])])
 
 
 def load_kwargs(device: str) -> dict:

@@ -29,6 +29,7 @@ class ModelSpec:
     n_layers: int = 0
     chat_template: bool = True  # whether the model ships one
     dtype: str | None = None  # registered dtype (None: by device); after preflight, the run's
+    kernels: str | None = None  # after preflight, bfloat16/float16 only: placement.kernels
     hub_id: str | None = None
     local_dir: str | None = None
     gguf_file: str | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import UsageError
 from ..protocol.grids import Grid, resolve_grid
 from ..models.inspect import check_attention
-from ..models.placement import resolve_device, resolve_dtype
+from ..models.placement import kernels, resolve_device, resolve_dtype
 from ..models.pypi import check_cached
 from ..models.registry import ModelSpec, resolve
 from ..protocol.prompts import swept_layers
@@ -42,7 +42,8 @@ def check(settings: Settings) -> Checked:
             warnings.append(f"lac: --lac-model {arg} is not in the local Hugging Face cache; "
                             f"--collect-only downloads nothing (collected as {spec.name}, its "
                             "depth and chat template unchecked until a run downloads it)")
-        spec = replace(spec, dtype=resolve_dtype(spec.dtype, settings.dtype, device))
+        dtype = resolve_dtype(spec.dtype, settings.dtype, device)
+        spec = replace(spec, dtype=dtype, kernels=kernels(device, dtype))
         weights = (spec.sha256, spec.dtype) if spec.sha256 else None  # a GGUF's, else by name
         first = spec.name if spec.name in specs else by_weights.get(weights)
         if first:

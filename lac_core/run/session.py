@@ -83,6 +83,7 @@ class Session:
         s, p = self.settings, self.provenance.get(model, {})
         return {"model": model, "sha256": p.get("sha256"), "dtype": p.get("dtype"),
                 "device": p.get("device"), "attention": p.get("attn_implementation"),
+                "kernels": self.checked.models[model].kernels,
                 "grid": self.grids[grid].sha256, "kind": kind,
                 "template": self.checked.template.key, "plan": s.plan, "layers": s.layers,
                 "probes": s.probes, "token_budget": s.token_budget,
@@ -98,15 +99,17 @@ class Session:
     def setup(self, model: str) -> str:
         """The part of an expectations key that is not the model or the grid: dtype and chat
         template, then whatever else was set away from its default (swept layers, probes,
-        attention, plan), so a run is only ever compared with baselines of its own setup and the
-        sections recorded with the defaults keep their names."""
-        s, default = self.settings, Settings()
+        attention, plan) and, in bfloat16 or float16, the kernel family (placement.kernels), so
+        a run is only ever compared with baselines of its own setup and the sections recorded
+        with the defaults keep their names."""
+        s, default, spec = self.settings, Settings(), self.checked.models[model]
         extra = [f"{name}={','.join(map(str, value)) if isinstance(value, tuple) else value}"
                  for name, value, base in (("layers", s.layers, None),
                                            ("probes", s.probes, default.probes),
                                            ("attention", s.attention, default.attention),
-                                           ("plan", s.plan, default.plan)) if value != base]
-        return " ".join([self.checked.models[model].dtype, self.checked.template.key, *extra])
+                                           ("plan", s.plan, default.plan),
+                                           ("kernels", spec.kernels, None)) if value != base]
+        return " ".join([spec.dtype, self.checked.template.key, *extra])
 
     def tell_notes(self) -> None:
         """The resume cache's notes (entries not used, results not kept): to the log now, and to
@@ -149,10 +152,17 @@ class Session:
 
     def unexpected(self) -> list[str]:
         """(model, setup, grid) that ran with no expectations recorded: the paper's rules decide."""
-        pairs = sorted({(m, g) for (_c, m, g) in self.verdicts})
-        return [f"{m} / {self.setup(m)} / {self.grids[g].key}" for m, g in pairs
-                if not self.expectations(m)
-                or not self.expectations(m).section(*self.expectation_key(m, g)[1:])]
+        out = []
+        for m, g in sorted({(m, g) for (_c, m, g) in self.verdicts}):
+            exp, setup, key = self.expectation_key(m, g)
+            if exp and exp.section(setup, key):
+                continue
+            others = exp.other_kernels(setup, key) if exp else []
+            out.append(f"{m} / {setup} / {key}" + (
+                f" (recorded only for {', '.join(others)}: bfloat16 and float16 numbers "
+                "depend on the kernels, so record this machine's with --lac-update-baselines)"
+                if others else ""))
+        return out
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
               "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes",

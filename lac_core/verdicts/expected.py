@@ -43,6 +43,16 @@ class Expectations:
     def section(self, setup: str, grid: str) -> dict | None:
         return self.setups.get(setup, {}).get(grid)
 
+    def other_kernels(self, setup: str, grid: str) -> list[str]:
+        """The kernel families (placement.kernels) this grid was recorded for in a setup that
+        differs from `setup` only in them."""
+        def strip(key: str) -> str:
+            return re.sub(r" kernels=\S+", "", key)
+
+        return sorted(m.group(1) if (m := re.search(r" kernels=(\S+)", other)) else "a section with no kernel family (recorded before lac kept them apart)"
+                      for other, grids in self.setups.items()
+                      if other != setup and strip(other) == strip(setup) and grid in grids)
+
     def verdict(self, setup: str, grid: str, claim: str) -> str | None:
         return (self.section(setup, grid) or {}).get("verdicts", {}).get(claim)
 
