@@ -55,8 +55,8 @@ def kernels(device: str, dtype: str) -> str | None:
     """Which kernel family computes a bfloat16 or float16 run (None for float32). Their rounding
     differs by family: on SmolLM2's example grid in bfloat16, one CPU gives C5 FAILS with its
     AVX-512 BF16 kernels and HOLDS with ATen's or oneDNN's capped at AVX2, and deciding numbers
-    move by 10-300% between machines, so expectations in these dtypes are kept per family. float32 agrees across machines within
-    the gate's tolerances and is not split."""
+    move by 10-300% between machines, so expectations in these dtypes are kept per family.
+    float32 agrees across machines within the gate's tolerances and is not split."""
     if dtype not in NATIVE:
         return None
     if device.startswith("cuda"):  # every GPU holding layers: one, or all under a device map

@@ -168,8 +168,8 @@ def provenance(session) -> list[str]:
     for model, p in session.provenance.items():
         lines.append(f"- **{model}**: {p['source']}; sha256 {p['sha256'] or '-'}; "
                      f"{p['architecture']}, {p['n_layers']} layers, d={p['d_model']}; dtype "
-                     f"{p['dtype']}; attention {p['attn_implementation']}; device "
-                     f"{p['device']}{' (kernels ' + p['kernels'] + ')' if p.get('kernels') else ''}"
+                     f"{p['dtype']}; attention {p['attn_implementation']}; device {p['device']}"
+                     + (f" (kernels {p['kernels']})" if p.get("kernels") else "") +
                      f"; torch {p['torch']}, "
                      f"transformers {p['transformers']}; chat template {p['chat_template']} "
                      f"(sha256 {p['chat_template_sha256'] or '-'}); load "

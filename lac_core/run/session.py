@@ -83,7 +83,7 @@ class Session:
         s, p = self.settings, self.provenance.get(model, {})
         return {"model": model, "sha256": p.get("sha256"), "dtype": p.get("dtype"),
                 "device": p.get("device"), "attention": p.get("attn_implementation"),
-                "kernels": self.checked.models[model].kernels,
+                "kernels": p.get("kernels"),
                 "grid": self.grids[grid].sha256, "kind": kind,
                 "template": self.checked.template.key, "plan": s.plan, "layers": s.layers,
                 "probes": s.probes, "token_budget": s.token_budget,

@@ -27,6 +27,7 @@ SKIP = {"layer", "shallowest", "deepest", "informative_layers", "bound"}  # wher
 HEADER = "# Written by `pytest claims/ --lac-update-baselines`; review before committing.\n"
 FIELDS = ("verdicts", "notes", "cell_findings", "baselines")
 LOCK = ".lac-lock"
+KERNELS = re.compile(r" kernels=(\S+)")  # the kernel family in a setup key (Session.setup)
 
 
 def file_for(model: str, directory: Path) -> Path:
@@ -46,12 +47,10 @@ class Expectations:
     def other_kernels(self, setup: str, grid: str) -> list[str]:
         """The kernel families (placement.kernels) this grid was recorded for in a setup that
         differs from `setup` only in them."""
-        def strip(key: str) -> str:
-            return re.sub(r" kernels=\S+", "", key)
-
-        return sorted(m.group(1) if (m := re.search(r" kernels=(\S+)", other)) else "a section with no kernel family (recorded before lac kept them apart)"
-                      for other, grids in self.setups.items()
-                      if other != setup and strip(other) == strip(setup) and grid in grids)
+        return sorted(m.group(1) if (m := KERNELS.search(other)) else
+                      "a section with no kernel family (recorded before lac kept them apart)"
+                      for other, grids in self.setups.items() if other != setup
+                      and KERNELS.sub("", other) == KERNELS.sub("", setup) and grid in grids)
 
     def verdict(self, setup: str, grid: str, claim: str) -> str | None:
         return (self.section(setup, grid) or {}).get("verdicts", {}).get(claim)
