@@ -60,7 +60,8 @@ def markers(eng: Engine, grid: Grid, *, stems=(), layer: int | None = None,
             texts[cell.id][cond], tokens[cell.id][cond] = text, toks
             found[cell.id][cond] = hits(text, grid.markers[cell.persona_key], stems)
     return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
-                        texts, tokens, found, tuple(stems), cost_record(eng), grid.sha256)
+                        texts, tokens, found, tuple(stems), cost_record(eng), grid.sha256,
+                        **grid.design)
 
 
 def host_injection(eng: Engine, grid: Grid, *, layer: int | None = None) -> HostResult:
@@ -88,4 +89,4 @@ def host_injection(eng: Engine, grid: Grid, *, layer: int | None = None) -> Host
                        for name, run in zip(names, runs)}
         targets[cell.id] = ref
     return HostResult(lm.spec.name, grid.name, layer, sets, tuple(c.id for c in grid.cells), kl,
-                      targets, cost_record(eng), grid.sha256)
+                      targets, cost_record(eng), grid.sha256, **grid.design)

@@ -27,7 +27,8 @@ def _sweep(model="m1", seed=0, undefined_at=None, grid=SHORT):
         null[:, 1, LAYERS.index(undefined_at)] = 0.0
     geo = {s: rng.uniform(0.1, 0.9, (n, len(PROBES), 8)) for s in GEOMETRY_STATS}
     return SweepResult(model, grid.name, 8, LAYERS, PROBES, tuple(f"c{i}" for i in range(n)), add,
-                       null, geo, {}, grid_sha256=grid.sha256)
+                       null, geo, {}, grid_sha256=grid.sha256,
+                       persona_index=(0, 0, 0, 1, 1, 1), task_index=(0, 1, 2) * 2)  # 2 x 3
 
 
 def _f(r):
@@ -94,7 +95,8 @@ def test_no_figure_has_an_empty_panel(kl_fig):
     r = _sweep()
     narrow = SweepResult(r.model, r.grid, 8, LAYERS, ("p_last",), r.cells, r.kl_add[:, 1:2],
                          r.kl_null[:, 1:2], {s: v[:, 1:2] for s, v in r.geometry.items()}, {},
-                         grid_sha256=r.grid_sha256)
+                         grid_sha256=r.grid_sha256, persona_index=r.persona_index,
+                         task_index=r.task_index)
     only = figures.kl_by_layer_figure(narrow, _f(narrow))
     for fig in (kl_fig, only):
         assert fig.axes and all(_has_data(ax) for ax in fig.axes)

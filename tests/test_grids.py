@@ -168,7 +168,8 @@ def test_heatmaps_take_persona_and_task_from_the_grid(tmp_path):
     assert ids == ("x__y__t", "x__y__u", "z__t", "z__u")
     hits = {c: {k: ["m"] * (i + 1) for k in ("clean", "additive", "remove_x", "bare")}
             for i, c in enumerate(ids)}
-    r = MarkerResult("m", grid.name, 3, 8, ids, {}, {}, hits)  # its .grid is the name
+    assert grid.design == {"persona_index": (0, 0, 1, 1), "task_index": (0, 1, 0, 1)}
+    r = MarkerResult("m", grid.name, 3, 8, ids, {}, {}, hits, **grid.design)  # .grid: the name
     session = SimpleNamespace(results={("m", "g@label", "markers"): r}, grids={"g@label": grid})
     panels = findings.heatmap_panels(session, "m")
     assert [p[0] for p in panels] == [f"g@label: distinct markers, {c}"

@@ -199,13 +199,15 @@ def test_knife_edges_are_fragile():
     cells = [f"p{i}__t" for i in range(24)]
     hits = {c: {"clean": ["m"] if i < 6 else [], "additive": ["m"] if i < 5 else [],
                 "remove_x": ["m"] if i < 4 else [], "bare": []} for i, c in enumerate(cells)}
-    r = MarkerResult("m", "markers", 14, 80, tuple(cells), {}, {}, hits)
+    design = {"persona_index": tuple(range(24)), "task_index": (0,) * 24}  # 24 personas x 1 task
+    r = MarkerResult("m", "markers", 14, 80, tuple(cells), {}, {}, hits, **design)
     t = load_thresholds(FIXTURES / "claims.yaml")
     v = uncertainty.judge("C3", r, t)
     assert v.status == "HOLDS" and set(v.fragile) == {"precondition", "additive"}
     assert v.preconditions[0].intervals["clean"][0] < 6 < v.preconditions[0].intervals["clean"][1]
     solid = MarkerResult("m", "markers", 14, 80, tuple(cells), {}, {},
-                         {c: {k: ["m"] if k != "bare" else [] for k in hits[c]} for c in cells})
+                         {c: {k: ["m"] if k != "bare" else [] for k in hits[c]} for c in cells},
+                         **design)
     assert uncertainty.judge("C3", solid, t).fragile == ()
 
 
@@ -225,7 +227,7 @@ def test_intervals_bracket_the_full_grid_numbers(lac_models):
                 assert lo <= hi
                 inside.append(lo - 1e-9 <= value <= hi + 1e-9)
     assert inside and np.mean(inside) > 0.9  # a percentile interval usually holds the full-grid value
-    assert torch.equal(torch.tensor(uncertainty.resample(9)), torch.tensor(uncertainty.resample(9)))
+    assert np.array_equal(uncertainty.resample(*r.design()), uncertainty.resample(*r.design()))
     f = uncertainty.faithfulness_table(r, t.C6.min_null_kl)  # F beside every median, intervals too
     for probe, per in f.items():
         for layer, v in per.items():

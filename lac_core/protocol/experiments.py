@@ -89,7 +89,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
             found[cell.id][cond] = hits(text, words, stems)
     return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
                         texts, tokens, found, tuple(stems), cost_record(eng), grid.sha256,
-                        eng.audit.expect(2 * len(grid.cells), "markers", since))
+                        eng.audit.expect(2 * len(grid.cells), "markers", since), **grid.design)
 
 
 def host_injection(eng: Engine, grid: Grid, *, residuals=None, target=None,
@@ -122,4 +122,4 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, target=None,
     return HostResult(lm.spec.name, grid.name, layer, sets, tuple(cells), kl,
                       dict(zip(cells, target.tokens)), cost_record(eng), grid.sha256,
                       eng.audit.expect(sum(len(s) for _, s in runs), "host injection",
-                                       since))
+                                       since), **grid.design)

@@ -59,6 +59,16 @@ class Grid:
         return tuple(Cell(pk, tk, p, t) for pk, p in self.personas.items()
                      for tk, t in self.tasks.items())
 
+    @property
+    def design(self) -> dict:
+        """Where each cell (in `cells` order) sits in the crossed design: persona_index and
+        task_index, the positions of its persona and task keys in the grid. Taken from the grid,
+        never parsed from cell ids (a key may hold '__'); every result records it."""
+        return {"persona_index": tuple(i for i in range(len(self.personas))
+                                       for _ in range(len(self.tasks))),
+                "task_index": tuple(j for _ in range(len(self.personas))
+                                    for j in range(len(self.tasks)))}
+
     def user_text(self, cell: Cell, condition: str) -> str:
         """The user message of a condition; 'bare' is the task alone, with no persona at all."""
         if condition == "bare":

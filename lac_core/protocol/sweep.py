@@ -42,7 +42,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
         references=references, plan=plan,
         cost=cost_record(eng, floor_tokens=floor, floor_layer_tokens=floor_layers),
         grid_sha256=grid.sha256, checks=checks,
-        audit=eng.audit.expect(2 * kl["additive"].size, "sweep", since))
+        audit=eng.audit.expect(2 * kl["additive"].size, "sweep", since), **grid.design)
 
 
 def sweep_runs(plan: str, eng: Engine, prompts, probes, layers, identity: bool = False):

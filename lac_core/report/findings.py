@@ -2,11 +2,11 @@
 composition breaks (heatmaps, failing cells worst first, anti-steering), dose and swap."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from . import breakdown, figures
 from .style import pair
 from ..verdicts import claims as registry
 from ..verdicts import paper, uncertainty
+from ..verdicts.results import plain
 from ..protocol.grids import paper_grid
 
 
@@ -14,7 +14,7 @@ def extra(kind: str, r, thresholds) -> dict:
     """What results.json holds beside a record: its summary, F with intervals, dose and swap."""
     if kind == "steering":
         return {"dose_table": breakdown.dose_table(r), "swap_share": breakdown.swap_share(r)}
-    out = {"summary": asdict(r.summary)}
+    out = {"summary": plain(r.summary)}
     if kind == "sweep":
         out["faithfulness"] = uncertainty.faithfulness_table(r, thresholds.C6.min_null_kl)
     return out

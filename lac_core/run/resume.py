@@ -32,6 +32,7 @@ import numpy as np
 
 from ..paths import CORE
 from ..verdicts.results import RECORDS as KEPT
+from ..verdicts.results import ReadOnlyDict
 
 RESUMABLE = tuple(KEPT)  # every kept experiment; the shared parts (residuals) are not kept
 FORMAT = "lac-resume/1"
@@ -69,7 +70,7 @@ def _encode(obj, arrays: dict):
         return {"$tuple": [_encode(v, arrays) for v in obj]}
     if type(obj) is list:
         return [_encode(v, arrays) for v in obj]
-    if type(obj) is dict:
+    if type(obj) in (dict, ReadOnlyDict):  # records hold read-only dicts; they come back as dicts
         if all(type(k) is str and not k.startswith("$") for k in obj):
             return {k: _encode(v, arrays) for k, v in obj.items()}
         return {"$dict": [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}

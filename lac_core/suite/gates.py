@@ -55,9 +55,10 @@ def claim_gate(request, lac_session):
                                     "conftest.py or plugin module; docs/own-claim.md)")
         kind = registry.CLAIMS[claim].experiment
         waits = not uncertainty.resampled_already(kind, result)
-        if waits:  # the first verdict on a result resamples its cells: say so, and time it
-            lac_session.progress.start(f"{model} / {grid} {kind} intervals "
-                                       f"({uncertainty.RESAMPLES:,} resamples of the cells)")
+        if waits:  # the first verdict on a result resamples its grid: say so, and time it
+            lac_session.progress.start(f"{model} / {grid} {kind} intervals ("
+                                       f"{uncertainty.RESAMPLES:,} resamples of the "
+                                       f"{uncertainty.WHAT})")
             t0 = time.perf_counter()
         verdict = uncertainty.judge(claim, result, lac_session.thresholds)
         if waits:

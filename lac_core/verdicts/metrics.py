@@ -1,6 +1,7 @@
 """Decomposition geometry and summaries over cells (numpy only)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,3 +56,24 @@ class Summary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def cell_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Summary's fields over axis 1 of [rows, cells, ...] values, each an array [rows, ...]:
+    non-finite values left out and counted as Summary.of does, and equal to it bit for bit on
+    every row (so the full grid, one row, gives the numbers a per-cell Summary.of gives)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = np.where(np.isfinite(x), x, np.nan) if not np.isfinite(x).all() else x
+    # np.percentile on the slices that hold no NaN gives nanpercentile's values bit for bit, 100x
+    # faster (nanpercentile goes slice by slice): only slices with some NaN take the NaN-aware
+    # path, and slices with nothing but NaN (an angle undefined in every cell) are NaN at once.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p25, med, p75 = np.percentile(x, [25, 50, 75], axis=1)
+        lo, hi, n = np.min(x, axis=1), np.max(x, axis=1), np.isfinite(x).sum(axis=1)
+        holes = np.isnan(x).any(axis=1) & (n > 0)
+        if holes.any():
+            rows = np.moveaxis(x, 1, -1)[holes]  # [slices with a NaN, cells]
+            p25[holes], med[holes], p75[holes] = np.nanpercentile(rows, [25, 50, 75], axis=-1)
+            lo[holes], hi[holes] = np.nanmin(rows, axis=-1), np.nanmax(rows, axis=-1)
+    return {"median": med, "p25": p25, "p75": p75, "min": lo, "max": hi, "n": n}

@@ -9,6 +9,12 @@ import math
 from dataclasses import dataclass, field
 
 HOLDS, FAILS, INCONCLUSIVE = "HOLDS", "FAILS", "INCONCLUSIVE"
+STATUSES = (HOLDS, FAILS, INCONCLUSIVE)
+
+
+class RuleError(ValueError):
+    """A rule made a part or verdict lac cannot read (an unknown status, a margin that is not a
+    number): the claim that made it fails, naming the value; no other claim is touched."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,15 @@ class Part:
     numbers: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)  # margin and each number -> 95% [lo, hi]
 
+    def __post_init__(self):
+        """Checked when made: a typo such as "FAIL" must not read as met."""
+        if self.status not in STATUSES:
+            raise RuleError(f"part {self.name!r}: status {self.status!r} is not one of "
+                            f"{', '.join(STATUSES)} (use rules.HOLDS, rules.FAILS or "
+                            "rules.INCONCLUSIVE)")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)):
+            raise RuleError(f"part {self.name!r}: margin {self.margin!r} is not a number")
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -30,6 +45,15 @@ class Verdict:
     parts: tuple[Part, ...]
     preconditions: tuple[Part, ...] = ()  # met (HOLDS) or not (INCONCLUSIVE: the verdict too)
     fragile: tuple[str, ...] = ()  # parts whose interval holds their threshold and would flip it
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise RuleError(f"{self.claim}: verdict status {self.status!r} is not one of "
+                            f"{', '.join(STATUSES)}")
+        bad = next((p for p in (*self.parts, *self.preconditions) if not isinstance(p, Part)),
+                   None)
+        if bad is not None:
+            raise RuleError(f"{self.claim}: {bad!r} is not a rules.Part")
 
     def explain(self) -> str:
         head = f"{self.claim} {self.status} on {self.subject}"
@@ -45,6 +69,11 @@ def _undecided(name: str, detail: str, margin: float = math.nan) -> Part:
 
 
 def combine(claim: str, subject: str, parts: list[Part]) -> Verdict:
+    """FAILS if any part fails, else INCONCLUSIVE if any part is, else HOLDS; the deciding part is
+    the one with the smallest margin among those of the verdict's status."""
+    for p in parts:
+        if not isinstance(p, Part):
+            raise RuleError(f"{claim}: {p!r} is not a rules.Part")
     for status in (FAILS, INCONCLUSIVE):
         bad = [p for p in parts if p.status == status]
         if bad:

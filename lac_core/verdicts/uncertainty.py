@@ -1,52 +1,67 @@
-"""Uncertainty of every deciding number: 95% percentile intervals from resampling a grid's cells."""
-# The cells of a grid are resampled with replacement (fixed seed, RESAMPLES times), jointly: one
-# resample uses the same cells for every condition, layer and probe. Each resample's summaries
-# (medians over its cells, computed for all resamples at once with numpy) go through the same
-# rule as the full grid, so every interval is of the very number the rule decides on. The
-# verdict stays the rule on the full grid; it is FRAGILE when a part's margin interval holds
-# its threshold (0) and flipping that part alone would change the verdict. Runs are
-# deterministic: the intervals say how much the cells disagree, not how a rerun could drift,
-# so the regression gate does not use them.
+"""Uncertainty of every deciding number: 95% percentile intervals from resampling the grid's
+personas and tasks (the two-way bootstrap of a crossed design)."""
+# A grid is crossed: every persona meets every task, so two cells sharing a persona (or a task)
+# are not independent draws, and resampling cells one by one under-counts the variation between
+# personas and between tasks (intervals too narrow, FRAGILE marks missed: docs/method.md shows it
+# by simulation). One resample draws P personas with replacement and T tasks with replacement and
+# takes every cell of the pairs drawn: P x T cells, repeats included. Fixed seed, RESAMPLES times,
+# jointly: one resample uses the same cells for every condition, layer and probe. Each resample's
+# summary is built by the same function as the full grid's (results.SUMMARIES) and goes through
+# the same rule, so every interval is of the very number the rule decides on. The verdict stays
+# the rule on the full grid; it is FRAGILE when a part's margin interval holds its threshold (0)
+# and flipping that part alone would change the verdict. Runs are deterministic: the intervals say
+# how much personas, tasks and cells disagree, not how a rerun could drift, so the regression gate
+# does not use them.
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 
 import numpy as np
 
 from . import claims as registry
 from . import rules
-from .metrics import Summary
-from .results import MARKER_CONDITIONS, HostSummary, MarkerSummary, SweepSummary
+from .metrics import Summary, cell_stats
+from .results import SUMMARIES
 
 RESAMPLES, SEED = 2000, 20260526
 STRUCTURAL = {"layer", "shallowest", "deepest", "bound"}  # where a number was read, not a measure
+WHAT = "personas and tasks, two-way"  # what is resampled, as progress lines and reports say it
 
 
-def resample(n_cells: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """[resamples, n_cells] cell indices drawn with replacement."""
+def resample(persona_index, task_index, resamples: int = RESAMPLES,
+             seed: int = SEED) -> np.ndarray:
+    """[resamples, P x T] cell indices of the two-way bootstrap: per resample, P personas and T
+    tasks drawn with replacement, and every cell of the pairs drawn (persona-major). Cell i has
+    persona persona_index[i] and task task_index[i]; every pair must be a cell."""
+    persona, task = np.asarray(persona_index, int), np.asarray(task_index, int)
+    if persona.shape != task.shape or persona.ndim != 1 or persona.size == 0:
+        raise ValueError("persona_index and task_index: one entry per cell, at least one cell")
+    n_p, n_t = int(persona.max()) + 1, int(task.max()) + 1
+    cell_of = np.full((n_p, n_t), -1)
+    cell_of[persona, task] = np.arange(persona.size)
+    if (cell_of < 0).any() or persona.size != n_p * n_t or persona.min() < 0 or task.min() < 0:
+        raise ValueError(f"the cells are not a crossed {n_p} x {n_t} design: each persona must "
+                         "meet each task exactly once")
+    rng = np.random.default_rng(seed)
+    ps = rng.integers(0, n_p, size=(resamples, n_p))
+    ts = rng.integers(0, n_t, size=(resamples, n_t))
+    return cell_of[ps[:, :, None], ts[:, None, :]].reshape(resamples, n_p * n_t)
+
+
+def resample_cells(n_cells: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """[resamples, n_cells] cell indices drawn one by one with replacement: the cell-wise
+    bootstrap lac used before, kept for the coverage simulation (tests/test_coverage.py) only."""
     return np.random.default_rng(seed).integers(0, n_cells, size=(resamples, n_cells))
 
 
 def resampled_summaries(x: np.ndarray) -> np.ndarray:
     """Summaries over axis 1 of [B, cells, ...] values (NaN left out): an object array. Public
-    so a test can hold it to np.nanpercentile bit for bit."""
-    # np.percentile on the slices that hold no NaN gives nanpercentile's values bit for bit, 100x
-    # faster (nanpercentile goes slice by slice through apply_along_axis): only the slices holding
-    # a NaN (an undefined angle) take the NaN-aware path.
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: an undefined summary
-        p25, med, p75 = np.percentile(x, [25, 50, 75], axis=1)
-        lo, hi, n = np.min(x, axis=1), np.max(x, axis=1), np.isfinite(x).sum(axis=1)
-        holes = np.isnan(x).any(axis=1)
-        if holes.any():
-            rows = np.moveaxis(x, 1, -1)[holes]  # [slices with a NaN, cells]
-            p25[holes], med[holes], p75[holes] = np.nanpercentile(rows, [25, 50, 75], axis=-1)
-            lo[holes], hi[holes] = np.nanmin(rows, axis=-1), np.nanmax(rows, axis=-1)
-    out = np.empty(med.shape, dtype=object)
-    for i in np.ndindex(med.shape):
-        out[i] = Summary(float(med[i]), float(p25[i]), float(p75[i]), float(lo[i]), float(hi[i]),
-                         int(n[i]))
+    so a test can hold the fast path to np.nanpercentile bit for bit."""
+    st = cell_stats(x)
+    out = np.empty(st["median"].shape, dtype=object)
+    for i in np.ndindex(out.shape):
+        out[i] = Summary(*(float(st[k][i]) for k in ("median", "p25", "p75", "min", "max")),
+                         int(st["n"][i]))
     return out
 
 
@@ -55,52 +70,12 @@ def resampled_already(kind: str, result) -> bool:
     return kind in result.__dict__.get("_resampled", {})
 
 
-def _sweeps(r, idx) -> list:
-    """One SweepSummary per resample (geometry at the swept layers only: all the rules read)."""
-    add, null = resampled_summaries(r.kl_add[idx]), resampled_summaries(r.kl_null[idx])
-    stats = ("cos_xy_sum", "cos_x_y")
-    geo = {s: resampled_summaries(r.geometry[s][:, :, list(r.layers)][idx]) for s in stats}
-    out = []
-    for b in range(idx.shape[0]):
-        per = [{p: {k: a[b, pi, li] for li, k in enumerate(r.layers)}
-                for pi, p in enumerate(r.probes)} for a in (add, null)]
-        g = {p: {k: {s: geo[s][b, pi, li] for s in stats} for li, k in enumerate(r.layers)}
-             for pi, p in enumerate(r.probes)}
-        out.append(SweepSummary(r.summary.label, r.n_layers, tuple(r.layers), per[0], per[1], g))
-    return out
-
-
-def _markers(r, idx) -> list:
-    found = {c: np.array([len(r.hits[cell][c]) for cell in r.cells])[idx]
-             for c in MARKER_CONDITIONS}
-    any_ = {c: (f > 0).sum(1) for c, f in found.items()}
-    mean = {c: f.mean(1) for c, f in found.items()}
-    return [MarkerSummary(r.summary.label, idx.shape[1], {c: int(any_[c][b]) for c in any_},
-                          {c: float(mean[c][b]) for c in mean}) for b in range(idx.shape[0])]
-
-
-def _hosts(r, idx) -> list:
-    names = r.interventions()
-    host = np.array([r.kl[c]["host"] for c in r.cells])
-    runs = {k: np.array([r.kl[c][k] for c in r.cells]) for k in names}
-    with np.errstate(all="ignore"):
-        gaps = {k: np.where(host > 0, (host - v) / host, np.nan) for k, v in runs.items()}
-    med = lambda a: np.nanmedian(a[idx], axis=1)  # noqa: E731
-    h, kl = med(host), {k: med(v) for k, v in runs.items()}
-    gap = {k: med(v) for k, v in gaps.items()}
-    return [HostSummary(r.summary.label, idx.shape[1], float(h[b]),
-                        {k: float(kl[k][b]) for k in names}, {k: float(gap[k][b]) for k in names})
-            for b in range(idx.shape[0])]
-
-
-RESAMPLED = {"sweep": _sweeps, "markers": _markers, "host": _hosts}
-
-
 def resampled(kind: str, result) -> list:
-    """The result's summaries on every resample, computed once per result."""
+    """The result's summaries on every resample, computed once per result (kept beside it: the
+    record itself is frozen)."""
     cache = result.__dict__.setdefault("_resampled", {})
     if kind not in cache:
-        cache[kind] = RESAMPLED[kind](result, resample(len(result.cells)))
+        cache[kind] = SUMMARIES[kind](result, resample(*result.design()))
     return cache[kind]
 
 
