@@ -2,6 +2,7 @@
 uninterrupted run; a damaged or foreign entry is recomputed and replaced; --lac-no-cache ignores
 it."""
 import dataclasses
+from collections.abc import Mapping
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from lac_core.engine.forward import Engine
 from lac_core.protocol.grids import resolve_grid
 from lac_core.verdicts.metrics import Summary
 from lac_core.verdicts.results import SweepResult, jsonable
-from lac_core.run.resume import ResultCache
+from lac_core.run.resume import FORMAT, ResultCache, digest_of
 from lac_core.run.settings import ROOT
 
 ARGS = ["-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model", "tiny-llama",
@@ -129,6 +130,14 @@ def _replaced(cache, tmp_path):
 def _write_npz(path, **members):
     with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a name
         np.savez(f, **members)
+    path.chmod(0o600)  # as lac writes entries: what is tested is the content, not the mode
+
+
+def _plant_entry(path, meta: dict, **arrays):
+    """An entry of this FORMAT with `meta` and `arrays`, its digest right: what anyone who can
+    write the cache can make, so the checks beyond the digest must stand on their own."""
+    members = {"meta": np.array(json.dumps({"format": FORMAT, **meta})), **arrays}
+    _write_npz(path, **members, digest=np.array(digest_of(members)))
 
 
 @pytest.mark.parametrize("how", ["open", "system"])
@@ -139,6 +148,7 @@ def test_planted_pickle_is_never_run(tmp_path, how):
     cache = ResultCache(tmp_path)
     canonical = json.loads(json.dumps(KEY, sort_keys=True))
     cache.path(KEY).write_bytes(pickle.dumps({"key": canonical, "run_id": "r", "result": planted}))
+    cache.path(KEY).chmod(0o600)
     got = cache.get(NAME, KEY)
     assert not marker.exists(), "the planted pickle ran"
     _not_used(cache, got)
@@ -149,8 +159,8 @@ def test_planted_object_array_is_never_loaded(tmp_path):
     """A well-formed entry whose array member is an object array (a pickle inside the zip)."""
     marker = tmp_path.parent / f"{tmp_path.name}-ran-npz"
     cache = ResultCache(tmp_path)
-    meta = {"format": "lac-resume/1", "key": KEY, "run_id": "r", "result": {"$array": "a0"}}
-    _write_npz(cache.path(KEY), meta=np.array(json.dumps(meta)),
+    meta = {"format": FORMAT, "key": KEY, "run_id": "r", "result": {"$array": "a0"}}
+    _write_npz(cache.path(KEY), meta=np.array(json.dumps(meta)), digest=np.array("0" * 64),
                a0=np.array([_Planted(open, str(marker), "w")], dtype=object))
     got = cache.get(NAME, KEY)
     assert not marker.exists(), "the planted object array was unpickled"
@@ -159,9 +169,8 @@ def test_planted_object_array_is_never_loaded(tmp_path):
 
 
 def _other_class(path):
-    meta = {"format": "lac-resume/1", "key": KEY, "run_id": "r",
-            "result": {"$record": ["Popen", {"args": ["touch", "x"]}]}}
-    _write_npz(path, meta=np.array(json.dumps(meta)))
+    _plant_entry(path, {"key": KEY, "run_id": "r",
+                        "result": {"$record": ["Popen", {"args": ["touch", "x"]}]}})
 
 
 def _other_key(path):
@@ -174,6 +183,25 @@ def _other_format(path):
     _write_npz(path, meta=np.array(json.dumps({"key": KEY, "run_id": "r", "result": 1})))
 
 
+def _older_format(path):
+    """A whole entry as lac-resume/1 wrote them (no digest): not used, whatever it holds."""
+    with np.load(path, allow_pickle=False) as npz:
+        members = {m: npz[m] for m in npz.files if m != "digest"}
+    meta = json.loads(str(members["meta"][()]))
+    members["meta"] = np.array(json.dumps({**meta, "format": "lac-resume/1"}))
+    _write_npz(path, **members)
+
+
+def _no_digest(path):
+    with np.load(path, allow_pickle=False) as npz:
+        members = {m: npz[m] for m in npz.files if m != "digest"}
+    _write_npz(path, **members)
+
+
+def _array_member_as_digest(path):
+    _plant_entry(path, {"key": KEY, "run_id": "r", "result": {"$array": "digest"}})
+
+
 def _bare_npy(path):
     with open(path, "wb") as f:
         np.save(f, np.arange(3))
@@ -184,7 +212,10 @@ DAMAGE = {  # how an entry is damaged -> what its note says
     "random bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)), ""),
     "a class outside the allow-list": (_other_class, "'Popen' is not a result record"),
     "another key": (_other_key, "the entry holds another key"),
-    "another format": (_other_format, "not a lac-resume/1 entry"),
+    "another format": (_other_format, f"not a {FORMAT} entry"),
+    "an older format": (_older_format, f"not a {FORMAT} entry"),
+    "no digest": (_no_digest, "digest does not match"),
+    "the digest read as an array": (_array_member_as_digest, "unknown tag $array"),
     "a bare .npy": (_bare_npy, "not an npz archive"),
 }
 
@@ -261,7 +292,7 @@ def _assert_same(a, b, where="result"):
         assert set(vars(b)) == {f.name for f in dataclasses.fields(b)}, f"{where}: extra state"
         for f in dataclasses.fields(a):
             _assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
-    elif isinstance(a, dict):
+    elif isinstance(a, Mapping):  # dicts, and the summaries' read-only tables
         assert list(a) == list(b), f"{where}: keys or their order"
         for (ka, va), kb in zip(a.items(), b):
             _assert_same(ka, kb, f"{where} key {ka!r}")
@@ -319,3 +350,126 @@ def test_edge_values_round_trip_exactly(tmp_path):
         cost={"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "neg0": -0.0, "big": 2**80,
               "f64": np.float64(0.1), "i64": np.int64(-3), "b": np.bool_(True), "one": 1.0})
     _round_trip(tmp_path, record)
+
+
+# --- entries lac did not write: another owner, writable by others, damaged (issue 34, 1) -------
+
+
+def _sweep(scale=1.0) -> SweepResult:
+    """A small sweep record: what a cached C1 decides on (kl_add) is one of its arrays."""
+    kl_add = np.arange(1.0, 7.0).reshape(3, 1, 2) * scale
+    return SweepResult(model="m", grid="g", n_layers=2, layers=(0, 1), probes=("p",),
+                       cells=("a", "b", "c"), kl_add=kl_add, kl_null=np.full((3, 1, 2), 9.0),
+                       geometry={}, references={})
+
+
+def _scale_kl_add(path, factor):
+    """What issue 34 did by hand: the entry's kl_add member times `factor`, saved back with
+    np.savez, every other member as it was (the file keeps its owner and mode)."""
+    with np.load(path, allow_pickle=False) as npz:
+        members = {m: npz[m] for m in npz.files}
+    meta = json.loads(str(members["meta"][()]))
+    member = meta["result"]["$record"][1]["kl_add"]["$array"]
+    members[member] = members[member] * factor
+    np.savez(path, **members)
+
+
+def _forged(cache, how):
+    """An entry of KEY whose kl_add is 100 times smaller than the one computed: edited in place
+    with np.savez, or written whole by lac's own writer (as anyone could), digest included."""
+    cache.put(NAME, KEY, _sweep(), "run1")
+    if how == "np.savez":
+        _scale_kl_add(cache.path(KEY), 0.01)
+    else:
+        cache.put(NAME, KEY, _sweep(0.01), "forged")
+    return cache.path(KEY)
+
+
+def _other_user(monkeypatch, path):
+    """The entry's owner is no longer the user running lac (chown, without being root)."""
+    owner = os.stat(path).st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+
+
+FOREIGN = {  # how an entry comes to be one lac may not trust -> what its note says
+    "chmod 666": (lambda mp, p: p.chmod(0o666), "writable by group or others (mode 666)"),
+    "chmod 620": (lambda mp, p: p.chmod(0o620), "writable by group or others (mode 620)"),
+    "another owner": (_other_user, "not owned by you"),
+}
+
+
+@pytest.mark.parametrize("how", ["np.savez", "lac's writer"])
+@pytest.mark.parametrize("foreign", FOREIGN)
+def test_an_entry_others_could_have_written_is_recomputed(tmp_path, monkeypatch, how, foreign):
+    path = _forged(ResultCache(tmp_path), how)
+    if how == "lac's writer":  # a whole entry: the owner and mode rule alone keeps it out
+        control = ResultCache(tmp_path).get(NAME, KEY)
+        assert control is not None and control.kl_add.max() == pytest.approx(0.06)
+    make, note = FOREIGN[foreign]
+    make(monkeypatch, path)
+    cache = ResultCache(tmp_path)
+    _not_used(cache, cache.get(NAME, KEY), note)
+    monkeypatch.undo()  # the user running lac again: the entry is replaced, theirs again
+    _replaced(cache, tmp_path)
+    assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_an_edited_entry_is_found_by_its_digest(tmp_path):
+    """Owner and mode as lac left them, one array changed: the digest written with the entry
+    no longer matches its content."""
+    path = _forged(ResultCache(tmp_path), "np.savez")
+    assert os.stat(path).st_uid == os.geteuid() and os.stat(path).st_mode & 0o777 == 0o600
+    cache = ResultCache(tmp_path)
+    _not_used(cache, cache.get(NAME, KEY), "digest")
+    _replaced(cache, tmp_path)
+
+
+def test_a_link_at_an_entry_name_is_not_followed(tmp_path):
+    """A symbolic link to a whole entry of the same key elsewhere is not read."""
+    elsewhere = ResultCache(tmp_path / "elsewhere")
+    elsewhere.put(NAME, KEY, _sweep(0.01), "planted")
+    cache = ResultCache(tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    cache.path(KEY).symlink_to(elsewhere.path(KEY))
+    _not_used(cache, cache.get(NAME, KEY), "symbolic link")
+
+
+def test_both_caches_apply_one_owner_rule(tmp_path, monkeypatch):
+    """The load cache's rule, applied to resume entries: the same refusal, word for word."""
+    from lac_core.models import loadcache
+
+    cache = ResultCache(tmp_path / "results")
+    cache.put(NAME, KEY, _sweep(), "run1")
+    entry = tmp_path / "loaded" / "entry"
+    entry.mkdir(parents=True)
+    entry.chmod(0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(entry).st_uid + 1)
+    why = loadcache.problem(entry, {})
+    assert why.startswith("the entry is not owned by you")
+    _not_used(cache, cache.get(NAME, KEY), why)
+
+
+def test_an_edited_entry_is_recomputed_in_a_run(tmp_path):
+    """Issue 34's scenario end to end: C1's sweep kept, its kl_add scaled by 0.01 and saved back
+    with np.savez; the next run says so and recomputes it, to the numbers of the first run."""
+    cmd = [sys.executable, "-m", "pytest", "claims/test_c1_additive_sufficiency.py", "-q", "-p",
+           "no:cacheprovider", "--lac-model", "tiny-llama", "--lac-grid", "example",
+           "-k", "not cell"]
+    first = subprocess.run([*cmd, "--lac-reports", str(tmp_path / "first")], cwd=ROOT,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:]
+    entries = list((tmp_path / "cache" / "results").glob("*.npz"))
+    assert len(entries) == 1
+    _scale_kl_add(entries[0], 0.01)
+    again = subprocess.run([*cmd, "--lac-reports", str(tmp_path / "again")], cwd=ROOT,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "from the resume cache" not in again.stdout
+    line = next(x for x in again.stdout.splitlines() if "resume entry" in x)
+    assert "tiny-llama / example / sweep" in line and "digest" in line and "recomputed" in line
+    run = json.loads((tmp_path / "again" / "results.json").read_text())["run"]
+    assert run["from_resume_cache"] == {}
+    assert [n for n in run["resume_cache_not_used"] if "digest" in n]
+    assert "Resume cache entries not used (recomputed):" in \
+        (tmp_path / "again" / "REPORT.md").read_text()
+    assert _results(tmp_path, "again") == _results(tmp_path, "first")

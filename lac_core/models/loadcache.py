@@ -95,19 +95,28 @@ def problem(entry: Path, key: dict) -> str | None:
     return None
 
 
+def others_may_write(st: os.stat_result, name: str = "the entry") -> str | None:
+    """Why someone other than the user running lac could have written the file or folder of
+    `st`, or None. The rule of both caches (this one and the resume cache, run/resume.py): a
+    checksum finds damage, not tampering, so an entry is trusted only when it is yours alone."""
+    uid = os.geteuid() if hasattr(os, "geteuid") else None  # who writes our entries
+    if uid is not None and st.st_uid != uid:
+        return f"{name} is not owned by you (owner uid {st.st_uid})"
+    if st.st_mode & 0o022:
+        return f"{name} is writable by group or others (mode {st.st_mode & 0o7777:o})"
+    return None
+
+
 def _writable_by_others(entry: Path) -> str | None:
     """Why someone other than the current user could have written the entry, or None."""
-    uid = os.geteuid() if hasattr(os, "geteuid") else None  # who writes our entries
     try:
         for path in [entry, *entry.rglob("*")]:
             name = "the entry" if path == entry else path.relative_to(entry).as_posix()
             if path.is_symlink():
                 return f"{name} is a symbolic link"
-            st = path.stat()
-            if uid is not None and st.st_uid != uid:
-                return f"{name} is not owned by you (owner uid {st.st_uid})"
-            if st.st_mode & 0o022:
-                return f"{name} is writable by group or others (mode {st.st_mode & 0o7777:o})"
+            why = others_may_write(path.stat(), name)
+            if why:
+                return why
     except OSError as exc:
         return f"unreadable ({type(exc).__name__}: {exc})"
     return None

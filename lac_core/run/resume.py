@@ -15,14 +15,21 @@ computes only what is missing."""
 # with "$"), {"$float": "nan" | "inf" | "-inf"}, {"$array": member}, {"$scalar": member} and
 # {"$record": [class name, {field: value}]}, where only the RECORDS classes may be named. The
 # round trip is exact (types, dtypes, shapes, NaN, dict order), so a resumed run writes the same
-# results.json. An entry that fails to load, in any way, or holds another key is noted,
-# recomputed and replaced, never used. Old .pkl entries are never read.
+# results.json. Member "digest" is the sha256 of every other member (name, dtype, shape and
+# bytes, by name), written with the entry and checked on read: it finds damage. It cannot stop
+# tampering (whoever may write an entry may write its digest too), so an entry is read only when
+# it is a regular file (never through a link) owned by the user running lac and writable by no
+# one else: the load cache's rule, loadcache.others_may_write, checked on the file descriptor the
+# entry is then read from. Entries are written so (mkstemp makes them 0600). An entry that fails
+# any of this, fails to load in any way, or holds another key is noted, recomputed and replaced,
+# never used. Old .pkl entries, and entries of an older FORMAT, are never used.
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -30,13 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.loadcache import others_may_write
 from ..paths import CORE
 from ..verdicts.results import RECORDS as KEPT
 from ..verdicts.results import ReadOnlyDict
 
 RESUMABLE = tuple(KEPT)  # every kept experiment; the shared parts (residuals) are not kept
-FORMAT = "lac-resume/1"
+FORMAT = "lac-resume/2"  # 2: the digest member
 SUFFIX = ".npz"
+META, DIGEST = "meta", "digest"  # the members that are not the result's arrays
 RECORDS = {cls.__name__: cls for cls, _name in KEPT.values()}  # the allow-list of classes
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -105,7 +114,7 @@ def _decode(value, npz):
         return {_decode(k, npz): _decode(v, npz) for k, v in arg}
     if tag == "$float" and arg in NONFINITE:
         return NONFINITE[arg]
-    if tag in ("$array", "$scalar") and isinstance(arg, str) and arg != "meta":
+    if tag in ("$array", "$scalar") and isinstance(arg, str) and arg not in (META, DIGEST):
         arr = npz[arg]  # KeyError for a member that is not there
         if tag == "$array":
             return arr
@@ -129,26 +138,72 @@ def _canonical(key: dict):
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
+class UntrustedEntry(ValueError):
+    """An entry someone other than lac, run by this user, may have written, or one changed since
+    lac wrote it."""
+
+
+def digest_of(members: dict) -> str:
+    """The sha256 of an entry's members (all but the digest): name, dtype, shape and the bytes
+    in C order of each, by name. The header fixes each member's length, so no two contents
+    share a digest text."""
+    h = hashlib.sha256()
+    for name in sorted(members):
+        arr = members[name]
+        header = json.dumps([name, arr.dtype.str, list(arr.shape)])
+        h.update(header.encode() + b"\0" + arr.tobytes(order="C"))
+    return h.hexdigest()
+
+
+def _open_own(path: Path):
+    """The entry opened for reading, once it is known to be a regular file that only the user
+    running lac may have written (checked on the open file: what is read is what was checked)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO planted here does not hang the run
+    except OSError as exc:
+        if os.path.islink(path):  # ELOOP, with O_NOFOLLOW
+            raise UntrustedEntry("the entry is a symbolic link") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        why = others_may_write(st)
+        if why:
+            raise UntrustedEntry(why)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def read_entry(path: Path, key: dict) -> tuple:
     """(run id, result) of the entry of `key` at `path`; raises on anything else. np.load with
     allow_pickle=False reads numbers and text only: nothing in the file can run."""
-    if not path.is_file():
-        raise ValueError("not a regular file")
-    npz = np.load(path, allow_pickle=False)
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError("not an npz archive")
-    with npz:
-        meta = npz["meta"]
-        if meta.dtype.kind != "U" or meta.shape != ():
-            raise ValueError("member meta is not JSON text")
-        entry = json.loads(str(meta[()]))
-        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} entry")
-        if entry.get("key") != _canonical(key):
-            raise ValueError("the entry holds another key")
-        if not isinstance(entry.get("run_id"), str) or "result" not in entry:
-            raise ValueError("the entry has no run id or result")
-        return entry["run_id"], _decode(entry["result"], npz)
+    with _open_own(path) as f:
+        npz = np.load(f, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("not an npz archive")
+        with npz:
+            meta = npz[META]
+            if meta.dtype.kind != "U" or meta.shape != ():
+                raise ValueError("member meta is not JSON text")
+            entry = json.loads(str(meta[()]))
+            if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} entry")
+            members = {m: npz[m] for m in npz.files}  # every array loaded: allow_pickle=False
+    if not all(isinstance(a, np.ndarray) for a in members.values()):
+        raise ValueError("a member is not an array")
+    digest = members.pop(DIGEST, np.array(""))
+    if digest.dtype.kind != "U" or digest.shape != () or str(digest[()]) != digest_of(members):
+        raise UntrustedEntry("the entry's digest does not match its content (damaged or "
+                             "edited since lac wrote it)")
+    if entry.get("key") != _canonical(key):
+        raise ValueError("the entry holds another key")
+    if not isinstance(entry.get("run_id"), str) or "result" not in entry:
+        raise ValueError("the entry has no run id or result")
+    return entry["run_id"], _decode(entry["result"], members)
 
 
 def write_entry(path: Path, key: dict, result, run_id: str) -> None:
@@ -157,12 +212,13 @@ def write_entry(path: Path, key: dict, result, run_id: str) -> None:
     arrays = {}
     meta = json.dumps({"format": FORMAT, "key": _canonical(key), "run_id": run_id,
                        "result": _encode(result, arrays)}, allow_nan=False)  # ASCII: no NULs
+    members = {META: np.array(meta), **arrays}
     if path.is_dir() and not path.is_symlink():  # not lac's to delete: leave it, keep no entry
         raise IsADirectoryError(f"{path} is a directory lac did not write")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(meta), **arrays)
+            np.savez(f, **members, **{DIGEST: np.array(digest_of(members))})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
