@@ -51,5 +51,17 @@ class InterventionError(LacError):
     from the vector written."""
 
 
+class CrossCheckError(LacError):
+    """A capture or a substitution disagrees with a path that shares no code with lac's hooks
+    (the model's own `output_hidden_states`, or a write by a separate hook on the layer below):
+    every number of the experiment would rest on residuals lac did not read or write where it
+    says. `check`, `layer` and `position` name where."""
+
+    def __init__(self, message: str, check: str = "", layer: int | None = None,
+                 position: int | None = None):
+        super().__init__(message)
+        self.check, self.layer, self.position = check, layer, position
+
+
 class UsageError(LacError):
     """A bad option or setting, caught before any work."""

@@ -4,6 +4,7 @@ ids, substitutions are (layer, position, vector). May import: lac_core.errors on
 
     forward    Engine: prefill, decode, capture, generate; Cost and Work
     hooks      the only code that hooks or swaps a model's modules; every substitution read back
+    crosscheck capture and substitution against paths sharing no code with hooks (checks only)
     kvcache    KV caches kept between calls (spare room, row chunks, prefixes read in place)
     attention  eager attention without copying grouped keys/values
     prefixes   which leading tokens a batch computes once
