@@ -9,6 +9,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -62,14 +63,15 @@ class Hub(BaseHTTPRequestHandler):
         resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         repo, rev = (api.group(1), api.group(3) or "main") if api else (
             (resolve.group(1), resolve.group(2)) if resolve else (None, None))
+        rev = unquote(rev) if rev else rev
         if repo in DENIED:
             status, code = DENIED[repo]
             return self._send(status, b"{}", [("X-Error-Code", code)] if code else [], head)
         if repo not in REPOS:
             return self._send(404, b"{}", [("X-Error-Code", "RepoNotFound")], head)
-        if rev not in REVISIONS:
+        if rev not in server.revisions:
             return self._send(404, b"{}", [("X-Error-Code", "RevisionNotFound")], head)
-        files, sha = server.files, REVISIONS[rev]
+        files, sha = server.files, server.revisions[rev]
         if api and api.group(2) != "tree":
             return self._json({"id": repo, "sha": sha, "siblings": [{"rfilename": f}
                                                                      for f in files]})
@@ -125,7 +127,8 @@ def hub(tiny_repo, tmp_path):
     """A local hub on a random port, and an environment that points the hub library at it with an
     empty cache of its own (the user's cache, token and offline switches are never read)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    server.files, server.seen, server.cut = tiny_repo, [], {}
+    server.files, server.seen, server.cut = dict(tiny_repo), [], {}
+    server.revisions = dict(REVISIONS)  # revision -> the commit the hub answers
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -309,3 +312,106 @@ def test_fetch_puts_a_hub_id_into_the_hugging_face_cache_ahead_of_a_run(hub):
     assert out.returncode == 0, out.stderr[-3000:]
     snapshot = hub.cache / "models--owner--tiny" / "snapshots" / SHA_MAIN
     assert out.stdout.strip() == str(snapshot) and (snapshot / WEIGHTS).is_file()
+
+
+def _outside(tmp_path, hub):
+    """Every file under tmp_path but outside the hub library's cache and lac's cache."""
+    return [p for p in tmp_path.rglob("*") if p.is_file() and hub.cache not in p.parents
+            and tmp_path / "lac" not in p.parents]
+
+
+def test_a_revision_that_is_a_path_is_refused_before_any_path_is_built(hub, tmp_path):
+    """Issue 36 case 2: `owner/tiny@../../../../x/pwned` wrote the hub library's ref file (named
+    by the revision) outside the cache, even with a hub that answers it; a revision is a branch or
+    tag name by git's rules, or a commit, and at most 255 bytes, checked before any request."""
+    bad = ["../../../../x/pwned", "main/../../x", "a..b", "-x" * 200, "x" * 256, "a//b", ".hidden",
+           "v1.lock", "a b", "a:b", "a\\b", "a~1", "a^", "end."]
+    for revision in bad:
+        hub.revisions[revision] = SHA_MAIN  # a hub that answers anything
+    answers = _python(hub, CHECK, *[f"owner/tiny@{r}" for r in bad])
+    for revision, answer in zip(bad, answers):
+        assert answer.get("error") == "UsageError", (revision, answer)
+        assert "revision" in answer["message"] and "branch" in answer["message"], answer
+    assert "255" in answers[bad.index("x" * 256)]["message"]
+    assert hub.seen == [], hub.seen  # refused before asking the hub
+    assert _outside(tmp_path, hub) == []
+
+
+def test_a_hub_commit_that_is_not_40_hex_digits_is_refused(hub, tmp_path):
+    """Issue 36 case 2: a hub whose commit `sha` is `../../../../snap` made lac write snap.json
+    (the hub library's tree cache, named by the commit) outside the cache."""
+    hub.revisions["main"] = "../../../../snap"
+    [answer] = _python(hub, CHECK, "owner/tiny")
+    assert answer.get("error") == "MissingWeightsError", answer
+    assert "'../../../../snap'" in answer["message"] and "40 hexadecimal" in answer["message"]
+    assert _outside(tmp_path, hub) == [] and not list(tmp_path.rglob("snap*"))
+    assert not [s for s in hub.seen if "/resolve/" in s[1] or "/tree/" in s[1]], hub.seen
+
+
+@pytest.mark.parametrize("name", ["additional_chat_templates/../../x.jinja", "/etc/x.json",
+                                  "additional_chat_templates//x.jinja", "./config.json",
+                                  "a\\..\\config.json", "additional_chat_templates/\0.jinja"])
+def test_a_listing_name_outside_the_repository_is_refused(hub, tmp_path, name):
+    """Issue 36 case 2: a listing holding `additional_chat_templates/../../x.jinja` was chosen by
+    lac's filter (the hub library then refused it: INTERNALERROR); every name of a listing must be
+    a plain relative path inside the repository before lac picks or builds anything from it."""
+    hub.files[name] = b"{}"
+    [answer] = _python(hub, CHECK, "owner/tiny")
+    assert answer.get("error") == "MissingWeightsError", answer
+    assert repr(name) in answer["message"] and "plain relative path" in answer["message"]
+    assert _outside(tmp_path, hub) == []
+    assert not [s for s in hub.seen if "/resolve/" in s[1]], hub.seen
+
+
+def test_a_hostile_revision_run_exits_4_with_one_line(hub, tmp_path):
+    hub.revisions["../../../../x/pwned"] = SHA_MAIN  # a hub that answers it
+    out = _claims(hub, tmp_path, "--lac-model", "owner/tiny@../../../../x/pwned")
+    text = out.stdout + out.stderr
+    assert out.returncode == 4 and "INTERNALERROR" not in text and "Traceback" not in text, text
+    assert "revision '../../../../x/pwned'" in text and _outside(tmp_path, hub) == []
+    assert not [s for s in hub.seen if "pwned" in unquote(s[1])], hub.seen  # never asked
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_pinned_download_asks_the_hub_for_the_commit_once(hub):
+    """The commit lac checked is the one downloaded: the hub is not asked again (a hub that
+    answers another commit the second time cannot slip one past the check)."""
+    _python(hub, CHECK, "owner/tiny@v1")
+    asked = [s for s in hub.seen if re.fullmatch(r"/api/models/owner/tiny/revision/v1", s[1])]
+    assert len(asked) == 1, hub.seen
+    assert not [s for s in hub.seen if "/resolve/v1/" in s[1] or "/tree/v1" in s[1]], hub.seen
+
+
+def _git_accepts(name: str) -> bool:
+    """git's own answer: a branch or tag name (git check-ref-format --allow-onelevel)."""
+    return subprocess.run(["git", "check-ref-format", "--allow-onelevel", name],
+                          capture_output=True).returncode == 0
+
+
+REF_ALPHABET = "ab1./-_@{}~^:?*[]\\ \t\x7fé"
+
+
+@pytest.mark.skipif(subprocess.run(["git", "--version"], capture_output=True).returncode != 0,
+                    reason="git is not installed")
+def test_revision_check_agrees_with_git_check_ref_format():
+    """Generated: lac's revision rule is git's (check-ref-format --allow-onelevel) on names built
+    from the characters its rules are about (200 examples), plus 40-hex commits."""
+    from hypothesis import given, settings, strategies as st
+
+    from lac_core.errors import UsageError
+    from lac_core.models.hub import check_revision
+
+    def lac_accepts(name: str) -> bool:
+        try:
+            check_revision("owner/tiny", name)
+            return True
+        except UsageError:
+            return False
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(REF_ALPHABET, min_size=1, max_size=12))
+    def agree(name):
+        assert lac_accepts(name) == _git_accepts(name), name
+
+    agree()
+    assert lac_accepts(SHA_MAIN) and lac_accepts("refs/pr/1") and lac_accepts("v1.0")

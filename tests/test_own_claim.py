@@ -30,7 +30,7 @@ def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
                     "--no-build-isolation", "-q", "-w", str(tmp / "dist")], check=True)
-    wheel = next((tmp / "dist").glob("lac-*.whl"))
+    wheel = next((tmp / "dist").glob("pytest_lac-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(tmp / "site"), str(wheel)], check=True)
     return tmp / "site"
@@ -82,3 +82,129 @@ def test_a_claim_of_ones_own_is_first_class(tmp_path, installed):
     (folder / "expected" / "tiny-llama.yaml").write_text(yaml.safe_dump(recorded))
     drifted = _run(folder, installed)
     assert drifted.returncode == 1 and f"tiny-llama / example: {key}: baseline" in drifted.stdout
+
+
+BROKEN = '''
+from pathlib import Path
+
+from lac_core import Claim, Names, register_claim
+
+
+def raising_rule(summary, t):
+    """Reads a probe that was never swept: KeyError at this line."""
+    return summary.kl_add["no_such_probe"]
+
+
+def wrong_type_rule(summary, t):
+    """Returns a status string instead of a Verdict."""
+    return "HOLDS"
+
+
+for claim_id, rule in (("RAISES", raising_rule), ("WRONGTYPE", wrong_type_rule)):
+    register_claim(Claim(id=claim_id, statement=f"{claim_id}: a broken rule", experiment="sweep",
+                         rule=rule, thresholds={"probes": Names},
+                         thresholds_file=Path(__file__).with_name("broken.yaml")))
+'''
+BROKEN_YAML = "RAISES:\n  probes: [p_last]\nWRONGTYPE:\n  probes: [p_last]\n"
+BROKEN_TESTS = '''
+import pytest
+
+
+@pytest.mark.claim("RAISES")
+def test_raises(lm, sweep_grid, sweep_result, claim_gate):
+    claim_gate("RAISES", sweep_result, lm.spec.name, sweep_grid)
+
+
+@pytest.mark.claim("WRONGTYPE")
+def test_wrong_type(lm, sweep_grid, sweep_result, claim_gate):
+    claim_gate("WRONGTYPE", sweep_result, lm.spec.name, sweep_grid)
+'''
+
+
+def _checkout_run(folder, *args, expected="expected"):
+    """pytest in `folder` on this checkout's lac (or the one PYTHONPATH names), a tiny model."""
+    env = {**os.environ, "LAC_CACHE_DIR": str(folder.parent / "cache")}
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lac-model",
+           "tiny-llama", "--lac-grid", "example", "--lac-expected-dir", expected, *args]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _share_project(folder, conftest_extra: str = "") -> None:
+    folder.mkdir(parents=True)
+    for name, text in page_files().items():
+        (folder / name).write_text(text + (conftest_extra if name == "conftest.py" else ""))
+
+
+@pytest.fixture(scope="module")
+def sub_folder_runs(tmp_path_factory):
+    """The page's claim and two broken ones in rootdir/myclaims/ (a conftest pytest imports while
+    collecting, after lac started): run whole under xdist, then the page's test alone on the
+    cached result. One project for both issues, so the suite pays for one sweep."""
+    root = tmp_path_factory.mktemp("own") / "project"
+    folder = root / "myclaims"
+    _share_project(folder, BROKEN)
+    (folder / "broken.yaml").write_text(BROKEN_YAML)
+    (folder / "test_broken.py").write_text(BROKEN_TESTS)
+    (root / "expected").mkdir()
+    whole = _checkout_run(root, "-n", "2")
+    first = json.loads((root / "reports" / "results.json").read_text())
+    report = (root / "reports" / "REPORT.md").read_text()
+    alone = _checkout_run(root, "myclaims/test_share.py", "-n", "2")  # the broken claims are
+    # registered, not run; the same workers' threads, so the cached sweep is used as it is
+    again = json.loads((root / "reports" / "results.json").read_text())
+    return root, whole, first, report, alone, again
+
+
+def test_a_rule_that_raises_or_returns_no_verdict_is_an_error_of_its_own_claim(sub_folder_runs):
+    """Its test fails naming the exception (or the type returned); the report and results.json
+    say 'error' with it; the other claim's verdict is what it is without the broken ones."""
+    _root, run, data, report, alone, again = sub_folder_runs
+    out = run.stdout
+    assert run.returncode == 1, out[-3000:] + run.stderr[-2000:]
+    assert re.search(r"RAISES on tiny-llama / example: error: KeyError: 'no_such_probe' at "
+                     r"conftest.py:\d+ in raising_rule", out), out[-4000:]
+    assert re.search(r"WRONGTYPE on tiny-llama / example: error: its rule returned str, not a "
+                     r"Verdict", out), out[-4000:]
+    failed = data["run"]["failed"]
+    assert failed["tiny-llama / example / claim RAISES"].startswith("error: KeyError: "
+                                                                     "'no_such_probe'")
+    assert failed["tiny-llama / example / claim WRONGTYPE"].startswith("error: its rule "
+                                                                       "returned str")
+    why = {n["claim"]: n["why"] for n in data["run"]["not_run"]}
+    assert set(why) == {"RAISES", "WRONGTYPE"} and all(w.startswith("error: ") for w in
+                                                       why.values())
+    assert re.search(r"^\| RAISES \| error \(\d\) \|", report, re.M), report[:3000]
+    assert re.search(r"^- \(\d\) error: KeyError: 'no_such_probe'", report, re.M)
+    assert "tiny-llama / example / claim WRONGTYPE: error: its rule returned str" in report
+    share = [v for v in data["verdicts"] if v["claim"] == "SHARE"]
+    assert share and share == [v for v in again["verdicts"] if v["claim"] == "SHARE"], \
+        alone.stdout[-3000:]
+
+
+def test_a_claim_registered_in_a_sub_folder_is_judged_and_in_the_provenance(sub_folder_runs):
+    """Its thresholds are loaded after collection in each xdist worker, and its file is hashed
+    into the provenance the controller reports."""
+    root, run, data, report, alone, again = sub_folder_runs
+    digest = hashlib.sha256((root / "myclaims" / "share.yaml").read_bytes()).hexdigest()
+    for got, said in ((data, run.stdout), (again, alone.stdout)):
+        assert "no thresholds section" not in said, said[-3000:]
+        assert [v["claim"] for v in got["verdicts"]] == ["SHARE"], said[-3000:]
+        assert got["run"]["thresholds_sha256"]["share.yaml"] == digest
+    assert re.search(r"^\| SHARE \| (HOLDS|FAILS|INCONCLUSIVE)", report, re.M)
+
+
+def test_a_bad_claim_in_a_sub_folder_stops_the_run_before_any_model_loads(tmp_path):
+    """rootdir/myclaims/conftest.py is imported while pytest collects, after lac started: a bad
+    thresholds section is still exit 4 before a model loads, with or without xdist workers,
+    and nothing is written."""
+    root = tmp_path / "project"
+    _share_project(root / "myclaims")
+    (root / "expected").mkdir()
+    good = (root / "myclaims" / "share.yaml").read_text()
+    (root / "myclaims" / "share.yaml").write_text(good.replace("max_share", "max_shares"))
+    for extra in ((), ("-n", "2")):
+        bad = _checkout_run(root, *extra)
+        said = bad.stdout + bad.stderr
+        assert bad.returncode == 4, said[-3000:]
+        assert "share.yaml" in said and "SHARE.max_shares" in said, said[-3000:]
+        assert "tiny-llama load" not in said and not (root / "reports").exists()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from lac_core.run.session import Session
 from lac_core.run.settings import ROOT, Settings
 
 
-def _claims(tmp_path, *args, reports=None, inject=None):
+def _claims(tmp_path, *args, reports=None, inject=None, timeout=900):
     extra = []
     if inject is not None:
         (tmp_path / "lac_inject.py").write_text(inject)
@@ -25,7 +26,7 @@ def _claims(tmp_path, *args, reports=None, inject=None):
            "--lac-model", "tiny-llama", "--lac-grid", "example", "-k", "c1_additive_sufficiency and not cell",
            "--lac-expected-dir", str(tmp_path / "expected"),
            "--lac-reports", str(tmp_path / "reports") if reports is None else reports, *extra, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
 
 
@@ -215,18 +216,20 @@ def test_lock_is_an_flock_on_lacs_own_file(tmp_path):
 
 
 def test_staging_left_by_a_killed_run_is_removed_under_the_lock(tmp_path):
-    """Probe G3: a run killed while publishing leaves .lac-staging-*; the next run's lock sweeps
-    it (no run is writing then); a link of that name is not lac's and stays."""
-    (tmp_path / ".lac-staging-abc" / "figures").mkdir(parents=True)
-    (tmp_path / ".lac-staging-abc" / "figures" / "a.png").write_bytes(b"half")
-    (tmp_path / ".lac-staging-0123.json").write_text("{")
-    other = tmp_path / "other"
-    other.mkdir()
+    """Probe G3: a run killed while publishing leaves its staging folder (marked as lac's when
+    made); the next run's lock sweeps it (no run is writing then); a link of that name is not
+    lac's and stays, and so does the folder it points to, marked or not."""
+    staging = Path(Folder(tmp_path, run_id="r0").make_staging())
+    (staging / "figures").mkdir()
+    (staging / "figures" / "a.png").write_bytes(b"half")
+    (tmp_path / "other").mkdir()
+    other = Path(Folder(tmp_path / "other", run_id="r0").make_staging())
     (tmp_path / ".lac-staging-link").symlink_to(other)
     folder = Folder(tmp_path)
     folder.lock("r")
     folder.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lac-lock", ".lac-staging-link", "other"]
+    assert other.is_dir() and (other / reportset.MARK).is_file()
 
 
 def test_a_planted_link_at_a_temporary_name_is_never_written_through(tmp_path):
@@ -253,3 +256,171 @@ def test_a_link_at_a_name_lac_writes_is_refused(tmp_path):
     with pytest.raises(UsageError, match="REPORT.md is a link"):
         Folder(out, overwrite=True).check(["REPORT.md"])
     assert theirs.read_text() == "theirs"
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from lac_core.report.reportset import Folder
+
+def killed(path):
+    path.write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)  # killed while publishing: its staging stays
+
+folder = Folder(Path(sys.argv[1]))
+folder.lock("run-killed")
+folder.publish({"results.json": lambda p: p.write_text("{}"), "figures/a.png": killed})
+"""
+
+
+def test_only_staging_lac_made_is_swept_never_a_users_look_alike(tmp_path):
+    """Issue 36 case 1: a user's `.lac-staging-my-notes/notes.txt` and `.lac-staging-draft.md`
+    (named like lac's staging) stay; the staging a killed run left (marked with its run id when
+    made) goes under the next run's lock."""
+    (tmp_path / ".lac-staging-my-notes").mkdir()
+    (tmp_path / ".lac-staging-my-notes" / "notes.txt").write_text("my notes")
+    (tmp_path / ".lac-staging-draft.md").write_text("my draft")
+    (tmp_path / ".lac-staging-forged").mkdir()  # a marker that is not lac's (a link to one)
+    (tmp_path / ".lac-staging-forged" / reportset.MARK).symlink_to(tmp_path / "elsewhere")
+    out = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], cwd=ROOT, timeout=300)
+    assert out.returncode == -9
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".lac-staging-")]
+    assert len(left) == 4, left  # the killed run's staging is there
+    folder = Folder(tmp_path)
+    folder.lock("run-next")
+    folder.release()
+    assert (tmp_path / ".lac-staging-my-notes" / "notes.txt").read_text() == "my notes"
+    assert (tmp_path / ".lac-staging-draft.md").read_text() == "my draft"
+    assert (tmp_path / ".lac-staging-forged" / reportset.MARK).is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lac-lock", ".lac-staging-draft.md", ".lac-staging-forged", ".lac-staging-my-notes"]
+
+
+KILLED_IN_MANIFEST = """
+import json, os, signal, sys
+from pathlib import Path
+from lac_core.report import reportset
+
+def killed(*args, **kw):
+    os.kill(os.getpid(), signal.SIGKILL)  # killed while writing the manifest
+
+reportset.json.dump = killed
+folder = reportset.Folder(Path(sys.argv[1]))
+folder.lock("run-killed")
+folder.publish({"results.json": lambda p: p.write_text("{}")})
+"""
+
+
+def test_a_run_killed_while_writing_its_manifest_leaves_no_loose_file(tmp_path):
+    """The manifest is written inside the marked staging folder, then moved: a run killed there
+    leaves staging the next run sweeps, never a loose file under lac's prefix (lac deletes no
+    file by its name)."""
+    out = subprocess.run([sys.executable, "-c", KILLED_IN_MANIFEST, str(tmp_path)], cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == -9
+    loose = [p.name for p in tmp_path.iterdir()
+             if p.name.startswith(".lac-staging-") and not p.is_dir()]
+    assert loose == []
+    folder = Folder(tmp_path)
+    folder.lock("run-next")
+    folder.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lac-lock", "results.json"]
+
+
+SAME_FOLDER = """
+import sys
+from pathlib import Path
+from lac_core.report.reportset import Folder
+from lac_core.verdicts import expected
+
+folder = Folder(Path(sys.argv[1]))
+folder.lock("run-1")
+with expected.locked(Path(sys.argv[1])):  # the same .lac-lock, taken again by the same run
+    with expected.locked(Path(sys.argv[1])):
+        pass
+folder.release()
+print("done")
+"""
+
+
+def test_one_process_never_waits_on_its_own_lock(tmp_path):
+    """Issue 36 case 3 (unit): the report folder's lock, then the expectations' lock on the same
+    .lac-lock, in one process: re-entered, not a second flock waiting on the first."""
+    out = subprocess.run([sys.executable, "-c", SAME_FOLDER, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
+    free = Folder(tmp_path)  # released for good: another run can take it
+    free.lock("run-2")
+    free.release()
+
+
+def test_reports_and_expectations_in_one_folder_with_update_baselines_ends(tmp_path):
+    """Issue 36 case 3: `--lac-reports D --lac-expected-dir D --lac-update-baselines` hung for ever
+    (two locks on D/.lac-lock in one process); bounded by a timeout, it ends and writes both."""
+    both = tmp_path / "both"
+    both.mkdir()
+    try:
+        out = _claims(tmp_path, "--lac-expected-dir", str(both), "--lac-update-baselines",
+                      reports=str(both), timeout=420)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not end: it waits on its own lock")
+    text = out.stdout + out.stderr
+    assert "INTERNALERROR" not in text and "Traceback" not in text, text[-3000:]
+    assert (both / "tiny-llama.yaml").is_file() and (both / "results.json").is_file(), text[-3000:]
+    assert f"lac: wrote {both / 'tiny-llama.yaml'}" in text
+
+
+def _previous_set(reports):
+    """A COMPLETE set a previous run published (lac's own files, in its manifest)."""
+    previous = json.dumps({"run": {"run_id": "previous", "status": "COMPLETE", "not_run": []}})
+    Folder(reports).publish({"results.json": lambda p: p.write_text(previous),
+                             "REPORT.md": lambda p: p.write_text("**Run status: COMPLETE.**")},
+                            report.REPLACES)
+    return {p.name: p.read_bytes() for p in reports.iterdir() if p.is_file()}
+
+
+def test_sigterm_publishes_a_partial_set_naming_what_was_interrupted(tmp_path):
+    """Issue 36 case 6: SIGTERM (what a CI timeout sends) after the first verdict: the previous
+    run's COMPLETE set is replaced by this run's PARTIAL one, which lists the verdicts that did not
+    come as interrupted (as Ctrl-C does), not left for the job's artifact to show as this run's."""
+    import re
+    import signal
+
+    reports = tmp_path / "reports"
+    _previous_set(reports)
+    (tmp_path / "expected").mkdir()
+    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-v", "-p",
+           "no:cacheprovider", "--lac-model", "tiny-llama", "--lac-grid", "example",
+           "--lac-expected-dir", str(tmp_path / "expected"), "--lac-reports", str(reports)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if re.search(r"::\w+\[tiny-llama[^\]]*\] (PASSED|FAILED|XFAIL|XPASS)", line):
+                proc.send_signal(signal.SIGTERM)  # after the first verdict
+                break
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    text = "".join(lines) + rest
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, text[-3000:]
+    run = json.loads((reports / "results.json").read_text())["run"]
+    assert run["run_id"] != "previous" and run["status"] == "PARTIAL", text[-3000:]
+    assert run["not_run"] and {n["why"] for n in run["not_run"]} == {"interrupted"}, run["not_run"]
+    assert "PARTIAL" in (reports / "REPORT.md").read_text()
+    assert f"lac: report set written to {reports}" in text
+
+
+def test_a_session_that_selects_no_lac_test_leaves_the_folder_and_says_so(tmp_path):
+    """Issue 36 case 6: no lac test selected (-k matching none): the previous set stays byte for
+    byte, and lac's last line says the folder was left alone."""
+    reports = tmp_path / "reports"
+    before = _previous_set(reports)
+    out = _claims(tmp_path, "-k", "no_such_test_anywhere")
+    text = out.stdout + out.stderr
+    assert "INTERNALERROR" not in text, text[-3000:]
+    assert {p.name: p.read_bytes() for p in reports.iterdir() if p.is_file()} == before
+    last = [line for line in text.splitlines() if line.startswith("lac: ")][-1]
+    assert last == f"lac: no lac test was selected; {reports} is left as it was", text[-3000:]

@@ -1,22 +1,94 @@
 """Hub ids: a model repo's snapshot in the Hugging Face cache, downloaded when the run allows it."""
 # huggingface_hub does the work (its cache, file locks, progress bars, resume within a download,
 # HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE); lac picks the files a load reads, resolves the revision to
-# a commit before any experiment, and turns the hub's answers into one message each. The hub
-# library is imported inside the functions: the plugin stays light at import time.
+# a commit before any experiment, and turns the hub's answers into one message each. Nothing
+# from the command line or the hub names a path before it is checked: a revision is a branch or
+# tag name by git's rules (or a commit), the hub's commit is 40 hex digits, every name its listing
+# gives is a plain relative path; the download is pinned to the commit checked (the hub is not
+# asked again). The hub library is imported inside the functions: the plugin stays light at
+# import time.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from ..errors import HubAccessError, MissingWeightsError, UnknownModelError
+from ..errors import HubAccessError, MissingWeightsError, UnknownModelError, UsageError
 from .inspect import PROMPT_FILES, missing_weights
 
 FILES = ("config.json", "generation_config.json", *PROMPT_FILES)
 SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")
 PICKLED = ("pytorch_model*.bin", "pytorch_model.bin.index.json")  # only where no safetensors
 LOGIN = "log in with `hf auth login` (or set HF_TOKEN to a token that can read it)"
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a commit as the hub names it (and its cache folders)
+NAME_BYTES = 255  # a revision names a file of the cache (refs/<revision>): one file name's limit
+_REF_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")  # check-ref-format rules 3-5, 8, 10
+_PATH_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def ref_name(name: str) -> bool:
+    """A branch or tag name by git's rules (check-ref-format --allow-onelevel): no '..', '@{',
+    space, control character or any of ~^:?*[\\; no empty component, none starting with '.'
+    or ending with '.lock'; not '@', not ending with '.'; as `git branch` wants, no leading '-'."""
+    return bool(name) and name != "@" and not name.endswith(".") and not name.startswith("-") \
+        and _REF_BAD.search(name) is None \
+        and all(part and not part.startswith(".") and not part.endswith(".lock")
+                for part in name.split("/"))
+
+
+def check_revision(hub_id: str, revision: str | None) -> None:
+    """Before any request or path: a revision is a branch or tag name, or a commit (which is one),
+    of at most 255 bytes; anything else is one UsageError naming it and the fix."""
+    if revision is None:
+        return
+    shown = revision if len(revision) <= 80 else revision[:60] + "..."
+    fix = "give the branch, tag or commit (40 hex digits) as the hub shows it"
+    try:
+        size = len(revision.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UsageError(f"--lac-model {hub_id}@...: revision {shown!r} is not UTF-8 text; "
+                         f"{fix}") from None
+    if size > NAME_BYTES:
+        raise UsageError(f"--lac-model {hub_id}@...: revision {shown!r} is {size} bytes long, "
+                         f"and a branch, tag or commit name is at most {NAME_BYTES}; {fix}")
+    if not ref_name(revision):
+        raise UsageError(f"--lac-model {hub_id}@{shown}: revision {shown!r} is neither a commit "
+                         "nor a branch or tag name by git's rules (no '..', '@{', space, control "
+                         "character or any of ~^:?*[\\, no empty part, none starting with '.' or "
+                         "ending with '.lock', not '@', not ending with '.' or starting with '-'); "
+                         f"{fix}")
+
+
+def repo_path(name) -> bool:
+    """A plain relative path inside a repository: no empty, '.' or '..' part, no leading '/', no
+    backslash or control character, each part a file name (at most 255 bytes)."""
+    if not isinstance(name, str) or not name or name.startswith("/") or _PATH_BAD.search(name):
+        return False
+    try:
+        return all(part not in ("", ".", "..") and len(part.encode("utf-8")) <= NAME_BYTES
+                   for part in name.split("/"))
+    except UnicodeEncodeError:
+        return False
+
+
+def check_answer(hub_id: str, revision: str | None, sha, names: list) -> None:
+    """The hub's commit and listing, before lac picks a file or builds a path from them: a commit
+    of 40 hex digits, and names that are plain relative paths (a hub that says otherwise is not
+    one lac downloads from)."""
+    from huggingface_hub import constants
+
+    where = f"--lac-model {_label(hub_id, revision)}: the hub at {constants.ENDPOINT}"
+    fix = "lac builds no path from it; check HF_ENDPOINT points at a Hugging Face hub"
+    if not isinstance(sha, str) or COMMIT.fullmatch(sha) is None:
+        raise MissingWeightsError(f"{where} answered commit {str(sha)[:80]!r}, which is not a "
+                                  f"commit id (40 hexadecimal digits); {fix}")
+    bad = next((n for n in names if not repo_path(n)), None)
+    if bad is not None:
+        raise MissingWeightsError(f"{where} listed a file {str(bad)[:120]!r}, which is not a plain "
+                                  f"relative path inside the repository; {fix}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +171,7 @@ def snapshot(hub_id: str, revision: str | None = None, *, offline: bool = False,
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    check_revision(hub_id, revision)
     why = offline_reason(offline)
     if why:  # a run would stop here: so does collect-only
         path = cached(hub_id, revision)
@@ -114,7 +187,9 @@ def snapshot(hub_id: str, revision: str | None = None, *, offline: bool = False,
         if status is not None and status >= 500:
             return _unreachable(hub_id, revision, exc, download)
         raise hub_error(hub_id, revision, exc, known) from None
-    files = wanted([s.rfilename for s in info.siblings or ()])
+    names = [s.rfilename for s in info.siblings or ()]
+    check_answer(hub_id, revision, info.sha, names)
+    files = wanted(names)
     if not any(fnmatch(f, p) for f in files for p in SAFETENSORS + PICKLED):
         raise UnknownModelError(
             f"--lac-model {_label(hub_id, revision)}: the repo holds no safetensors or PyTorch "
@@ -123,7 +198,7 @@ def snapshot(hub_id: str, revision: str | None = None, *, offline: bool = False,
     path = cached(hub_id, info.sha, files)
     if path is not None or not download:
         return Snapshot(info.sha, path)
-    return Snapshot(info.sha, _download(hub_id, revision, files))
+    return Snapshot(info.sha, _download(hub_id, revision, info.sha, files))
 
 
 def _unreachable(hub_id, revision, exc, download) -> Snapshot:
@@ -135,13 +210,18 @@ def _unreachable(hub_id, revision, exc, download) -> Snapshot:
     return Snapshot(path.name if path else None, path)
 
 
-def _download(hub_id: str, revision: str | None, files: list[str]) -> Path:
-    """snapshot_download of exactly these files (its cache, locks, progress bars and resume)."""
-    from huggingface_hub import snapshot_download
+def _download(hub_id: str, revision: str | None, sha: str, files: list[str]) -> Path:
+    """snapshot_download of exactly these files (its cache, locks, progress bars and resume), at
+    the commit checked (a ResolvedRevision: the hub is not asked for it again); the revision's
+    ref is then recorded, as the hub library does, so an offline run finds the snapshot."""
+    from huggingface_hub import ResolvedRevision, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    exact = [re.sub(r"([*?\[])", r"[\1]", f) for f in files]  # names, not fnmatch patterns
     try:
-        path = Path(snapshot_download(hub_id, revision=revision, allow_patterns=files))
+        path = Path(snapshot_download(hub_id, allow_patterns=exact, revision=ResolvedRevision(
+            sha, revision, repo_id=hub_id)))
+        _record_ref(path, revision, sha)
     except HfHubHTTPError as exc:
         raise hub_error(hub_id, revision, exc) from None
     except OSError as exc:  # a connection lost for good, a size that does not match, a full disk
@@ -155,6 +235,17 @@ def _download(hub_id: str, revision: str | None, files: list[str]) -> Path:
                                   f"{lacking}; run again, or "
                                   f"`{_download_command(hub_id, revision)}`")
     return path
+
+
+def _record_ref(snapshot: Path, revision: str | None, sha: str) -> None:
+    """refs/<revision> beside the snapshot (both checked: a ref name, a commit), written whole."""
+    if revision == sha:
+        return
+    ref = snapshot.parent.parent / "refs" / (revision or "main")
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ref.with_name(f"{ref.name}.{os.getpid()}.lac-tmp")
+    tmp.write_text(sha)
+    os.replace(tmp, ref)
 
 
 def hub_error(hub_id: str, revision: str | None, exc, known=()) -> Exception:

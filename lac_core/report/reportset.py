@@ -3,33 +3,38 @@
 # never through a symbolic link. Its manifest (.lac-manifest.json) lists each file lac wrote with
 # the sha256 it wrote, so a file a user edited or put there afterwards is not lac's any more. At
 # start a run checks the folder (it exists or can be made, is a real directory, writable), takes
-# its lock (.lac-lock: a second run into the same folder is refused, never mixed in) and refuses
+# its lock (.lac-lock, locks.py: a second run into the same folder is refused, never mixed in;
+# the same run's expectations update into the same folder re-enters it) and refuses
 # any file it would write that is not lac's (unless --lac-reports-overwrite). Just before
 # publishing it checks again: if a file it would replace appeared meanwhile, that file is kept
 # and the whole set goes to a new subfolder lac-<run id>/ instead. A set is written into a
-# staging folder and moved into place only when every file of it was written; every move and
+# staging folder and moved into place only when every file of it was written (the manifest too,
+# so a run killed anywhere leaves one staging folder, marked with its run id when made: the next
+# run under the lock removes exactly such folders, never a file or a look-alike); every move and
 # delete goes through directory descriptors opened without following links (O_NOFOLLOW), so a
 # link planted anywhere below the folder is refused, not followed.
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
-import secrets
+import re
 import shutil
 import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .. import readfile
+from .. import locks
 from ..errors import LacError, UsageError
 
 MANIFEST = ".lac-manifest.json"
-LOCK = ".lac-lock"
+LOCK = locks.LOCK
 STAGING = ".lac-staging-"
+MARK = ".lac-staging-of"  # inside a staging folder lac made: "lac staging of run <run id>\n"
+_MARKED = re.compile(rb"lac staging of run [\w.:-]{1,64}\n")
 FORMAT = 2  # {"format": 2, "files": {name: sha256}}; format 1 was {"files": [name, ...]}
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -60,7 +65,7 @@ def manifest(out: Path) -> dict[str, str | None]:
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise ValueError("not a regular file")
-        data = json.loads(path.read_text())
+        data = json.loads(readfile.read_text(path, readfile.MANIFEST))  # capped, regular, UTF-8
         files = data["files"]
         listed = dict.fromkeys(files) if isinstance(files, list) else dict(files)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -141,7 +146,8 @@ class Folder:
 
     path: Path
     overwrite: bool = False  # replace regular files lac did not write (--lac-reports-overwrite)
-    _lock: int | None = field(default=None, repr=False)
+    run_id: str = ""  # the run writing it (set by lock), recorded in each staging folder it makes
+    _lock: locks.Hold | None = field(default=None, repr=False)
 
     def _root(self) -> int:
         out = self.path
@@ -186,39 +192,36 @@ class Folder:
         """Hold the folder for this run; a second run into it is refused (released at exit)."""
         root = self._root()
         try:
-            fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=root)
+            hold = locks.acquire(root, wait=False, exclusive=True)
+        except locks.Busy as busy:
+            raise _usage(self.path, f"another lac run ({busy or 'another run'}) is writing its "
+                                    "report set there; wait for it to end, or pick another "
+                                    "--lac-reports") from None
         except OSError as exc:
             raise _usage(self.path, f"cannot write in it ({exc.strerror or exc}); pick a folder "
                                     "you can write as --lac-reports") from None
+        try:
+            os.ftruncate(hold.fd, 0)
+            os.pwrite(hold.fd, f"run {run_id}, pid {os.getpid()}".encode(), 0)
+            self._lock, self.run_id = hold, run_id
+            sweep_staging(self.path, root)
         finally:
             os.close(root)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
-            os.close(fd)
-            raise _usage(self.path, f"another lac run ({holder}) is writing its report set there; "
-                                    "wait for it to end, or pick another --lac-reports") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"run {run_id}, pid {os.getpid()}".encode(), 0)
-        self._lock = fd
-        self._sweep_staging()
-
-    def _sweep_staging(self) -> None:
-        """Staging left by a run that was killed while publishing: lac's own, and no run writes
-        it now (the lock is held), so it goes; links of that name are left alone."""
-        for entry in os.scandir(self.path):
-            if entry.name.startswith(STAGING) and not entry.is_symlink():
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
 
     def release(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)
+            locks.release(self._lock)
             self._lock = None
+
+    def make_staging(self) -> str:
+        """A new staging folder in the folder, marked as lac's (with this run's id) before
+        anything is written into it: what a later sweep may prove lac made."""
+        staging = tempfile.mkdtemp(dir=self.path, prefix=STAGING)
+        fd = os.open(os.path.join(staging, MARK),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"lac staging of run {self.run_id or 'unknown'}\n")
+        return staging
 
     def publish(self, writers: dict, replaces: tuple[str, ...] = (),
                 fallback: str | None = None) -> tuple[Path, list[str]]:
@@ -236,7 +239,7 @@ class Folder:
             if not fallback:
                 raise LacError(f"{self.path / kept[0]} appeared and is not lac's; the report set "
                                "was not written")
-            target = Folder(self.path / fallback)
+            target = Folder(self.path / fallback, run_id=self.run_id)
             if os.path.lexists(target.path):
                 raise LacError(f"{target.path} exists already; the report set was not written")
         target._write(writers, replaces)
@@ -244,8 +247,9 @@ class Folder:
 
     def _write(self, writers: dict, replaces: tuple[str, ...]) -> None:
         root = self._root()
-        staging = tempfile.mkdtemp(dir=self.path, prefix=STAGING)
+        staging = None
         try:
+            staging = self.make_staging()
             for name, write in writers.items():
                 (Path(staging) / name).parent.mkdir(parents=True, exist_ok=True)
                 write(Path(staging) / name)
@@ -263,17 +267,18 @@ class Folder:
                         os.replace(base, base, src_dir_fd=s, dst_dir_fd=d)
                     finally:
                         os.close(s), os.close(d)
+                _write_manifest(src, root, {**{n: v for n, v in mine.items() if n not in writers},
+                                            **digests})
             finally:
                 os.close(src)
-            _write_manifest(root, {**{n: v for n, v in mine.items() if n not in writers},
-                                   **digests})
         except LacError:
             raise
         except Exception as exc:
             raise LacError(f"writing the report set into {self.path} failed ({type(exc).__name__}: "
                            f"{exc}); the previous report set is left as it was") from exc
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             os.close(root)
 
 
@@ -291,23 +296,45 @@ def _delete_if(root: int, name: str, digest: str | None) -> bool:
     return True
 
 
-def _write_manifest(root: int, files: dict) -> None:
-    """A new file of a fresh random name (O_EXCL: never one planted there), then renamed."""
-    while True:
-        tmp = f"{STAGING}{secrets.token_hex(8)}.json"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
-                         dir_fd=root)
-            break
-        except FileExistsError:
-            continue
+def _write_manifest(staging: int, root: int, files: dict) -> None:
+    """Written inside the staging folder (lac's own, fresh), then renamed into the folder: no
+    name in the folder itself is ever opened for writing, and a kill leaves no loose file."""
+    fd = os.open(MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                 dir_fd=staging)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"format": FORMAT, "files": dict(sorted(files.items()))}, f, indent=1)
+    os.replace(MANIFEST, MANIFEST, src_dir_fd=staging, dst_dir_fd=root)
+
+
+def lacs_staging(root: int, name: str) -> bool:
+    """Whether `name` in the folder open at `root` is a staging folder lac made: a real directory
+    under lac's prefix holding lac's mark (a regular file, as lac writes it); never a file, a
+    link, or a folder a user named like one."""
+    if not name.startswith(STAGING):
+        return False
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": FORMAT, "files": dict(sorted(files.items()))}, f, indent=1)
-        os.replace(tmp, MANIFEST, src_dir_fd=root, dst_dir_fd=root)
+        fd = os.open(name, _DIR, dir_fd=root)
+    except OSError:  # a link, a file, gone
+        return False
+    try:
+        mark = os.open(MARK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return False
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=root)
+        os.close(fd)
+    try:
+        return stat.S_ISREG(os.fstat(mark).st_mode) and \
+            _MARKED.fullmatch(os.pread(mark, 100, 0)) is not None
+    finally:
+        os.close(mark)
+
+
+def sweep_staging(folder: Path, root: int) -> None:
+    """Staging left by a run killed while publishing: removed only where lac's mark proves it
+    made it (and, the lock being held, no run writes it now); anything else stays."""
+    for name in os.listdir(root):
+        if lacs_staging(root, name):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def owned(out: Path) -> set[str]:

@@ -12,7 +12,8 @@ from ..verdicts import claims as registry
 ANCHORS = {"sweep": "experiment-1", "markers": "experiment-2", "host": "experiment-3"}
 # A margin's unit, per claim (a precondition's where it differs): lac's claims; a claim a user
 # registers shows its margin as a bare number.
-UNITS = {"C1": "nats", "C1L": "nats", "C2": "cosine", "C3": "cells", "C3R": "cells",
+UNITS = {"C1": "nats", "C1L": "ratio (deepest / shallowest median KL)", "C2": "cosine",
+         "C3": "cells", "C3R": "cells",
          "C4": "share of the KL gap", "C5": "nats", "C6": "share unexplained (U)"}
 PRECONDITION_UNITS = {"C4": "nats"}
 
@@ -99,12 +100,18 @@ def verdict_text(v: dict, expected: str = "differs") -> str:
     return text + ("" if exp in (None, v["status"]) else f" (expected {exp})")
 
 
+def missing(why: str) -> str:
+    """How a verdict that did not come reads: 'error' (its rule, a setup or an experiment
+    raised; `why` starts with it) or 'not run' (deselected, interrupted)."""
+    return "error" if why.startswith("error") else "not run"
+
+
 def matrix(view: View, expected: str = "differs", link: bool = True,
            statements: bool = True) -> list[str]:
     """Claims x (model, grid), a verdict per cell, then the claim's statement linked to the
     experiment that decides it. A claim its grid cannot run (the grid runs no
     such experiment) is folded into one note per grid, not a cell per model; a verdict that did
-    not come reads 'not run (n)', its reason listed once below."""
+    not come reads 'not run (n)' or 'error (n)', its reason listed once below."""
     got = {(v["claim"], v["model"], v["grid"]): v for v in view.verdicts}
     why = {(n["claim"], n["model"], n["grid"]): n["why"] for n in view.doc["run"]["not_run"]}
     cols, reasons, folded, rows = view.columns(), {}, {}, []
@@ -118,7 +125,7 @@ def matrix(view: View, expected: str = "differs", link: bool = True,
                 cells.append("·")
             elif (claim, m, g) in why:
                 n = reasons.setdefault(why[(claim, m, g)], len(reasons) + 1)
-                cells.append(f"not run ({n})")
+                cells.append(f"{missing(why[(claim, m, g)])} ({n})")
             else:
                 cells.append("-")
         if any(c != "·" for c in cells):
@@ -129,7 +136,8 @@ def matrix(view: View, expected: str = "differs", link: bool = True,
     notes = [f"- `·` grid {g} runs {', '.join(view.grids[g]['experiments'])}, no {kind}: "
              f"{', '.join(dict.fromkeys(cs))} have no verdict on it, on any model"
              for (g, kind), cs in folded.items()]
-    notes += [f"- ({n}) not run: {text}" for text, n in reasons.items()]
+    notes += [f"- ({n}) {text}" if missing(text) == "error" else f"- ({n}) not run: {text}"
+              for text, n in reasons.items()]
     return [*table(head, rows), *([""] + notes if notes else [])]
 
 

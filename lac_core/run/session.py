@@ -78,6 +78,18 @@ class Session:
             session.resume = resume.ResultCache(settings.cache_dir / "results")
         return session
 
+    def take_late_claims(self) -> list[str]:
+        """Claims registered after the session started (a conftest below the folder pytest starts
+        in is imported while pytest collects): their thresholds are loaded and checked now,
+        before any model loads (a bad one raises FixtureError), and their files join the
+        provenance. Returns their ids."""
+        late = [c for c in registry.CLAIMS if c not in self.thresholds.sections]
+        if late:
+            self.thresholds = load_thresholds(self.settings.claims_file)
+            self._fingerprint["thresholds_sha256"] = provenance.fingerprint(
+                self.settings.claims_file, self.grids, self.thresholds.files)["thresholds_sha256"]
+        return late
+
     def result_key(self, model: str, grid: str, kind: str, params: dict) -> dict:
         """Everything that can change an experiment's numbers (see resume.py)."""
         s, p = self.settings, self.provenance.get(model, {})
@@ -141,6 +153,12 @@ class Session:
         status = exp.verdict(setup, key, claim) if exp else None
         self.verdicts[(claim, model, grid)] = (verdict, status)
         return status
+
+    def record_error(self, claim: str, model: str, grid: str, node: str, why: str) -> None:
+        """A claim whose rule raised or returned no Verdict: no verdict, an error of its own
+        (run.failed and run.not_run say it; the claim's key cannot be an experiment's)."""
+        self.failed[(model, grid, f"claim {claim}")] = why
+        self.outcomes[node] = why
 
     def record_cell(self, check: str, model: str, grid: str, cell: str, problems: list) -> bool:
         """Keep a per-cell outcome; return whether the expectations list it as a finding."""
@@ -283,7 +301,8 @@ class Session:
         if self.settings.updating:
             gate["rewritten"] = [line.strip() for line in updates if line.startswith("  ")]
             gate["review"] = bool(gate["rewritten"]) and not self.settings.regen_all
-        folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite)
+        folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite,
+                                        run_id=self.run_id)
         where, kept = write_report_set(self, folder)
         moved = [f"lac: {folder.path / name} appeared during the run and lac did not write it; "
                  "it is kept as it is" for name in kept] + \

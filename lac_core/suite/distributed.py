@@ -13,11 +13,15 @@ from ..errors import LacError
 from .start import lac_tests_named, run_id, start, started
 
 
+USAGE = "lac_usage_error"  # a worker's workeroutput key: the bad input that stopped it
+
+
 class Controller:
     """Hooks of the controlling process of an xdist run."""
 
     def __init__(self, config):
         self.config = config
+        self.usage_error = None  # a worker stopped on a bad input (plugin.take_late_claims)
 
     def _models(self) -> list[str]:
         """Model identities, longest first: the session's, else the --lac-model arguments as given
@@ -69,6 +73,12 @@ class Controller:
                 not self.config.option.collectonly:
             open_folder(lac)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session):
+        """A worker stopped on a bad input: the run's exit code is a usage error's, 4."""
+        if self.usage_error is not None:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report):
         """The start and end lines a worker attached to its test reports, said with the worker's
@@ -82,7 +92,11 @@ class Controller:
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error):
-        data = getattr(node, "workeroutput", {}).get("lac")
+        output = getattr(node, "workeroutput", {})
+        if output.get(USAGE):  # nothing to merge: the run stops, exit 4, nothing written
+            self.usage_error = output[USAGE]
+            return
+        data = output.get("lac")
         if not data:
             return
         lac = started(self.config)
@@ -90,7 +104,10 @@ class Controller:
             start(self.config)
             lac = started(self.config)
         try:
-            lac.merge(pickle.loads(data))
+            other = pickle.loads(data)
+            adopt(other.pop("claims", ()))  # before the provenance is compared: their files
+            lac.take_late_claims()
+            lac.merge(other)
         except LacError as exc:  # not merged: the run fails and says why
             lac.refused.append(f"lac: {exc}")
 
@@ -111,4 +128,41 @@ class Worker:
             lines.clear()
 
     def export(self) -> None:
-        self.config.workeroutput["lac"] = pickle.dumps(self.session.export())
+        self.config.workeroutput["lac"] = pickle.dumps({**self.session.export(),
+                                                        "claims": declared()})
+
+
+def declared() -> list[dict]:
+    """Users' claims as this process registered them (a worker imports the conftests it
+    collects; its controller, which collects nothing, may not have): what the controller needs
+    to report them and to check their thresholds files, without their code."""
+    from ..verdicts import claims as registry
+
+    return [{"id": c.id, "statement": c.statement, "experiment": c.experiment,
+             "thresholds": {k: "names" if v is registry.Names else "float"
+                            for k, v in c.thresholds.items()},
+             "thresholds_file": c.thresholds_file and str(c.thresholds_file),
+             "cell_checks": [check.name for check in c.cell_checks]}
+            for c in registry.CLAIMS.values() if not c.builtin]
+
+
+def computed_on_a_worker(*_args):
+    """The rule or cell check of a claim a worker declared: its verdicts come computed."""
+    raise LacError("a claim declared by an xdist worker is judged on that worker")
+
+
+def adopt(claims) -> None:
+    """Register the claims a worker declared that this process does not know (see declared)."""
+    from pathlib import Path
+
+    from ..verdicts import claims as registry
+
+    for d in claims:
+        if d["id"] in registry.CLAIMS:
+            continue
+        checks = tuple(registry.CellCheck(name, d["experiment"], computed_on_a_worker)
+                       for name in d["cell_checks"])
+        registry.register(registry.Claim(
+            d["id"], d["statement"], d["experiment"], computed_on_a_worker,
+            {k: registry.Names if v == "names" else float for k, v in d["thresholds"].items()},
+            checks, d["thresholds_file"] and Path(d["thresholds_file"])))

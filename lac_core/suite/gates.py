@@ -4,8 +4,43 @@ expectations (strict xfail for a recorded finding), and a per-cell check likewis
 from __future__ import annotations
 
 import time
+import traceback
+from pathlib import Path
 
 import pytest
+
+
+class RuleError(Exception):
+    """A claim's rule raised, or returned something other than a Verdict: its own test fails
+    with this, and the run records the claim as an error (run.failed, run.not_run)."""
+
+
+def where(exc: BaseException, rule) -> str:
+    """The line of the rule's own file that raised (else the innermost line): what to fix."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = getattr(getattr(rule, "__code__", None), "co_filename", None)
+    frame = next((f for f in reversed(frames) if f.filename == mine), frames[-1] if frames else None)
+    return f" at {Path(frame.filename).name}:{frame.lineno} in {frame.name}" if frame else ""
+
+
+def judged(claim: str, result, thresholds):
+    """uncertainty.judge, with a broken rule named: raises RuleError("error: ...") when the rule
+    raises (on the full grid or a resample) or returns no Verdict. A rule is the user's code, so
+    any exception is its claim's error, never the run's."""
+    from ..verdicts import claims as registry
+    from ..verdicts import rules, uncertainty
+
+    rule = registry.CLAIMS[claim].rule
+    try:
+        got = rule(result.summary, getattr(thresholds, claim))
+        if not isinstance(got, rules.Verdict):
+            raise RuleError(f"error: its rule returned {type(got).__name__}, not a Verdict "
+                            "(build it with lac_core.combine; docs/own-claim.md)")
+        return uncertainty.judge(claim, result, thresholds)
+    except RuleError:
+        raise
+    except Exception as exc:  # noqa: BLE001  whatever a rule raises is its claim's error
+        raise RuleError(f"error: {type(exc).__name__}: {exc}{where(exc, rule)}") from exc
 
 
 def _why(verdict, claim: str, result, thresholds) -> str:
@@ -60,7 +95,16 @@ def claim_gate(request, lac_session):
                                        f"{uncertainty.RESAMPLES:,} resamples of the "
                                        f"{uncertainty.WHAT})")
             t0 = time.perf_counter()
-        verdict = uncertainty.judge(claim, result, lac_session.thresholds)
+        try:
+            verdict = judged(claim, result, lac_session.thresholds)
+        except RuleError as exc:  # this claim's error, recorded; no other verdict is touched
+            if waits:
+                lac_session.progress.end(f"failed: {claim}'s rule")
+            lac_session.record_error(claim, model, grid, request.node.nodeid, str(exc))
+            why = f"{claim} on {model} / {grid}: {exc}"
+            if exc.__cause__ is None:  # a wrong return: no traceback to show
+                pytest.fail(why, pytrace=False)
+            raise RuleError(why) from exc.__cause__  # the traceback shows the rule's line
         if waits:
             lac_session.progress.end(f"{len(result.cells)} cells")
             lac_session.interval_seconds[model] = round(

@@ -6,6 +6,9 @@ gates in gates.py; every decision is taken in run/ and below."""
 # pytest run nothing but the option registration.
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 
 from ..errors import LacError
@@ -54,9 +57,12 @@ def pytest_generate_tests(metafunc):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Every claim test collected, before -k or -m deselect some: what the run planned."""
+    """Every claim test collected, before -k or -m deselect some: what the run planned. Every
+    conftest is imported by now: claims registered since the start are checked here, before any
+    model loads (in each process that collects: the run's, or each xdist worker)."""
     lac = started(config)
     if lac is not None:
+        take_late_claims(session, lac, items)
         lac.plan_claims(mark.args[0] for item in items
                         if (mark := item.get_closest_marker("claim")) is not None)
 
@@ -86,6 +92,22 @@ def pytest_collection_modifyitems_last(session, config, items):
             lac.collected[item.nodeid] = (mark.args[0], params.params["model_name"], grid)
 
 
+def take_late_claims(session, lac, items: list) -> None:
+    """Load and check the thresholds of claims registered after the start (exit 4 on a bad one,
+    nothing loaded, nothing written). An xdist worker also stops its controller, which says
+    why and exits 4 (distributed.Controller); it reports no test collected, so its controller
+    neither opens the report folder nor sends it tests."""
+    try:
+        lac.take_late_claims()
+    except LacError as exc:
+        message = f"lac: {exc}"
+        items.clear()  # pytest_collection_finish still runs (pytest calls it in a finally)
+        if hasattr(session.config, "workerinput"):
+            session.config.workeroutput[distributed.USAGE] = message
+            session.shouldstop = message
+        pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 def open_folder(lac) -> None:
     """Lock the report folder and check it (exit 4 on a problem; the folder is then untouched)."""
     from ..report.reportset import Folder
@@ -99,6 +121,28 @@ def open_folder(lac) -> None:
         folder.release()
         pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     lac.folder = folder
+    interrupt_on_sigterm()
+
+
+_SIGTERM_BEFORE: list = []  # the SIGTERM handler lac replaced, put back at the session's end
+
+
+def interrupt_on_sigterm() -> None:
+    """While lac holds the report folder, SIGTERM (what a CI timeout sends) stops the run as
+    Ctrl-C does: the session ends and publishes a PARTIAL set naming what was interrupted, so the
+    previous run's set never stands as this one's. A second SIGTERM ends the process at once."""
+    if threading.current_thread() is threading.main_thread() and not _SIGTERM_BEFORE:
+        _SIGTERM_BEFORE.append(signal.signal(signal.SIGTERM, _sigterm))
+
+
+def _sigterm(signum, frame):
+    signal.signal(signum, signal.SIG_DFL)
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def restore_sigterm() -> None:
+    if _SIGTERM_BEFORE:
+        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE.pop())
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -125,9 +169,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                       f"{d.detail if d else ''}{flag}")
     for model, secs in lac.load_seconds.items():
         runs = [f"{g} {k} {s} s" for (m, g, k), s in lac.timings.items() if m == model]
-        intervals = lac.interval_seconds.get(model)
-        tr.write_line(f"time: {model} loaded in {secs} s; " + ", ".join(runs)
-                      + (f"; intervals {intervals} s" if intervals is not None else "") + ".")
+        tr.write_line(time_line(model, secs, runs, lac.interval_seconds.get(model)))
+
+
+def time_line(model: str, load: float, runs: list[str], intervals: float | None) -> str:
+    """'time: M loaded in S s; experiments; intervals S s.', leaving out a part with nothing in
+    it (no experiment ran when every result came from the resume cache)."""
+    parts = [f"{model} loaded in {load} s", ", ".join(runs),
+             f"intervals {intervals} s" if intervals is not None else ""]
+    return "time: " + "; ".join(p for p in parts if p) + "."
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -151,6 +201,7 @@ def pytest_sessionfinish(session, exitstatus):
     except LacError as exc:  # the report set could not be written: the previous one stands
         outcome = Outcome([f"lac: {exc}"], failed=True)
     finally:
+        restore_sigterm()
         if lac.folder is not None:
             lac.folder.release()
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -160,6 +211,10 @@ def pytest_sessionfinish(session, exitstatus):
         tr.write_line(line) if tr else print(line)
     if lac.report_folder is not None:
         line = f"lac: report set written to {lac.report_folder}"
+        tr.write_line(line) if tr else print(line)
+    elif not outcome.lines and (lac.claims_planned or explicit(session.config)) and \
+            not session.config.option.collectonly:  # no lac test ran: the folder is not touched
+        line = f"lac: no lac test was selected; {lac.settings.report_dir} is left as it was"
         tr.write_line(line) if tr else print(line)
     if lac.gate_outcome is not None:
         session.config.hook.pytest_runtest_logreport(report=gate_report(lac.gate_outcome))
