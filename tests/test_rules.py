@@ -140,6 +140,23 @@ def test_geometry_exact_when_additive(d, seed):
     assert math.isnan(geometry(bb, bb, bb + dy, bb + dy)["cos_x_y"])  # dX = 0: angle undefined
 
 
+@given(st.integers(1, 8), st.integers(0, 2**16))
+def test_geometry_keeps_the_norms_it_is_made_of(d, seed):
+    """|h_BB|, |dX|, |dY|, |dXY| and |Inter| are kept per cell (issue 35.6: "the persona direction
+    is larger than the task direction" needs |dX| and |dY|), and are what the ratios are made of."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    bb, xb, by, xy = rng.normal(size=(4, d + 1))
+    g = geometry(bb, xb, by, xy)
+    norm = np.linalg.norm
+    want = {"norm_bb": norm(bb), "norm_dx": norm(xb - bb), "norm_dy": norm(by - bb),
+            "norm_dxy": norm(xy - bb), "norm_inter": norm(xy - xb - by + bb)}
+    assert {k: float(g[k]) for k in want} == pytest.approx(want)
+    assert g["delta_scale"] == pytest.approx(min(want["norm_dx"], want["norm_dy"]) / want["norm_bb"])
+    assert g["inter_over_xy"] == pytest.approx(want["norm_inter"] / want["norm_dxy"])
+
+
 def test_baseline_gate_fires_on_a_perturbed_result():
     v = rules.c1(sweep(GOOD), T.C1)
     base = baselines.make_baselines(baselines.quantities({"C1": v}))

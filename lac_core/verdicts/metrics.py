@@ -19,18 +19,21 @@ def _cos(a: np.ndarray, b: np.ndarray, floor: np.ndarray) -> np.ndarray:
 
 
 def geometry(h_bb, h_xb, h_by, h_xy) -> dict[str, np.ndarray]:
-    """cos(dXY, dX+dY), cos(dX, dY), |Inter|/|dXY| and the deltas' scale min(|dX|, |dY|)/|h_BB|
-    from the four conditions' residuals, in float64."""
+    """cos(dXY, dX+dY), cos(dX, dY), |Inter|/|dXY|, the deltas' scale min(|dX|, |dY|)/|h_BB|, and
+    the norms they are made of (|h_BB|, |dX|, |dY|, |dXY|, |Inter|), from the four conditions'
+    residuals, in float64: every per-cell statistic lac computes is kept, for users' rules too."""
     bb, xb, by, xy = (np.asarray(h, dtype=np.float64) for h in (h_bb, h_xb, h_by, h_xy))
     dx, dy, dxy = xb - bb, by - bb, xy - bb
     inter, n_bb = dxy - dx - dy, np.linalg.norm(bb, axis=-1)
     floor = NOISE * n_bb
-    n_xy = np.linalg.norm(dxy, axis=-1)
+    n_xy, n_dx, n_dy = (np.linalg.norm(d, axis=-1) for d in (dxy, dx, dy))
+    n_inter = np.linalg.norm(inter, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(n_xy > floor, np.linalg.norm(inter, axis=-1) / n_xy, np.nan)
-        scale = np.minimum(np.linalg.norm(dx, axis=-1), np.linalg.norm(dy, axis=-1)) / n_bb
+        ratio = np.where(n_xy > floor, n_inter / n_xy, np.nan)
+        scale = np.minimum(n_dx, n_dy) / n_bb
     return {"cos_xy_sum": _cos(dxy, dx + dy, floor), "cos_x_y": _cos(dx, dy, floor),
-            "inter_over_xy": ratio, "delta_scale": scale}
+            "inter_over_xy": ratio, "delta_scale": scale, "norm_bb": n_bb, "norm_dx": n_dx,
+            "norm_dy": n_dy, "norm_dxy": n_xy, "norm_inter": n_inter}
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,11 @@ def full_grid(n_cells: int) -> np.ndarray:
     """The one row of cell indices that is the whole grid."""
     return np.arange(n_cells)[None, :]
 
-GEOMETRY_STATS = ("cos_xy_sum", "cos_x_y", "inter_over_xy", "delta_scale")
+
+# Per cell, probe and layer (metrics.geometry): the angles and ratio the claims read, the deltas'
+# scale, and the norms they are made of, |h_BB|, |dX|, |dY|, |dXY| and |Inter| (docs/own-claim.md).
+GEOMETRY_STATS = ("cos_xy_sum", "cos_x_y", "inter_over_xy", "delta_scale", "norm_bb", "norm_dx",
+                  "norm_dy", "norm_dxy", "norm_inter")
 MARKER_CONDITIONS = ("clean", "additive", "remove_x", "bare")
 
 

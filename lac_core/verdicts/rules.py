@@ -60,6 +60,11 @@ class Verdict:
         return head + (f": {self.deciding.name}: {self.deciding.detail}" if self.deciding else "")
 
 
+def _cmp(met: bool, op: str) -> str:
+    """The comparison as it stands: `op` where met, its negation where not ("0.639 (< 0.8)")."""
+    return op if met else {"<=": ">", ">=": "<"}[op]
+
+
 def _part(name, ok: bool, margin: float, detail: str, numbers: dict) -> Part:
     return Part(name, HOLDS if ok else FAILS, margin, detail, numbers)
 
@@ -136,7 +141,7 @@ def c1l(summary, t) -> Verdict:
         a, b = summary.kl_add[probe][lo].median, summary.kl_add[probe][hi].median
         ok = b >= t.min_ratio * a
         ratio = b / a if a > 0 else math.inf
-        return _part(probe, ok, b - t.min_ratio * a,
+        return _part(probe, ok, ratio - t.min_ratio,  # a ratio's margin: no unit
                      f"median KL L{hi} {b:.4f} vs L{lo} {a:.4f}: ratio {ratio:.2f} "
                      f"({'>=' if ok else '<'} {t.min_ratio})",
                      {"shallowest": lo, "deepest": hi, "median_shallowest": a,
@@ -156,9 +161,11 @@ def c2(summary, t) -> Verdict:
             xy, s = g["cos_x_y"].median, g["cos_xy_sum"].median
             margin = min(t.max_cos_x_y - xy, s - t.min_cos_xy_sum, (s - xy) - t.min_difference)
             parts.append(_part(name, margin >= 0, margin,
-                               f"median cos(dX,dY) {xy:.3f} (<= {t.max_cos_x_y}), cos(dXY,dX+dY) "
-                               f"{s:.3f} (>= {t.min_cos_xy_sum}), difference {s - xy:.3f} "
-                               f"(>= {t.min_difference})",
+                               f"median cos(dX,dY) {xy:.3f} ({_cmp(xy <= t.max_cos_x_y, '<=')} "
+                               f"{t.max_cos_x_y}), cos(dXY,dX+dY) {s:.3f} "
+                               f"({_cmp(s >= t.min_cos_xy_sum, '>=')} {t.min_cos_xy_sum}), "
+                               f"difference {s - xy:.3f} "
+                               f"({_cmp(s - xy >= t.min_difference, '>=')} {t.min_difference})",
                                {"cos_x_y": xy, "cos_xy_sum": s, "difference": s - xy}))
     return combine("C2", summary.label, parts)
 
