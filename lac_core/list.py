@@ -2,8 +2,12 @@
 comes from and what it runs (the names --lac-model and --lac-grid take)."""
 from __future__ import annotations
 
+import argparse
 
-def main() -> int:
+
+def main(argv: list[str] | None = None, prog: str = "python -m lac_core.list") -> int:
+    argparse.ArgumentParser(prog=prog, description=__doc__.split(":", 1)[1].strip()
+                            ).parse_args(argv)
     from .models import REGISTRY
     from .paths import GRID_DIR
     from .protocol.grids import load_grid

@@ -10,3 +10,6 @@ FIXTURES = _SHIPPED if _SHIPPED.is_dir() else ROOT / "fixtures"
 EXPECTED = FIXTURES / "expected"
 GRID_DIR = FIXTURES / "grids"
 CLAIMS_FILE = FIXTURES / "claims.yaml"
+# The tiny random models' families (models/tiny.py builds one of each): named here, where nothing
+# heavy is imported, so the self-tests' conftest can parametrize over them without torch.
+TINY_ARCHITECTURES = ("llama", "qwen2", "gemma2", "gemma3")

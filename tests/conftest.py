@@ -2,7 +2,7 @@
 loaded once through the plugin's shared `lac_models` fixture."""
 import pytest
 
-from lac_core.models.tiny import ARCHITECTURES
+from lac_core.paths import TINY_ARCHITECTURES as ARCHITECTURES  # light: pytest --help stays fast
 
 
 @pytest.fixture(scope="session", params=ARCHITECTURES)

@@ -232,3 +232,79 @@ def test_every_option_a_doc_or_message_names_exists_and_every_option_is_document
     documented = set(OPTION.findall(page.read_text())) if page.is_file() else set()
     assert lac_options <= documented, f"options docs/options.md does not describe: " \
         f"{sorted(lac_options - documented)}"
+
+
+# The distribution lac is installed as (pyproject.toml's [project] name). `lac` on PyPI is another
+# project (a lexical analysis tool), so a command that installs `lac` by that name installs it.
+def _distribution() -> str:
+    """[project] name in pyproject.toml (read without tomllib, which Python 3.10 lacks)."""
+    project = (ROOT / "pyproject.toml").read_text().split("\n[project]\n", 1)[1]
+    return re.search(r'^name\s*=\s*"([^"]+)"', project.split("\n[", 1)[0], re.M).group(1)
+
+
+def _normal(name: str) -> str:
+    """A distribution name as pip compares it (PEP 503): lower case, runs of -_. as one '-'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+WORKFLOW = ROOT / "docs" / "ci" / "lac-workflow.yml"
+PIP_INSTALL = re.compile(r"pip install ([^`\n&|;]*)")
+OPTION_WITH_VALUE = {"--index-url", "--extra-index-url", "-i", "-c", "-r", "--constraint",
+                     "--requirement", "-f", "--find-links", "-d", "--target", "-t"}
+
+
+def _requirements(args: str) -> list[str]:
+    """The requirement names a `pip install ARGS` names (options, paths, variables, URLs and the
+    README's WHEEL and ".[dev]" placeholders left out)."""
+    import shlex
+    words, out, skip = shlex.split(args.strip()), [], False
+    for word in words:
+        if skip or word.startswith("-"):
+            skip = word in OPTION_WITH_VALUE
+            continue
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", word)
+        if name and not re.search(r"[/$]|\.whl$|^WHEEL$", word):
+            out.append(name.group(0))
+    return out
+
+
+def test_every_install_command_names_the_projects_own_distribution():
+    """A distribution name that is ours: the pytest plugin convention, `pytest-<name>`, and not
+    the `lac` PyPI serves; every `pip install` in README.md, docs/ and the CI workflow that
+    installs lac names it, the workflow's LAC_PACKAGE default is it, and the wheels .ci/run and
+    the tests pick are named after it."""
+    import yaml
+    dist = _distribution()
+    assert dist.startswith("pytest-") and _normal(dist) != "lac", \
+        f"pyproject.toml names the distribution {dist!r}: `lac` on PyPI is another project"
+    bad, ours = [], 0
+    for page in [*PAGES, WORKFLOW]:
+        for args in PIP_INSTALL.findall(page.read_text()):
+            for req in _requirements(args):
+                if _normal(req) == _normal(dist):
+                    ours += 1
+                elif "lac" in _normal(req).split("-"):
+                    bad.append(f"{_rel(page)}: pip install {args.strip()}")
+    assert not bad, f"install commands that name a distribution other than {dist}:\n" + \
+        "\n".join(bad)
+    assert ours, f"no page tells a user to `pip install {dist}`"
+    env = yaml.safe_load(WORKFLOW.read_text())["jobs"]["claims"]["env"]
+    assert _normal(env["LAC_PACKAGE"]) == _normal(dist), env["LAC_PACKAGE"]
+    wheel = dist.replace("-", "_")  # a wheel's file name writes the name with '_'
+    for path in (ROOT / ".ci" / "run", ROOT / "tests" / "test_own_claim.py"):
+        globs = re.findall(r"([\w.-]+)-\*\.whl", path.read_text())
+        assert globs and set(globs) == {wheel}, f"{_rel(path)} picks wheels {globs}, not {wheel}"
+
+
+def test_the_installed_version_is_looked_up_under_the_distribution_name():
+    """The provenance's lac version, and the workflow's cache key, read the installed version of
+    the project's own distribution (a lookup under another name finds nothing, or another
+    project)."""
+    from importlib import metadata
+
+    from lac_core.run import provenance
+    dist = _distribution()
+    got = provenance.fingerprint(ROOT / "fixtures" / "claims.yaml", {})["lac"]
+    assert got == metadata.version(dist), f"provenance reads {got!r}"
+    lookups = re.findall(r"""version\(\s*["']([\w.-]+)["']\s*\)""", WORKFLOW.read_text())
+    assert lookups and all(_normal(x) == _normal(dist) for x in lookups), lookups

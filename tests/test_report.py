@@ -86,19 +86,19 @@ def _records(model, grid, rng):
         null[:, 0, 2] = 0.0
         geo = {s: rng.uniform(0.1, 0.9, (n, len(PROBES), 8)) for s in GEOMETRY_STATS}
         out["sweep"] = SweepResult(model, grid.name, 8, LAYERS, PROBES, cells, add, null, geo, {},
-                                   grid_sha256=grid.sha256)
+                                   grid_sha256=grid.sha256, **grid.design)
     if "markers" in grid.experiments:
         hits = {c: {k: (["arr"] if i % 2 == 0 and k != "bare" else []) for k in MARKER_CONDITIONS}
                 for i, c in enumerate(cells)}
         texts = {c: {k: f"{k} text of {c}\x13 ahoy\nmatey |" for k in MARKER_CONDITIONS}
                  for c in cells}
         out["markers"] = MarkerResult(model, grid.name, 4, 80, cells, texts, {}, hits,
-                                      grid_sha256=grid.sha256)
+                                      grid_sha256=grid.sha256, **grid.design)
     if "host" in grid.experiments:
         kl = {c: {"host": 10.0 + i, "oracle": 8.0 + i, "cached": 9.5 + i, "layers 4": 9.5 + i,
                   "layers 3,4": 9.0 + i} for i, c in enumerate(cells)}
         out["host"] = HostResult(model, grid.name, 4, ((4,), (3, 4)), cells, kl, {},
-                                 grid_sha256=grid.sha256)
+                                 grid_sha256=grid.sha256, **grid.design)
         dose = {str(a): {c: {"tokens": [], "text": "", "hits": [], "kl": float(a)} for c in cells}
                 for a in (0.0, 0.5, 1.0, 2.0)}
         out["steering"] = SteeringResult(model, grid.name, 4, 80, cells, (0.0, 0.5, 1.0, 2.0),
@@ -107,10 +107,12 @@ def _records(model, grid, rng):
 
 
 def synthetic_session(models=("tiny-llama", "tiny-qwen2"), grids=("example", "markers"),
-                      gate=None, drop=()):
+                      gate=None, drop=(), expected_dir=None):
     """A session holding synthetic records and the verdicts lac's rules give on them; `drop`
-    leaves out verdicts (claim, model, grid) as if their tests did not run."""
-    s = Session.start(Settings(models=tuple(models), grids=tuple(grids)))
+    leaves out verdicts (claim, model, grid) as if their tests did not run; `expected_dir`: the
+    expectations read (lac's own by default)."""
+    s = Session.start(Settings(models=tuple(models), grids=tuple(grids),
+                               **({"expected_dir": expected_dir} if expected_dir else {})))
     rng = np.random.default_rng(0)
     for model in models:
         s.provenance[model] = {k: "x" for k in (
@@ -160,7 +162,8 @@ def test_experiment_sections_come_in_order_under_anchors_the_matrix_links(report
 
 def test_the_title_names_the_models_and_statements_sit_beside_verdicts(report_md):
     text, _s = report_md
-    assert text.splitlines()[0] == "# lac report: tiny-llama, tiny-qwen2 on example, markers"
+    assert text.splitlines()[0].startswith(
+        "# lac report: failed (tiny-llama, tiny-qwen2 on example, markers): ")
     matrix = text.split("## Verdicts")[1].split("\n## ")[0]
     row = next(line for line in matrix.splitlines() if line.startswith("| C1 |"))
     assert re.match(r"\| C1 \| (HOLDS|FAILS)", row) and registry.CLAIMS["C1"].statement in row
@@ -219,7 +222,7 @@ def test_summary_has_status_matrix_with_expected_and_a_failed_gate(report_md):
     _text, s = report_md
     doc = document.results_document(s)
     summary = summary_markdown(document.view(s, doc))
-    assert summary.startswith("# lac: tiny-llama, tiny-qwen2 on example, markers\n")
+    assert summary.startswith("# lac: failed (tiny-llama, tiny-qwen2 on example, markers): ")
     assert "**Run status: COMPLETE" in summary and "![" not in summary
     assert "| claim | tiny-llama / example |" in summary
     assert re.search(r"\| C1 \| \w+ \((expected \w+|no expectation)\) \|", summary)
@@ -281,3 +284,69 @@ def test_an_update_that_needs_review_says_so_with_its_changes():
     text = summary_markdown(View(doc))
     assert "1 changes to review: the run fails until it is rerun without" in text
     assert "- m / float32 model / short@ab: C1/g1/median: 1.2 -> 1.4" in text
+
+
+# The first line of SUMMARY.md and REPORT.md: the run's outcome and why, never "passed" above a
+# run whose tests fail.
+def _red_doc(gate=None, verdicts=(("C1", "FAILS", None), ("C2", "INCONCLUSIVE", None),
+                                  ("C6", "HOLDS", None))):
+    """A bare results.json dict of one model on one grid, run with no expectations."""
+    gate = gate or {"status": "passed", "drift": [], "changed_verdicts": [], "refused": [],
+                    "without_expectations": ["m / float32 model / short@ab"]}
+    return {"run": {"run_id": "r1", "status": "COMPLETE", "wall_seconds": 3, "failed": {},
+                    "grids": {"short": {"experiments": ["sweep"]}}, "not_run": []},
+            "models": {"m": {}}, "regression_gate": gate,
+            "verdicts": [{"claim": c, "model": "m", "grid": "short", "status": st,
+                          "fragile": [], "expected": exp} for c, st, exp in verdicts]}
+
+
+def test_the_first_line_says_a_run_with_unexpected_failures_failed_and_why():
+    """Claims that do not hold with nothing expected fail their tests: the first line says the
+    run failed, which claims, and that nothing gated them (not the gate's "passed")."""
+    from lac_core.report.summary import summary_markdown
+    from lac_core.report.tables import View
+    first = summary_markdown(View(_red_doc())).splitlines()[0]
+    assert first.startswith("# lac: failed (m on short): "), first
+    assert "2 claims fail with nothing expected (m / short: C1 FAILS, C2 INCONCLUSIVE)" in first
+    assert "not gated: no expectations for m / float32 model / short@ab" in first
+    assert "passed" not in first
+
+
+def test_the_first_line_of_a_green_run_says_passed_and_what_it_was_checked_against():
+    from lac_core.report.summary import run_outcome
+    held = _red_doc(verdicts=(("C1", "HOLDS", None),))
+    assert run_outcome(held).line() == \
+        "passed: every claim holds; not gated: no expectations for m / float32 model / short@ab"
+    gated = _red_doc(gate={"status": "passed", "drift": [], "changed_verdicts": [],
+                           "refused": [], "without_expectations": []},
+                     verdicts=(("C1", "FAILS", "FAILS"), ("C2", "HOLDS", "HOLDS")))
+    assert run_outcome(gated).line() == "passed: every verdict as expected, every deciding " \
+        "number within its baseline's tolerance"
+
+
+def test_the_first_line_of_the_report_names_drift_and_changed_verdicts(report_md):
+    text, _s = report_md
+    first = text.splitlines()[0]
+    assert first.startswith("# lac report: failed (tiny-llama, tiny-qwen2 on example, markers): ")
+    assert "1 deciding number beyond tolerance" in first and "1 verdict changed" in first
+
+
+def test_a_gate_with_no_expectations_is_not_applied_and_unexpected_cells_are_listed(tmp_path):
+    """With nothing recorded, nothing was gated: the gate says "not applied" (not "passed"),
+    and a per-cell check that fails with nothing expected (a failed test) is in the gate's
+    outcome and on the first line."""
+    from lac_core.run import gating
+    s = synthetic_session(models=("tiny-llama",), grids=("example",), expected_dir=tmp_path)
+    s.record_cell("additive_vs_null", "tiny-llama", "example", "pirate__bread", ["KL above"])
+    s.record_cell("additive_vs_null", "tiny-llama", "example", "chef__tax", [])
+    gate = gating.gate(s)
+    assert gate["status"] == "not applied" and "no expectations" in gate["why"]
+    assert gate["unexpected_cells"] == [{"check": "additive_vs_null", "model": "tiny-llama",
+                                         "grid": "example", "cell": "pirate__bread",
+                                         "expected": "passes", "got": "fails"}]
+    from lac_core.report.summary import run_outcome
+    s.gate_outcome = gate
+    outcome = run_outcome(document.results_document(s))
+    assert outcome.status == "failed" and \
+        "1 cell fails a per-cell check with nothing expected (additive_vs_null on tiny-llama / " \
+        "example: pirate__bread)" in outcome.line()

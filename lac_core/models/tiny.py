@@ -13,7 +13,7 @@ from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Ge
                           LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
                           Qwen2ForCausalLM)
 
-from ..paths import GRID_DIR
+from ..paths import GRID_DIR, TINY_ARCHITECTURES
 
 TINY_SEED = 1234
 TINY_LAYERS = 8
@@ -40,7 +40,8 @@ _STYLES = {  # special tokens and a chat template in the style of each family
                  "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
 }
 _STYLES["gemma3"] = _STYLES["gemma2"]
-ARCHITECTURES = tuple(_STYLES)
+ARCHITECTURES = TINY_ARCHITECTURES
+assert set(_STYLES) == set(ARCHITECTURES), "a tiny family without a style, or the reverse"
 
 
 def _corpus() -> list[str]:

@@ -77,7 +77,7 @@ def report_markdown(session, figures: dict, v: View | None = None) -> str:
               "from this run")
     notes = [f"- {note}" for note in run["resume_cache_not_used"]]
     failed = [f"- {what}: {why}" for what, why in run["failed"].items()]
-    lines = [f"# lac report: {v.title()}", "", f"Run {run['run_id']}.", "",
+    lines = [summary.outcome_heading(v, "lac report"), "", f"Run {run['run_id']}.", "",
              f"**Run status: {status}.** {origin} "
              "(settings and versions in Provenance); the regression gate covered only what ran.",
              "", *(["What failed (the claims that need it did not run):", "", *failed, ""]

@@ -7,11 +7,111 @@ the run: their verdicts side by side and two figures, additive KL by depth fract
 model beside the paper's curves, and F by depth for lac's models (the paper has no null runs)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .tables import View, gate_lines, gate_summary, matrix, statement, table, verdict_text
 
 COMPARE_KL = "figures/compare_kl_by_depth.png"
 COMPARE_F = "figures/compare_f_by_depth.png"
 MIN_COMPARED = 2  # COMPARE.md needs at least this many models
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the run's exit status says and why, read from results.json: the first line of
+    SUMMARY.md and REPORT.md, so a red run never opens with a green word."""
+
+    status: str  # "failed", "interrupted" or "passed"
+    why: tuple[str, ...]  # what failed its tests first, then what was not checked
+
+    def line(self) -> str:
+        return f"{self.status}: {'; '.join(self.why)}"
+
+
+def _n(items, one: str, many: str) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many}"
+
+
+def _claims_by_run(verdicts: list) -> str:
+    """'m / g: C1 FAILS, C2 INCONCLUSIVE; m2 / g: ...'"""
+    runs: dict = {}
+    for v in verdicts:
+        runs.setdefault(f"{v['model']} / {v['grid']}", []).append(f"{v['claim']} {v['status']}")
+    return "; ".join(f"{run}: {', '.join(claims)}" for run, claims in runs.items())
+
+
+def _cells_by_check(cells: list) -> str:
+    """'additive_vs_null on m / g: cell, cell; ...'"""
+    checks: dict = {}
+    for c in cells:
+        checks.setdefault(f"{c['check']} on {c['model']} / {c['grid']}", []).append(c["cell"])
+    return "; ".join(f"{check}: {', '.join(ids)}" for check, ids in checks.items())
+
+
+def run_outcome(doc: dict) -> RunOutcome:
+    """The run's outcome from results.json's dict: failed when a test failed (a claim that does
+    not hold with nothing expected, a verdict or per-cell result against its expectation, drift,
+    an experiment or test that errored, refused results, rewritten expectations to review),
+    interrupted when the run was cut short, else passed; with what was not gated."""
+    run, gate = doc["run"], doc.get("regression_gate") or {}
+    updating = "review" in gate  # --lac-update-baselines: recorded, not asserted
+    red, notes = [], []
+    if gate.get("review"):
+        red.append(f"{_n(gate['rewritten'], 'expectation', 'expectations')} rewritten, to "
+                   "review (the run fails until rerun without --lac-update-baselines)")
+    if run.get("failed"):
+        red.append(f"{_n(run['failed'], 'experiment', 'experiments')} failed "
+                   f"({', '.join(run['failed'])})")
+    errors = [x for x in run.get("not_run", []) if str(x.get("why", "")).startswith("error")]
+    if errors:
+        red.append(f"{_n(errors, 'claim test', 'claim tests')} errored")
+    if gate.get("drift"):
+        red.append(f"{_n(gate['drift'], 'deciding number', 'deciding numbers')} beyond "
+                   "tolerance")
+    if gate.get("changed_verdicts"):
+        red.append(f"{_n(gate['changed_verdicts'], 'verdict', 'verdicts')} changed (" +
+                   ", ".join(f"{c['claim']} on {c['model']} / {c['grid']}: expected "
+                             f"{c['expected']}, got {c['got']}" for c in
+                             gate["changed_verdicts"]) + ")")
+    unexpected = [v for v in doc.get("verdicts", [])
+                  if v.get("expected") is None and v["status"] != "HOLDS"]
+    if unexpected and not updating:
+        red.append(f"{_n(unexpected, 'claim fails', 'claims fail')} with nothing expected "
+                   f"({_claims_by_run(unexpected)})")
+    cells = gate.get("unexpected_cells") or []
+    for got, verbs, what in (("fails", ("fails", "fail"), "with nothing expected"),
+                             ("passes", ("passes", "pass"), "though recorded failing")):
+        these = [c for c in cells if c["got"] == got]
+        if these:
+            red.append(f"{_n(these, 'cell', 'cells')} {verbs[len(these) > 1]} a per-cell check "
+                       f"{what} ({_cells_by_check(these)})")
+    if gate.get("refused"):
+        red.append(f"{_n(gate['refused'], 'worker result', 'worker results')} refused")
+    interrupted = any(x.get("why") == "interrupted" for x in run.get("not_run", []))
+    if updating and not red:
+        changed = gate.get("rewritten") or []
+        notes.append(f"this run recorded the expectations: {_n(changed, 'change', 'changes')} "
+                     "(--lac-regen-all does not fail on them)" if changed else
+                     "this run recorded the expectations, with no change")
+    elif not red and not updating:
+        gated = any(v.get("expected") is not None for v in doc.get("verdicts", []))
+        notes.append("every verdict as expected, every deciding number within its baseline's "
+                     "tolerance" if gated else "every claim holds")
+    if gate.get("without_expectations"):
+        notes.append(f"not gated: no expectations for {', '.join(gate['without_expectations'])}")
+    elif not gate:
+        notes.append("the regression gate was not applied")
+    missing = [x for x in run.get("not_run", []) if x not in errors]
+    if missing:
+        notes.append(f"{_n(missing, 'planned verdict', 'planned verdicts')} did not come")
+    status = "interrupted" if interrupted else "failed" if red else "passed"
+    return RunOutcome(status, tuple(red + notes))
+
+
+def outcome_heading(view: View, prefix: str) -> str:
+    """The first line of SUMMARY.md and REPORT.md: '# PREFIX: STATUS (models on grids): why'."""
+    outcome = run_outcome(view.doc)
+    return f"# {prefix}: {outcome.status} ({view.title()}): {'; '.join(outcome.why)}"
 
 
 def status_line(view: View) -> str:
@@ -26,7 +126,7 @@ def status_line(view: View) -> str:
 def summary_markdown(view: View) -> str:
     """SUMMARY.md: title with the models, status, verdicts (and expected), the gate."""
     status, why = gate_summary(view.doc.get("regression_gate"))
-    lines = [f"# lac: {view.title()}", "", status_line(view), "",
+    lines = [outcome_heading(view, "lac"), "", status_line(view), "",
              f"**Regression gate: {status}** ({why}).", "",
              "## Verdicts", "", *matrix(view, expected="always", link=False, statements=False), "",
              *gate_lines(view.doc.get("regression_gate")),

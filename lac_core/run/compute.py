@@ -69,7 +69,7 @@ def compute(session, lm, grid: str, kind: str, experiment, **kw):
     s.tell_notes()
     if cached is not None:
         s.results[key], s.from_cache[key] = cached, s.resume.used[key]
-        s.progress.say(f"{' / '.join(key)}: from the resume cache (run {s.from_cache[key]})")
+        s.progress.say(f"lac: {' / '.join(key)}: from the resume cache (run {s.from_cache[key]})")
         return cached
     kw = {k: v() if isinstance(v, functools.partial) else v for k, v in kw.items()}
     release_freed()  # earlier experiments' garbage would add to this one's peak memory

@@ -13,11 +13,13 @@ from .settings import Settings
 def gate(session) -> dict:
     """The regression gate, as every output a CI reads shows it (results.json, REPORT.md,
     SUMMARY.md, the JUnit case lac/regression_gate): each deciding number against its
-    baseline (two-sided) and each verdict against its expected one."""
+    baseline (two-sided) and each verdict against its expected one; "not applied" when nothing
+    that ran had expectations. Per-cell outcomes against theirs are listed (unexpected_cells)."""
     if session.settings.updating:  # finish() adds what was rewritten and whether to review
         return {"status": "not applied", "why": "this run rewrote the expectations",
                 "drift": [], "changed_verdicts": [], "without_expectations": [],
-                "refused": list(session.refused), "rewritten": [], "review": False}
+                "unexpected_cells": [], "refused": list(session.refused), "rewritten": [],
+                "review": False}
     drift = []
     for model, grid in dict.fromkeys((m, g) for (_c, m, g) in session.verdicts):
         exp, setup, key = session.expectation_key(model, grid)
@@ -30,9 +32,33 @@ def gate(session) -> dict:
                for (c, m, g), (v, exp) in sorted(session.verdicts.items())
                if exp is not None and exp != v.status]
     failed = bool(drift or changed or session.refused)
-    return {"status": "failed" if failed else "passed", "drift": drift,
-            "changed_verdicts": changed, "without_expectations": session.unexpected(),
-            "refused": list(session.refused)}
+    without = session.unexpected()
+    out = {"status": "failed" if failed else "passed", "drift": drift,
+           "changed_verdicts": changed, "without_expectations": without,
+           "unexpected_cells": unexpected_cells(session), "refused": list(session.refused)}
+    ran = {(m, g) for (_c, m, g) in session.verdicts}
+    if not failed and without and len(without) == len(ran):
+        # nothing was recorded for anything that ran: a gate that compared nothing did not pass
+        out.update(status="not applied", why="no expectations recorded for what ran, so the "
+                   "paper's rules decided each verdict: " + ", ".join(without))
+    return out
+
+
+def unexpected_cells(session) -> list[dict]:
+    """Per-cell checks whose outcome is not the expected one (a cell passes unless the
+    expectations list it): a failure nothing expected, or a recorded failure that now passes
+    (a strict xfail). Either fails its test, so the run's outcome names them."""
+    out = []
+    for (check, model, grid), ran in sorted(session.cell_checks.items()):
+        exp, setup, key = session.expectation_key(model, grid)
+        failed = set(session.cell_failures.get((check, model, grid), ()))
+        for cell in sorted(ran):
+            expect = bool(exp and exp.cell_fails(setup, key, check, cell))
+            if expect != (cell in failed):
+                out.append({"check": check, "model": model, "grid": grid, "cell": cell,
+                            "expected": "fails" if expect else "passes",
+                            "got": "fails" if cell in failed else "passes"})
+    return out
 
 
 REVIEW = ("lac: expectations rewritten (--lac-update-baselines): review the changes above, then "

@@ -12,6 +12,10 @@ from pathlib import Path
 from ..errors import LacError
 from ..paths import ROOT
 
+# The distribution lac installs as (pyproject.toml's [project] name): `lac` on PyPI is another
+# project, so the installed version is looked up under this name. The import package is lac_core.
+DISTRIBUTION = "pytest-lac"
+
 
 def _git(*args: str) -> str | None:
     if not (ROOT / ".git").exists():
@@ -32,7 +36,7 @@ def fingerprint(claims_file: Path, grids: dict, thresholds_files=()) -> dict:
     import transformers
 
     try:
-        version = metadata.version("lac")
+        version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = "not installed"
     commit = _git("rev-parse", "HEAD")
