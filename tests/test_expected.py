@@ -6,6 +6,8 @@ import sys
 
 import pytest
 import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from lac_core.verdicts import expected
 from lac_core.errors import FixtureError
@@ -111,3 +113,43 @@ def test_the_lock_excludes_a_second_holder(tmp_path):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
+
+
+# Issue 36 item 5: lac wrote expectations (ruamel.yaml, YAML 1.2) it then read as YAML 1.1, where
+# `2e-06` and `5e-2` are text: the next run stopped at start and re-recording was refused too.
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def _with_baseline(base: dict) -> dict:
+    return {SEC[0]: {SEC[1]: {"verdicts": {"C1": "FAILS"}, "notes": {}, "cell_findings": {},
+                              "baselines": {"C1/g1/median": base}}}}
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=FINITE, tolerance=FINITE.map(abs))
+@example(value=2e-06, tolerance=0.002).via("the issue's deciding number")
+@example(value=round(2.4e-06, 6), tolerance=round(0.1 * 2.4e-06, 6)).via("as make_baselines rounds")
+@example(value=1e16, tolerance=5e-324)
+def test_any_finite_baseline_and_tolerance_reads_back_as_written(value, tolerance):
+    """Written by save, read by load (the next run) and by read_for_update (re-recording), then
+    written and read again: the same floats each time."""
+    import math
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        expected.save(expected.Expectations("tiny-llama", _with_baseline(
+            {"value": value, "tolerance": tolerance})), d)
+        for _ in range(2):
+            back = expected.load("tiny-llama", d).section(*SEC)["baselines"]["C1/g1/median"]
+            assert back == {"value": value, "tolerance": tolerance}
+            assert math.copysign(1, back["value"]) == math.copysign(1, value)  # -0.0 stays
+            expected.save(expected.read_for_update("tiny-llama", d), d)
+
+
+@pytest.mark.parametrize("written, number", [("5e-2", 0.05), ("2e-06", 2e-06), ("1E3", 1000.0)])
+def test_a_hand_written_tolerance_in_exponent_form_is_a_number(tmp_path, written, number):
+    text = yaml.safe_dump(GOOD).replace("tolerance: 0.145", f"tolerance: {written}")
+    assert f"tolerance: {written}" in text
+    _write(tmp_path, text)
+    base = expected.load("tiny-llama", tmp_path).section(*SEC)["baselines"]["C1/g1/median"]
+    assert base["tolerance"] == number and not isinstance(base["tolerance"], str)

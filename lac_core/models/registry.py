@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UnknownModelError
+from ..readfile import exists
 from . import hub, inspect
 from .inspect import sha256_of
 
@@ -96,7 +97,7 @@ def resolve(name: str, offline: bool = False, download: bool = True) -> ModelSpe
     if registered and registered.source != "hub":
         return registered
     path = Path(name).expanduser()
-    if path.exists():
+    if exists(path, "--lac-model"):  # a name too long for the file system: one clear error
         kind, path = inspect.classify(path.resolve())
         if kind == "gguf":
             n_layers, template, arch = inspect.gguf_facts(path)

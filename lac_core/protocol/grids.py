@@ -15,13 +15,14 @@ from pathlib import Path
 import yaml
 
 from ..errors import GridError
+from ..readfile import GRID, Unreadable, checked, exists, expanded_size, read_text
 from ..verdicts import claims as registry
 from ..verdicts.claims import EXPERIMENTS
 from ..yamlfile import DuplicateKeyError, UniqueKeys, quote
 from ..paths import GRID_DIR
 
 DEFAULT_TEMPLATE = "As {persona}, {task}"
-MAX_BYTES = 1 << 20  # a grid file, and the content its YAML aliases expand to, at most 1 MiB
+MAX_BYTES = GRID.limit  # a grid file, and the content its YAML aliases expand to, at most 1 MiB
 # A template token: a literal brace pair, a {...} field, or a lone brace (an error).
 _TOKEN = re.compile(r"\{\{|\}\}|\{[^{}]*\}|[{}]")
 @dataclass(frozen=True)
@@ -93,41 +94,19 @@ def _json_pairs(pairs):
     return out
 
 
-def expanded_size(data, where: str) -> int:
-    """Characters the loaded structure holds once its aliases are expanded, without expanding
-    them: a node shared by aliases is walked once (memoized by id) and counted per occurrence."""
-    memo: dict[int, int | None] = {}
-
-    def size(node) -> int:
-        if isinstance(node, str):
-            return len(node)
-        if not isinstance(node, dict | list | tuple | set):
-            return len(str(node))  # numbers, booleans, null, dates: short, the parser bounds them
-        if id(node) in memo:
-            if memo[id(node)] is None:
-                raise GridError(f"{where}: a YAML alias refers to a node that contains it (an "
-                                "endless structure); remove the self-reference")
-            return memo[id(node)]
-        memo[id(node)] = None  # being walked
-        items = node.items() if isinstance(node, dict) else ((x, "") for x in node)
-        memo[id(node)] = total = sum(size(k) + size(v) for k, v in items)
-        return total
-
-    return size(data)
-
-
 def _read(path: Path) -> dict:
+    """The grid's data, read through lac's one reader (regular file, 1 MiB, UTF-8, aliases
+    bounded); the grid keeps PyYAML's YAML 1.1, which its content hash was taken in."""
     where = str(path)
     try:
-        if path.stat().st_size > MAX_BYTES:
-            raise GridError(f"{where}: the file has {path.stat().st_size} bytes, more than a grid "
-                            f"may hold ({MAX_BYTES} bytes, 1 MiB); pass a smaller grid")
-        text = path.read_text()
+        text = read_text(path, GRID)
         if path.suffix == ".json":
             data = json.loads(text, object_pairs_hook=_json_pairs)
         else:
             data = yaml.load(text, Loader=UniqueKeys)
-        size = expanded_size(data, where)
+        checked(data, path, GRID)
+    except Unreadable as exc:
+        raise GridError(str(exc)) from None
     except (GridError, DuplicateKeyError) as exc:
         if str(exc).startswith(where):
             raise
@@ -137,10 +116,6 @@ def _read(path: Path) -> dict:
                         "and lists, a few levels deep") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise GridError(f"cannot read grid file {where}: {exc}") from None
-    if size > MAX_BYTES:
-        raise GridError(f"{where}: its YAML aliases expand to {size} characters, more than a grid "
-                        f"may hold ({MAX_BYTES}, 1 MiB); refused before expanding them: write "
-                        "the texts out, without nested aliases")
     return data
 
 
@@ -286,9 +261,9 @@ def resolve_grid(name_or_path: str) -> Grid:
     """A grid by the name of a file in fixtures/grids/ (short, long, markers, example) or a path."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml", ".json"):
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise GridError(f"grid file {path} {what}; pass an existing .yaml or .json file")
+        if not exists(path, "--lac-grid"):
+            raise GridError(f"grid file {path} does not exist; pass an existing .yaml or .json "
+                            "file")
         return load_grid(path)
     known = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
     if name_or_path not in known:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NoChatTemplateError, UsageError
+from ..readfile import TEMPLATE, exists, read_text, shown
 
 BUILTIN = {
     "chatml": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -117,20 +118,16 @@ def choose(option: str | None, raw: bool) -> ChatTemplate:
         return MODEL
     path = Path(option).expanduser()
     if option in BUILTIN:
-        if path.exists():  # never guess which one was meant
+        if exists(path, "--lac-chat-template"):  # never guess which one was meant
             raise UsageError(f"--lac-chat-template {option}: both a built-in template and a file "
                              f"in this folder; pass ./{option} for the file, or run elsewhere for "
                              "the built-in one")
         check(f"built-in chat template {option!r}", BUILTIN[option])
         return ChatTemplate(option, BUILTIN[option])
-    if not path.is_file():
-        raise UsageError(f"--lac-chat-template {option!r}: not a file and not a built-in name; "
-                         f"pass {FIXES}")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--lac-chat-template {path}: cannot read it ({exc}); pass a UTF-8 Jinja "
-                         f"file or {FIXES}") from None
+    if not exists(path, "--lac-chat-template"):
+        raise UsageError(f"--lac-chat-template {shown(option)!r}: not a file and not a built-in "
+                         f"name; pass {FIXES}")
+    text = read_text(path, TEMPLATE)  # a regular UTF-8 file of at most 1 MiB, or Unreadable
     if path.suffix == ".json" or text.lstrip().startswith("{\""):
         raise UsageError(f"--lac-chat-template {path}: this looks like a chat_template.json file; "
                          "pass the Jinja text itself (the value of its chat_template key) in a "

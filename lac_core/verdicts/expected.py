@@ -5,18 +5,18 @@
 # beyond its tolerance fails the session with a message naming the quantity.
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
+from .. import locks
 from ..errors import FixtureError, LacError
+from ..readfile import EXPECTATIONS, Unreadable, read_text
 from ..yamlfile import load_yaml
 from .rules import FAILS, HOLDS, INCONCLUSIVE
 
@@ -24,9 +24,9 @@ from .rules import FAILS, HOLDS, INCONCLUSIVE
 TOLERANCES = {"cos": (0.01, 0.0), "count": (1.0, 0.0), "ratio": (0.0, 0.15),
               "default": (0.002, 0.10)}
 SKIP = {"layer", "shallowest", "deepest", "informative_layers", "bound"}  # where, not a measure
-HEADER = "# Written by `pytest claims/ --lac-update-baselines`; review before committing.\n"
+HEADER = "# Written by lac (a pytest run with --lac-update-baselines); review before committing.\n"
 FIELDS = ("verdicts", "notes", "cell_findings", "baselines")
-LOCK = ".lac-lock"
+LOCK = locks.LOCK
 KERNELS = re.compile(r" kernels=(\S+)")  # the kernel family in a setup key (Session.setup)
 
 
@@ -136,10 +136,11 @@ def load(model: str, directory: Path) -> Expectations | None:
     if not os.path.lexists(path):
         return None
     try:
-        raw = load_yaml(path)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, LacError) as exc:
-        raise FixtureError(f"{path} cannot be read as expectations ({str(exc)[:300]}); fix it, "
-                           "or move it away and record it again with --lac-update-baselines") \
+        raw = load_yaml(path, EXPECTATIONS)
+    except (OSError, LacError) as exc:
+        why = exc.what if isinstance(exc, Unreadable) else str(exc)  # without the file's name
+        raise FixtureError(f"{path} cannot be read as expectations ({why[:300]}); fix it, or "
+                           "move it away and record it again with --lac-update-baselines") \
             from None
     why = _problem(raw, model)
     if why:
@@ -149,12 +150,36 @@ def load(model: str, directory: Path) -> Expectations | None:
 
 
 def _yaml():
-    """ruamel's round-trip YAML: comments and layout of a hand-edited file survive a rewrite."""
+    """ruamel's round-trip YAML: comments and layout of a hand-edited file survive a rewrite;
+    every number is written so that it reads back as the same float (ExactFloats)."""
     from ruamel.yaml import YAML
 
     rt = YAML(typ="rt")
     rt.width, rt.allow_duplicate_keys = 120, False
+    rt.Representer = _exact_floats()
     return rt
+
+
+@lru_cache(maxsize=1)
+def _exact_floats():
+    """ruamel rewrites a float it read in exponent form from the digits it parsed and can lose the
+    last one (2.969219123946633e+16 came back as ...632e+16, in a third of such numbers): each
+    re-recording would move kept values and tolerances. A number is written as it was read when
+    that reads back exactly, else as Python's shortest exact form."""
+    from ruamel.yaml.representer import RoundTripRepresenter
+    from ruamel.yaml.scalarfloat import ScalarFloat
+
+    class ExactFloats(RoundTripRepresenter):
+        def represent_scalar_float(self, data):
+            node = super().represent_scalar_float(data)
+            try:
+                exact = float(node.value.replace("_", "")) == float(data)
+            except ValueError:  # .inf, .nan: not numbers lac keeps (load refuses them)
+                exact = True
+            return node if exact else self.represent_float(float(data))
+
+    ExactFloats.add_representer(ScalarFloat, ExactFloats.represent_scalar_float)
+    return ExactFloats
 
 
 def read_for_update(model: str, directory: Path) -> Expectations:
@@ -163,7 +188,7 @@ def read_for_update(model: str, directory: Path) -> Expectations:
     path = file_for(model, directory)
     if load(model, directory) is None:
         return Expectations(model)
-    data = _yaml().load(path.read_text())
+    data = _yaml().load(read_text(path, EXPECTATIONS))
     return Expectations(model, data.setdefault("setups", {}), data)
 
 
@@ -196,14 +221,19 @@ def save(exp: Expectations, directory: Path) -> Path:
 @contextmanager
 def locked(directory: Path):
     """Held while a run reads, merges and writes expectations: two runs updating one file never
-    lose each other's sections (each re-reads the file under the lock)."""
+    lose each other's sections (each re-reads the file under the lock). The folder's lock is
+    held at most once per process (locks.py): a run whose report folder is this folder re-enters
+    it rather than waiting on itself."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(directory) / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    root = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        hold = locks.acquire(root, wait=True, exclusive=False)
+    finally:
+        os.close(root)
+    try:
         yield
     finally:
-        os.close(fd)
+        locks.release(hold)
 
 
 def _kind(name: str) -> str:

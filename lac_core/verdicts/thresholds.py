@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import FixtureError, LacError
+from ..readfile import THRESHOLDS, Unreadable
 from ..yamlfile import load_yaml
 from . import claims as registry
 
@@ -73,9 +74,10 @@ def _section(path: Path, name: str, body, fields: dict):
 
 def _read(path: Path) -> dict:
     try:
-        raw = load_yaml(path)
+        raw = load_yaml(path, THRESHOLDS)
     except (OSError, LacError) as exc:
-        raise FixtureError(f"cannot read thresholds {path}: {exc}") from exc
+        why = exc.what if isinstance(exc, Unreadable) else exc  # without the file's name
+        raise FixtureError(f"cannot read thresholds {path}: {why}") from None
     if not isinstance(raw, dict):
         raise FixtureError(f"{path}: expected a mapping of sections")
     return raw
