@@ -1,14 +1,17 @@
 """The report's figures, checked on the matplotlib Figure objects: the same thing looks the same
 in every figure (the paper's one line style, one colour per meaning), panels of a row share a
-y range, shares sit on 0-1, an undefined share is drawn as undefined, no panel is empty, KL
-heatmaps share one colour scale, and every PNG has its SVG."""
+y range, shares sit on 0-1, an undefined share is drawn as undefined, no panel is empty, no
+legend covers a panel, probes stay apart for colour-blind readers, each grid's heatmap has its
+own colour scale in rows without holes, and every PNG has its SVG."""
+from types import SimpleNamespace
+
 import matplotlib
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
 from lac_core.protocol.grids import GRID_DIR, load_grid
-from lac_core.report import comparefig, figures, style
+from lac_core.report import breakdown, comparefig, figures, style
 from lac_core.verdicts import uncertainty
 from lac_core.verdicts.results import GEOMETRY_STATS, SweepResult
 
@@ -39,11 +42,6 @@ def _has_data(ax):
     return bool(ax.lines or ax.collections or ax.images or ax.patches)
 
 
-def _legend_texts(fig):
-    return [t.get_text() for ax in fig.axes if ax.get_legend()
-            for t in ax.get_legend().get_texts()]
-
-
 def _paper_lines(fig):
     return [ln for ax in fig.axes for ln in ax.lines if ln.get_label().startswith("paper ")]
 
@@ -72,15 +70,85 @@ def test_one_colour_per_meaning(kl_fig):
     assert to_rgba(null.get_color()) == to_rgba(style.COLORS["null"])
 
 
-def test_the_papers_curves_look_the_same_in_every_figure(kl_fig):
+def _look(ln):
+    return (ln.get_linestyle(), ln.get_marker(), to_rgba(ln.get_color()), ln.get_linewidth())
+
+
+def test_the_papers_curves_look_the_same_in_every_figure_and_its_models_apart(kl_fig):
     compare = comparefig.compare_kl_figure([_sweep("m1"), _sweep("m2", seed=1)])
-    lines = _paper_lines(kl_fig) + _paper_lines(compare)
     assert _paper_lines(kl_fig) and _paper_lines(compare)
-    for ln in lines:
-        assert ln.get_linestyle() == style.PAPER_STYLE["ls"]
+    looks = {}
+    for ln in _paper_lines(kl_fig) + _paper_lines(compare):
         assert to_rgba(ln.get_color()) == to_rgba(style.PAPER_STYLE["color"])
         assert ln.get_linewidth() == style.PAPER_STYLE["lw"]
+        looks.setdefault(ln.get_label(), set()).add(_look(ln))
+    assert len(looks) == 2 and all(len(v) == 1 for v in looks.values())  # one look per model
+    (a,), (b,) = looks.values()
+    assert a[0] != b[0] and a[1] != b[1]  # the two paper models: another dash, another marker
     style.plt().close(compare)
+
+
+def _overlaps(box, other) -> bool:
+    return box.x0 < other.x1 and other.x0 < box.x1 and box.y0 < other.y1 and other.y0 < box.y1
+
+
+def _legends(fig):
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def _legend_covers_no_panel(fig):
+    """Every legend is drawn and lies outside every panel (so over no data point or band)."""
+    fig.canvas.draw()
+    legends = _legends(fig)
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent()
+        assert not [ax.get_title() for ax in fig.axes if _overlaps(box, ax.get_window_extent())]
+
+
+def test_no_legend_covers_a_panel(kl_fig):
+    sweeps = [_sweep("m1"), _sweep("m2", seed=1)]
+    figs = [kl_fig, comparefig.compare_kl_figure(sweeps),
+            comparefig.compare_f_figure(sweeps, {(r.model, r.grid): _f(r) for r in sweeps}),
+            figures.dose_and_swap_figure(*_dose_and_swap(3))]
+    for fig in figs:
+        _legend_covers_no_panel(fig)
+    for fig in figs[1:]:
+        style.plt().close(fig)
+
+
+# Colour-vision simulation (Machado et al. 2009, severity 1) on linear RGB, then CIELAB distance:
+# two probes must stay apart for a reader with red-green colour blindness too.
+CVD = {"normal": np.eye(3),
+       "deuteranopia": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                                 [-0.011820, 0.042940, 0.968881]]),
+       "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                               [-0.003882, -0.048116, 1.051998]])}
+
+
+def _lab(color, vision):
+    c = np.array(to_rgba(color)[:3])
+    lin = np.clip(CVD[vision] @ np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4),
+                  0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ lin / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_f_is_a_panel_beside_the_kl_panels_with_probes_apart_for_every_reader(kl_fig):
+    f_ax = next(ax for ax in kl_fig.axes if ax.get_ylabel() == style.F_LABEL)
+    kl_axes = [ax for ax in kl_fig.axes if ax.get_yscale() == "log"]
+    f_box, kl_box = f_ax.get_position(), kl_axes[0].get_position()
+    assert f_box.width <= 1.05 * kl_box.width and abs(f_box.y0 - kl_box.y0) < 0.02  # one row
+    lines = {ln.get_label(): ln for ln in f_ax.lines if ln.get_label().startswith("F, ")}
+    assert set(lines) == {"F, p_last", "F, g1", "F, g2"}
+    assert len({ln.get_marker() for ln in lines.values()}) == 3
+    for vision in CVD:
+        labs = {k: _lab(ln.get_color(), vision) for k, ln in lines.items()}
+        gaps = {(a, b): float(np.linalg.norm(labs[a] - labs[b])) for a in labs for b in labs
+                if a < b}
+        assert min(gaps.values()) >= 15, (vision, gaps)  # delta E 76; 2.3 is just noticeable
 
 
 def test_f_spans_0_to_1_and_an_undefined_f_is_drawn_as_such(kl_fig):
@@ -116,6 +184,20 @@ def test_compare_f_is_lacs_models_on_a_0_1_axis_with_undefined_marked():
     style.plt().close(fig)
 
 
+Z95 = 1.959964
+
+
+def _dose_and_swap(eligible):
+    """None of `eligible` swaps switched, none with B in clean: both Wilson intervals are
+    [0, z^2 / (n + z^2)] (the textbook's zero-successes case)."""
+    rows = {"m1 / g": [{"a": a, "any_marker": 1, "n_cells": 4, "median_kl": 2 + a}
+                       for a in (0, 0.5, 1, 2)]}
+    zero = [0.0, Z95 ** 2 / (eligible + Z95 ** 2)]
+    swaps = {"m1 / g": {"eligible": eligible, "switched": 0, "share": 0.0, "base_rate": 0.0,
+                        "share_interval": zero, "base_rate_interval": zero}}
+    return rows, swaps
+
+
 def test_compare_kl_gives_each_model_its_colour_in_every_figure():
     fig = comparefig.compare_kl_figure([_sweep("m1"), _sweep("m2", seed=1)], ["m1", "m2"])
     dose = figures.dose_and_swap_figure(
@@ -129,6 +211,10 @@ def test_compare_kl_gives_each_model_its_colour_in_every_figure():
     style.plt().close(fig), style.plt().close(dose)
 
 
+def _legend_texts(fig):
+    return [t.get_text() for legend in _legends(fig) for t in legend.get_texts()]
+
+
 def test_shares_sit_on_0_1_and_an_undefined_swap_share_says_its_n():
     rows = {"m1 / g": [{"a": a, "any_marker": 1, "n_cells": 4, "median_kl": a} for a in (0, 1)]}
     fig = figures.dose_and_swap_figure(rows, {"m1 / g": {"share": None, "base_rate": None,
@@ -140,23 +226,98 @@ def test_shares_sit_on_0_1_and_an_undefined_swap_share_says_its_n():
     style.plt().close(fig)
 
 
-def test_kl_heatmaps_share_one_colour_scale_and_empty_panels_are_left_out():
+def test_wilson_interval_matches_the_textbook():
+    assert breakdown.wilson(0, 0) is None
+    lo, hi = breakdown.wilson(0, 3)
+    assert lo == 0 and hi == pytest.approx(Z95 ** 2 / (3 + Z95 ** 2))
+    assert breakdown.wilson(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    own = [{"own_hits": [], "other_hits": ["b"], "clean_own_hits": ["a"], "clean_other_hits": []},
+           {"own_hits": ["a"], "other_hits": [], "clean_own_hits": ["a"], "clean_other_hits": []},
+           {"own_hits": [], "other_hits": [], "clean_own_hits": [], "clean_other_hits": ["b"]}]
+    share = breakdown.swap_share(SimpleNamespace(swaps=[{**w, "cell": "c", "other": "o"}
+                                                        for w in own]))
+    assert share["share_interval"] == breakdown.wilson(1, 2)
+    assert share["base_rate_interval"] == breakdown.wilson(0, 2)
+
+
+def test_the_swap_panel_draws_a_zero_share_with_its_interval_and_n_and_kl_starts_at_0():
+    fig = figures.dose_and_swap_figure(*_dose_and_swap(3))  # 0 of 3 eligible swaps switched
+    _markers, kl, swap = fig.axes
+    assert kl.get_ylim()[0] == 0
+    assert "n = 3" in swap.get_title() and "Wilson" in swap.get_title()
+    points = [ln for ln in swap.lines if ln.get_marker() == "o"]
+    assert [tuple(ln.get_ydata()) for ln in points] == [(0.0,), (0.0,)]  # share, base rate
+    assert all(not ln.get_clip_on() for ln in points)  # a 0 on the axis is seen, not cut
+    bars = [seg for c in swap.collections for seg in c.get_segments()]
+    assert len(bars) == 2 and all(seg[:, 1].max() == pytest.approx(Z95 ** 2 / (3 + Z95 ** 2))
+                                  for seg in bars)
+    style.plt().close(fig)
+
+
+def test_heatmaps_have_a_colour_scale_per_grid_and_rows_without_holes():
     personas, tasks = ["a", "b"], ["x", "y"]
     small, large = np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[1.0, 2.0], [3.0, 5.0]])
-    panels = [("g1: additive KL (nats)", (personas, tasks, small), None),
-              ("g2: additive KL (nats)", (personas, tasks, large), None),
-              ("g3: additive KL (nats)", (personas, tasks, np.full((2, 2), np.nan)), None),
-              ("g1: distinct markers, clean", (personas, tasks, np.array([[0, 1], [2, 3.0]])),
-               None)]
+    hits = np.array([[0, 1], [2, 3.0]])
+    panels = [("short: additive KL (nats)", (personas, tasks, small), None),
+              ("long: additive KL (nats)", (personas, tasks, large), None),
+              ("void: additive KL (nats)", (personas, tasks, np.full((2, 2), np.nan)), None),
+              ("short: distinct markers, clean", (personas, tasks, hits), (personas, tasks, hits)),
+              ("short: distinct markers, bare", (personas, tasks, hits * 2), None)]
     fig = figures.heatmaps_figure("m", panels)
     images = {ax.get_title(): ax.images[0] for ax in fig.axes if ax.images}
-    assert set(images) == {p[0] for p in panels} - {"g3: additive KL (nats)"}
-    kl = [im for t, im in images.items() if "KL" in t]
-    assert {im.get_clim() for im in kl} == {(0.0, 5.0)}
-    assert images["g1: distinct markers, clean"].get_clim()[0] == 0
-    assert all(_has_data(ax) for ax in fig.axes)
+    assert set(images) == {p[0] for p in panels} - {"void: additive KL (nats)"}
+    assert images["short: additive KL (nats)"].get_clim() == (0.0, 0.4)  # short is not washed out
+    assert images["long: additive KL (nats)"].get_clim() == (0.0, 5.0)
+    assert {images[t].get_clim() for t in images if "markers" in t} == {(0.0, 6.0)}
+    bars = {im.colorbar.ax for im in images.values() if im.colorbar is not None}
+    assert len(bars) == len(images) and len(fig.axes) == 2 * len(images)  # no empty axes
+    fig.canvas.draw()
+    rows = {}
+    for ax in (ax for ax in fig.axes if ax.images):
+        rows.setdefault(round(ax.get_position().y0, 2), []).append(ax.get_position())
+    widths = [b.width for boxes in rows.values() for b in boxes]
+    centres = []
+    for boxes in rows.values():
+        boxes.sort(key=lambda b: b.x0)
+        assert all(b.x0 - a.x1 < max(widths) for a, b in zip(boxes, boxes[1:]))  # no hole
+        centres.append((boxes[0].x0 + boxes[-1].x1) / 2)
+    assert len(rows) == 2 and max(centres) - min(centres) < 0.05  # a short row is centred
     assert all(t.get_fontsize() >= 8 for ax in fig.axes if ax.images
                for t in ax.get_xticklabels() + ax.get_yticklabels())
+    style.plt().close(fig)
+
+
+def _luminance(rgba):
+    c = np.array(rgba[:3])
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ [0.2126, 0.7152, 0.0722])
+
+
+def _contrast(a, b):
+    """WCAG 2 contrast ratio, text alpha blended over the cell first."""
+    alpha = a[3]
+    text = [alpha * x + (1 - alpha) * y for x, y in zip(a[:3], b[:3])] + [1.0]
+    lo, hi = sorted((_luminance(text), _luminance(b)))
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_every_number_on_a_heatmap_is_readable_on_its_cell():
+    """WCAG: text on a cell at least 4.5:1 against the cell, opaque, 8 pt or more."""
+    personas, tasks = ["a", "b", "c"], ["x", "y", "z"]
+    values = np.arange(9.0).reshape(3, 3) / 2  # every shade of the map, dark to light
+    panels = [("g: additive KL (nats)", (personas, tasks, values), None),
+              ("g: distinct markers, clean", (personas, tasks, values), (personas, tasks, values))]
+    fig = figures.heatmaps_figure("m", panels)
+    texts = 0
+    for ax in (ax for ax in fig.axes if ax.images):
+        im = ax.images[0]
+        for t in ax.texts:
+            x, y = t.get_position()
+            cell = im.cmap(im.norm(im.get_array()[int(round(y)), int(round(x))]))
+            assert t.get_fontsize() >= 8, t.get_text()
+            assert _contrast(to_rgba(t.get_color(), t.get_alpha()), cell) >= 4.5, t.get_text()
+            texts += 1
+    assert texts == 9 + 18  # ours on both, the paper's on the markers panel
     style.plt().close(fig)
 
 

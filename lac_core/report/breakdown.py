@@ -74,9 +74,21 @@ def dose_table(s: SteeringResult) -> list[dict]:
     return rows
 
 
+def wilson(k: int, n: int, z: float = 1.959964) -> list[float] | None:
+    """The 95% Wilson score interval of k successes in n trials (None when n is 0): unlike the
+    normal approximation it stays inside 0-1 and is not empty at 0 of 3, the usual swap count."""
+    if not n:
+        return None
+    p, den = k / n, 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [max(0.0, float(mid - half)), min(1.0, float(mid + half))]
+
+
 def swap_share(s: SteeringResult) -> dict:
     """Over the swaps whose clean (A, Y) text has A's markers: the share where A's markers
-    disappear and B's appear, against the base rate of B's markers in those clean texts."""
+    disappear and B's appear, against the base rate of B's markers in those clean texts; each
+    with its Wilson interval over those swaps, taken as independent trials."""
     eligible = [w for w in s.swaps if w["clean_own_hits"]]
     switched = [w for w in eligible if not w["own_hits"] and w["other_hits"]]
     base = [w for w in eligible if w["clean_other_hits"]]
@@ -84,6 +96,7 @@ def swap_share(s: SteeringResult) -> dict:
     return {"swaps": len(s.swaps), "eligible": n, "switched": len(switched),
             "share": len(switched) / n if n else None,
             "base_rate": len(base) / n if n else None,
+            "share_interval": wilson(len(switched), n), "base_rate_interval": wilson(len(base), n),
             "own_kept": sum(bool(w["own_hits"]) for w in eligible),
             "other_appeared": sum(bool(w["other_hits"]) for w in eligible),
             "cells": [f"{w['cell']} -> {w['other']}" for w in switched]}

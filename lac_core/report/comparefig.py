@@ -24,7 +24,8 @@ def compare_kl_figure(sweeps: list, models=()):
     models = list(models) or [r.model for r in sweeps]
     grids = list(dict.fromkeys(r.grid for r in sweeps))
     probes = _probes(sweeps)
-    fig, axes = plt.subplots(1, len(probes), figsize=(4.6 * len(probes) + 1, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(probes), figsize=(4.6 * len(probes) + 1, 4.8), squeeze=False,
+                             layout="constrained")
     ys = []
     for ax, probe in zip(axes[0], probes):
         seen = set()
@@ -46,11 +47,9 @@ def compare_kl_figure(sweeps: list, models=()):
         ax.set(yscale="log", title=probe, xlabel=DEPTH, xlim=(0, 1))
     share_ylim(axes[0], ys)
     axes[0][0].set_ylabel(KL_LABEL)
-    handles, _labels = axes[0][-1].get_legend_handles_labels()
-    axes[0][-1].legend(handles=[*handles, style.band_handle()], fontsize=7, loc="lower right")
-    fig.suptitle("Median additive KL by depth fraction, every model (grey dashed: the paper's "
-                 "published curves on the same grid)")
-    fig.tight_layout()
+    style.legend_below(fig, extra=[style.band_handle()])
+    fig.suptitle("Median additive KL by depth fraction, every model (grey, one dash and marker "
+                 "per paper model: the paper's published curves on the same grid)")
     return fig
 
 
@@ -62,8 +61,8 @@ def compare_f_figure(sweeps: list, tables: dict, models=()):
     grids = list(dict.fromkeys(r.grid for r in sweeps))
     probes = [p for p in _probes(sweeps)
               if any(tables.get((r.model, r.grid), {}).get(p) for r in sweeps)]
-    fig, axes = plt.subplots(1, max(len(probes), 1), figsize=(4.6 * max(len(probes), 1) + 1, 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(len(probes), 1), figsize=(4.6 * max(len(probes), 1) + 1, 4.6),
+                             squeeze=False, layout="constrained")
     values = []
     for ax, probe in zip(axes[0], probes):
         for r in sweeps:
@@ -82,8 +81,7 @@ def compare_f_figure(sweeps: list, tables: dict, models=()):
         axes[0][0].remove()
     else:
         axes[0][0].set_ylabel(style.F_LABEL)
-        axes[0][-1].legend(fontsize=7, loc="lower left")
+        style.legend_below(fig)
     fig.suptitle("Normalized faithfulness F by depth fraction, lac's models only: the paper "
                  "published no null runs, so it has no F to compare")
-    fig.tight_layout()
     return fig

@@ -7,13 +7,14 @@ import numpy as np
 from ..verdicts import paper
 from ..protocol.grids import paper_grid
 from . import style
-from .style import BAND_ALPHA, COLORS, DEPTH, KL_LABEL, PAPER_MARKERS, PAPER_STYLE
+from .style import BAND_ALPHA, COLORS, DEPTH, KL_LABEL
 
 FIG_PROBES = ("p_last", "g1", "g2")
 
 
 def paper_curves(ax, grid: str, grid_sha256: str, probe: str) -> list:
-    """The paper's published median additive KL of the same grid, in the paper's one style."""
+    """The paper's published median additive KL of the same grid: grey, each paper model with
+    its own dash and marker (style.paper_look)."""
     theirs = paper_grid(grid, grid_sha256)
     out = []
     for pm, pg in sorted(paper.SWEEP_FILES):
@@ -22,8 +23,8 @@ def paper_curves(ax, grid: str, grid_sha256: str, probe: str) -> list:
         ps = paper.sweep_summary(pm, pg)
         if probe in ps.kl_add:
             ys = [ps.kl_add[probe][k].median for k in ps.layers]
-            ax.plot([k / ps.n_layers for k in ps.layers], ys, marker=PAPER_MARKERS.get(pm, "."),
-                    ms=4, label=f"paper {pm}", **PAPER_STYLE)
+            ax.plot([k / ps.n_layers for k in ps.layers], ys, ms=4, label=f"paper {pm}",
+                    **style.paper_look(pm))
             out += ys
     return out
 
@@ -45,14 +46,15 @@ def shown_probes(kl_add: dict) -> list[str]:
 
 
 def kl_by_layer_figure(result, normalized: dict | None = None):
-    """Figure 1 style: median additive KL by depth fraction with its p25-p75 band, the null
-    control, the 0.1 line and the paper's curves of the same grid; below, normalized
-    faithfulness F by depth (filled: informative site; the paper ran no null control)."""
+    """Figure 1 style, one row: per probe, median additive KL by depth fraction with its p25-p75
+    band, the null control, the 0.1 line and the paper's curves of the same grid; last,
+    normalized faithfulness F by depth (filled: informative site; the paper ran no null
+    control). One legend below the row, over no data."""
     plt, s = style.plt(), result.summary
     probes = shown_probes(s.kl_add)
     f_rows = [p for p in probes if (normalized or {}).get(p)]
-    layout = [probes] + ([["F"] * len(probes)] if f_rows else [])
-    fig, axd = plt.subplot_mosaic(layout, figsize=(4 * len(probes) + 1, 3.6 * len(layout)))
+    panels = [*probes, *(["F"] if f_rows else [])]
+    fig, axd = plt.subplot_mosaic([panels], figsize=(4.2 * len(panels), 4.6), layout="constrained")
     x = [layer / s.n_layers for layer in s.layers]
     ys = []
     for probe in probes:
@@ -71,68 +73,90 @@ def kl_by_layer_figure(result, normalized: dict | None = None):
         ax.set(yscale="log", title=probe, xlabel=DEPTH, xlim=(0, 1))
     share_ylim([axd[p] for p in probes], ys)
     axd[probes[0]].set_ylabel(KL_LABEL)
-    axd[probes[-1]].legend(fontsize=7, loc="lower right")
     if f_rows:
         f_panel(axd["F"], s, {p: normalized[p] for p in f_rows}, len(result.cells))
+    style.legend_below(fig)
     fig.suptitle(f"Additive substitution KL and normalized faithfulness, {result.model}, "
                  f"{result.grid} grid")
-    fig.tight_layout()
     return fig
 
 
+F_DODGE = 0.012  # depth fraction between the probes' points at one layer, so bars stay apart
+
+
 def f_panel(ax, s, normalized: dict, n_cells: int) -> None:
-    """F by depth, one line per probe; an undefined F (null KL 0) is drawn as undefined."""
+    """F by depth, one colour and marker per probe, the probes' points at a layer set a little
+    apart; an undefined F (null KL 0) is drawn as undefined."""
     values = []
-    for probe, per in normalized.items():
-        color = style.probe_color(probe)
-        pts = [(int(k) / s.n_layers, v) for k, v in per.items()]
+    for i, (probe, per) in enumerate(normalized.items()):
+        color, marker = style.probe_color(probe), style.probe_marker(probe)
+        shift = (i - (len(normalized) - 1) / 2) * F_DODGE
+        pts = [(int(k) / s.n_layers + shift, v) for k, v in per.items()]
         ok = [(xv, v) for xv, v in pts if v["F"] is not None]
         if ok:
-            ax.plot([p[0] for p in ok], [p[1]["F"] for p in ok], "-", color=color, label=probe)
+            ax.plot([p[0] for p in ok], [p[1]["F"] for p in ok], "-", color=color,
+                    marker=marker, label=f"F, {probe}")
         for xv, v in ok:
-            ax.plot([xv], [v["F"]], "o", color=color, mfc=color if v["informative"] else "white")
+            ax.plot([xv], [v["F"]], marker, color=color,
+                    mfc=color if v["informative"] else "white")
             if v["interval"]:
-                ax.plot([xv, xv], v["interval"], "-", color=color, alpha=0.35, lw=3)
+                ax.plot([xv, xv], v["interval"], "-", color=color, alpha=0.5, lw=2)
         values += [v["F"] for _x, v in ok]
         for xv, _v in [(xv, v) for xv, v in pts if v["F"] is None]:
             style.undefined(ax, xv, 0.0, f"{probe}: undefined (null KL 0, n={n_cells})")
     style.share_f_limits(ax, values)
     ax.set(xlabel=DEPTH, ylabel=style.F_LABEL, xlim=(0, 1))
-    ax.set_title("normalized faithfulness F by depth (filled: informative, median null KL >= "
-                 "0.05; bars: 95% interval; the paper has no null runs, so no paper curve)",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("normalized faithfulness F\n(filled: informative, median null KL >= 0.05;\n"
+                 "bars: 95% interval; no paper curve: it has no null runs)", fontsize=8)
+
+
+def heatmap_rows(panels: list) -> list[list]:
+    """Panels grouped by grid (the title's prefix before ':'), in order: a grid's KL panel and
+    its marker panels side by side, one row per grid."""
+    rows = {}
+    for panel in panels:
+        rows.setdefault(panel[0].split(":")[0], []).append(panel)
+    return list(rows.values())
 
 
 def heatmaps_figure(model: str, panels: list[tuple[str, tuple, tuple | None]]):
     """Persona x task heatmaps of one model: `panels` is [(title, (personas, tasks, values),
-    the paper's (personas, tasks, values) or None)]. KL panels on the first row share one
-    colour scale, marker panels on the second another, both from 0; a panel without a finite
-    value is left out; the paper's value of a cell is printed under ours in grey."""
+    the paper's (personas, tasks, values) or None)], titles starting with the grid. One row per
+    grid, centred; each KL panel has its own colour scale (grids differ tenfold), a grid's
+    marker panels share one, all from 0, each with its colourbar; a panel without a finite
+    value is left out; the paper's value of a cell is printed under ours."""
     plt = style.plt()
     panels = [p for p in panels if np.isfinite(p[1][2]).any()]
-    grids = dict.fromkeys(p[0].split(":")[0] for p in panels if "markers" in p[0])
-    rows = [r for r in ([p for p in panels if "markers" not in p[0]],
-                        *([p for p in panels if "markers" in p[0] and p[0].startswith(f"{g}:")]
-                          for g in grids)) if r]
+    rows = heatmap_rows(panels)
     ncols = max([len(r) for r in rows] + [1])
-    fig, axes = plt.subplots(max(len(rows), 1), ncols, figsize=(5.4 * ncols, 4.8 * len(rows)),
-                             squeeze=False)
-    tops = {kind: max([float(np.nanmax(v)) for t, (_p, _t, v), _ in panels
-                       if ("markers" in t) == kind] + [1.0 if kind else 1e-9])
-            for kind in (True, False)}  # one scale for every KL panel, one for every marker one
+    fig = plt.figure(figsize=(5.4 * ncols, 4.8 * max(len(rows), 1)), layout="constrained")
+    grid = fig.add_gridspec(max(len(rows), 1), 2 * ncols)  # half columns: short rows centre
     for r, row in enumerate(rows):
-        top = tops["markers" in row[0][0]]
-        for c in range(ncols):
-            if c >= len(row):
-                axes[r][c].remove()
-                continue
-            _heatmap(fig, axes[r][c], *row[c], top)
-    if not rows:
-        axes[0][0].remove()
+        markers = [float(np.nanmax(v)) for t, (_p, _t, v), _ in row if "markers" in t]
+        for c, panel in enumerate(row):
+            start = ncols - len(row) + 2 * c
+            top = (max(markers + [1.0]) if "markers" in panel[0]
+                   else max(float(np.nanmax(panel[1][2])), 1e-9))
+            _heatmap(fig, fig.add_subplot(grid[r, start:start + 2]), *panel, top)
     fig.suptitle(f"Where composition breaks: {model} (rows: persona, columns: task)")
-    fig.tight_layout()
     return fig
+
+
+def ink(rgb) -> str:
+    """Black or white, whichever contrasts more with a cell's colour (WCAG luminance): the
+    better of the two is always at least 4.58:1."""
+    return "black" if contrast(rgb, (0, 0, 0)) >= contrast(rgb, (1, 1, 1)) else "white"
+
+
+def luminance(rgb) -> float:
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(a, b) -> float:
+    """WCAG contrast ratio of two colours (1 to 21; 4.5 is the floor for small text)."""
+    la, lb = sorted((luminance(a), luminance(b)))
+    return (lb + 0.05) / (la + 0.05)
 
 
 def _heatmap(fig, ax, title, matrix, theirs, top) -> None:
@@ -145,23 +169,29 @@ def _heatmap(fig, ax, title, matrix, theirs, top) -> None:
     for (i, j), v in np.ndenumerate(values):
         if not np.isfinite(v):
             continue
-        r, g, b, _a = im.cmap(im.norm(v))
-        ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+        color = ink(im.cmap(im.norm(v)))
         ax.text(j, i - (0.15 if theirs else 0), f"{v:.2g}", ha="center", va="center",
-                fontsize=7 if small else 9, color=ink)
+                fontsize=8 if small else 9, color=color)
         if theirs is not None and np.isfinite(theirs[2][i, j]):
             ax.text(j, i + 0.25, f"paper {theirs[2][i, j]:.0f}", ha="center", va="center",
-                    fontsize=7, color=ink, style="italic", alpha=0.75)
+                    fontsize=8, color=color, style="italic")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
 
 
+def swap_title(swaps: dict) -> str:
+    ns = [str(sw["eligible"]) for sw in swaps.values()]
+    return ("persona swap dX_A -> dX_B: share switched, 95% Wilson interval\nover the eligible "
+            f"swaps (clean has A's markers), n = {' / '.join(ns) or 0}")
+
+
 def dose_and_swap_figure(rows: dict, swaps: dict, models=()):
-    """Markers and KL to the clean run against the dose a (one line per model / grid), and the
-    swap share against its base rate; an undefined share (no eligible swap) is drawn as such.
-    rows: "model / grid" -> dose table; swaps: "model / grid" -> swap share."""
+    """Markers and KL to the clean run (axis from 0) against the dose a (one line per model /
+    grid), and the swap share against its base rate, each a point with its Wilson interval
+    over the eligible swaps, n in the title; an undefined share (no eligible swap) is drawn as
+    such. rows: "model / grid" -> dose table; swaps: "model / grid" -> breakdown.swap_share."""
     plt = style.plt()
-    fig, (m_ax, k_ax, s_ax) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (m_ax, k_ax, s_ax) = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
     models = list(models) or [k.split(" / ")[0] for k in rows]
     grids = list(dict.fromkeys(k.split(" / ")[-1] for k in rows))
     for label, table in rows.items():
@@ -169,31 +199,37 @@ def dose_and_swap_figure(rows: dict, swaps: dict, models=()):
         look = {"color": style.model_color(model, models),
                 "marker": style.GRID_MARKERS[grids.index(grid) % len(style.GRID_MARKERS)]}
         a = [r["a"] for r in table]
-        m_ax.plot(a, [r["any_marker"] / r["n_cells"] for r in table], "-", label=label, **look)
+        m_ax.plot(a, [r["any_marker"] / r["n_cells"] for r in table], "-", label=label,
+                  clip_on=False, **look)  # a share of 0 sits on the axis, seen whole
         k_ax.plot(a, [r["median_kl"] for r in table], "-", label=label, **look)
     m_ax.set(xlabel="dose a (additive + (a - 1) dX)", ylabel="share of cells with a marker",
              title="persona markers vs dose", ylim=style.SHARE_LIM)
     k_ax.set(xlabel="dose a", ylabel="median 10-token KL to clean (nats)",
              title="distance from the clean run vs dose")
+    k_ax.set_ylim(0, max([k_ax.get_ylim()[1], 1e-9]))
     for ax in (m_ax, k_ax):
         ax.axvline(1.0, color="0.6", lw=0.8, ls=":")
-    m_ax.legend(fontsize=8)
     names = list(swaps)
     for i, n in enumerate(names):
-        for dx, key, color in ((-0.2, "share", COLORS["swap"]),
-                               (0.2, "base_rate", COLORS["base_rate"])):
-            value = swaps[n][key]
+        for dx, key, color in ((-0.15, "share", COLORS["swap"]),
+                               (0.15, "base_rate", COLORS["base_rate"])):
+            value, interval = swaps[n][key], swaps[n].get(f"{key}_interval")
             if value is None:
                 style.undefined(s_ax, i + dx, 0.02, f"undefined (n={swaps[n]['eligible']})")
-            else:
-                s_ax.bar(i + dx, value, 0.4, color=color)
-    from matplotlib.patches import Patch
+                continue
+            lo, hi = interval or (value, value)
+            s_ax.errorbar([i + dx], [value], yerr=[[value - lo], [hi - value]], fmt="o",
+                          color=color, ms=7, capsize=5, lw=2, clip_on=False, zorder=3)
+    from matplotlib.lines import Line2D
 
-    s_ax.set_xticks(range(len(names)), names, fontsize=8, rotation=20, ha="right")
-    s_ax.legend(handles=[Patch(color=COLORS["swap"], label="A gone, B appears"),
-                         Patch(color=COLORS["base_rate"], label="base rate: B in clean (A, Y)")],
-                fontsize=8)
-    s_ax.set(ylabel="share of swaps (clean has A's markers)", title="persona swap dX_A -> dX_B",
-             ylim=style.SHARE_LIM, xlim=(-0.7, max(len(names), 1) - 0.3))
-    fig.tight_layout()
+    s_ax.set_xticks(range(len(names)),
+                    [f"{n}\n(n={swaps[n]['eligible']})" for n in names], fontsize=8)
+    s_ax.set(ylabel="share of eligible swaps", title=swap_title(swaps), ylim=style.SHARE_LIM,
+             xlim=(-0.6, max(len(names), 1) - 0.4))
+    s_ax.title.set_fontsize(9)
+    style.legend_below(fig, extra=[
+        Line2D([], [], color=COLORS["swap"], marker="o",
+               label="swap: A's markers gone, B's appear"),
+        Line2D([], [], color=COLORS["base_rate"], marker="o",
+               label="base rate: B's markers in clean (A, Y)")])
     return fig

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PAPER_STYLE = {"color": "0.45", "ls": "--", "lw": 1.3}  # the paper's published curves, everywhere
-PAPER_MARKERS = {"gemma-2-2b-it": "^", "qwen2.5-1.5b-instruct": "v", "qwen2.5-3b-instruct": "D"}
-COLORS = {"additive": "C0", "null": "C3", "threshold": "black", "swap": "C6",
-          "base_rate": "C9", "undefined": "C3"}
-PROBE_COLORS = {"p_user_last": "C4", "p_last": "C1", "g1": "C2", "g2": "C8"}
+PAPER_STYLE = {"color": "0.4", "lw": 1.3}  # the paper's published curves: grey, everywhere
+# ...and each paper model its own dash and marker, the same in every figure (two grey dashes
+# alike cannot be told apart); ":" is the threshold's.
+PAPER_LOOKS = {"gemma-2-2b-it": {"ls": "--", "marker": "^"},
+               "qwen2.5-1.5b-instruct": {"ls": "-.", "marker": "v"},
+               "qwen2.5-3b-instruct": {"ls": (0, (6, 2, 1, 2, 1, 2)), "marker": "D"}}
+COLORS = {"additive": "C0", "null": "C3", "threshold": "black", "swap": "#CC79A7",
+          "base_rate": "#009E73", "undefined": "C3"}
+# Okabe-Ito (colour-blind safe), leaving out its blue, vermillion and black, which the additive,
+# null and threshold lines of the same figures wear, and its yellow (faint on white).
+PROBE_COLORS = {"p_user_last": "#CC79A7", "p_last": "#E69F00", "g1": "#009E73", "g2": "#56B4E9"}
+PROBE_MARKERS = {"p_user_last": "^", "p_last": "o", "g1": "s", "g2": "D"}
 MODEL_PALETTE = ("#7570b3", "#a6761d", "#1b9e77", "#e7298a", "#e6ab02", "#66a61e", "#1f78b4")
 GRID_MARKERS = ("o", "s", "^", "D", "v")
 BAND_ALPHA = 0.22
@@ -40,6 +47,30 @@ def model_color(model: str, models) -> str:
 
 def probe_color(probe: str) -> str:
     return PROBE_COLORS.get(probe, "C5")
+
+
+def probe_marker(probe: str) -> str:
+    return PROBE_MARKERS.get(probe, "P")
+
+
+def paper_look(paper_model: str) -> dict:
+    """A paper model's line: the paper's grey with that model's own dash and marker."""
+    return {**PAPER_STYLE, **PAPER_LOOKS.get(paper_model, {"ls": "--", "marker": "."})}
+
+
+def legend_below(fig, extra=()) -> None:
+    """One legend for the whole figure, below its panels (constrained layout), so it covers
+    no data; entries repeated across panels are listed once."""
+    seen = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if not label.startswith("_"):
+                seen.setdefault(label, handle)
+    for handle in extra:
+        seen.setdefault(handle.get_label(), handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                   ncols=min(len(seen), 4), fontsize=8, frameon=False)
 
 
 def band_handle():

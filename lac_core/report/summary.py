@@ -164,8 +164,8 @@ def compare_markdown(view: View, figures: dict) -> str:
 
 
 KL_CAPTION = ("Median additive KL (nats, log scale) by depth fraction, every model, with its "
-              "p25-p75 band over cells; grey dashed: the paper's published curves on the same "
-              "grid, where the grid is the paper's")
+              "p25-p75 band over cells; grey, one dash and marker per paper model: the paper's "
+              "published curves on the same grid, where the grid is the paper's")
 F_CAPTION = ("Normalized faithfulness F = 1 - KL_add / KL_null by depth fraction, lac's models "
              "only: the paper published no null runs, so it has no F to draw; a cross marks an "
              "undefined F (null KL 0)")
