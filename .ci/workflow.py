@@ -1,7 +1,9 @@
 """Run the `run:` steps of docs/ci/lac-workflow.yml here, as GitHub Actions would, so the recipe
 users copy cannot rot: the job's env with each `${{ }}` expression given a value on the command
-line (an expression left without one is an error), `uses:` steps skipped, a step after a failure
-run only when it says `if: always()`. Prints each step's exit code; exits with the job's."""
+line (an expression left without one is an error; `secrets.X` is empty unless given, as for an
+unset secret), `uses:` steps skipped, a step after a failure run only when it says `if: always()`,
+and what a step appends to $GITHUB_ENV set for the steps after it. Prints each step's exit code;
+exits with the job's."""
 from __future__ import annotations
 
 import argparse
@@ -19,11 +21,18 @@ EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 
 def fill(text: str, values: dict[str, str], where: str) -> str:
     def one(match: re.Match) -> str:
+        if match.group(1).startswith("secrets.") and match.group(1) not in values:
+            return ""  # GitHub gives an unset secret as the empty string
         if match.group(1) not in values:
             sys.exit(f"workflow: {where} uses ${{{{ {match.group(1)} }}}}, which has no value; "
                      f"pass --set '{match.group(1)}=...'")
         return values[match.group(1)]
     return EXPR.sub(one, str(text))
+
+
+def read_github_env(path: Path) -> dict[str, str]:
+    """The NAME=VALUE lines steps appended to $GITHUB_ENV (one-line values: all the recipe uses)."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 def main() -> int:
@@ -42,8 +51,10 @@ def main() -> int:
         if name not in overrides:
             env[name] = fill(value, values, f"env {name}")
     outputs = tempfile.NamedTemporaryFile(delete=False, dir=args.workdir, suffix=".output")
+    github_env = Path(tempfile.NamedTemporaryFile(delete=False, dir=args.workdir, suffix=".env").name)
     env.setdefault("GITHUB_STEP_SUMMARY", str(args.workdir / "step-summary.md"))
     env["GITHUB_OUTPUT"] = outputs.name
+    env["GITHUB_ENV"] = str(github_env)
     failed = False
     for i, step in enumerate(job["steps"]):
         name = step.get("name") or step.get("uses")
@@ -58,6 +69,7 @@ def main() -> int:
         rc = subprocess.run(["bash", "-e", "-c", script], cwd=args.workdir, env=env).returncode
         print(f"workflow: step {i} {name}: exit {rc}", flush=True)
         failed = failed or rc != 0
+        env.update(read_github_env(github_env))
     print(f"workflow: job {job_name}: {'failed' if failed else 'passed'}")
     return 1 if failed else 0
 
