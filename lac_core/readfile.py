@@ -217,7 +217,9 @@ def checked(data, path, kind: Kind):
     return data
 
 
-def _json_pairs(pairs):
+def unique_pairs(pairs):
+    """A JSON object's pairs as a dict, a repeated key refused (json.loads' object_pairs_hook):
+    a second value must not silently replace the first."""
     out = {}
     for k, v in pairs:
         if k in out:
@@ -233,7 +235,7 @@ def read_json(path, kind: Kind):
 
     text = read_text(path, kind)
     try:
-        data = json.loads(text, object_pairs_hook=_json_pairs)
+        data = json.loads(text, object_pairs_hook=unique_pairs)
     except RecursionError:
         raise refuse(path, kind, "nested too deeply to read") from None
     except ValueError as exc:  # JSONDecodeError, a duplicate key, an integer of 4300+ digits

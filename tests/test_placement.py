@@ -80,6 +80,32 @@ def test_reduced_precision_names_its_kernel_family(monkeypatch):
     assert kernels("mps", "float16") == "mps"
 
 
+@pytest.mark.parametrize("family, slow", [
+    ("cpu:AVX512+avx512_bf16", False), ("cpu:AVX512+amx_bf16+avx512_bf16", False),
+    ("cpu:AVX2", True), ("cpu:AVX512", True), ("cpu:AVX2+avx512_bf16", True),
+    ("cpu:AVX512+avx512_bf16+onednn_avx2", True), ("cpu:AVX512+avx512_bf16+onednn_avx512_core_bf16", False),
+    (None, False), ("cuda:sm_80", False), ("mps", False)])
+def test_emulated_reduced_precision_is_named(family, slow):
+    """Issue 35.2: bfloat16 on a CPU without native kernels (AVX2 only) is emulated and slower than
+    float32; a run says so at start, with the float32 alternative."""
+    from lac_core.models.placement import emulated
+
+    assert emulated(family) is slow
+
+
+def test_an_emulated_bfloat16_run_says_so_at_start(monkeypatch):
+    from lac_core.run import preflight
+    from lac_core.run.settings import Settings
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    checked = preflight.check(Settings(models=("tiny-llama",), grids=("example",), dtype="bfloat16"))
+    said = [w for w in checked.warnings if "emulated" in w]
+    assert len(said) == 1 and "--lac-dtype float32" in said[0]
+    quiet = preflight.check(Settings(models=("tiny-llama",), grids=("example",)))
+    assert not any("emulated" in w for w in quiet.warnings)
+
+
 def test_a_model_spread_by_a_device_map_gives_the_same_numbers(lac_models):
     """accelerate's dispatch_model (what device_map='auto' does) wraps each layer in a hook that
     moves its inputs: captures, substitutions, start-at-layer runs and the cache still work, and

@@ -73,6 +73,18 @@ def kernels(device: str, dtype: str) -> str | None:
                               *([f"onednn_{capped.lower()}"] if capped else [])])
 
 
+def emulated(family: str | None) -> bool:
+    """Whether a CPU kernel family (kernels()) computes its reduced-precision dtype without native
+    instructions: no AVX-512 BF16/FP16 or AMX feature, or ATen or oneDNN capped below AVX-512.
+    Such a run converts every product to float32 and back, so it is slower than float32 itself."""
+    if not family or not family.startswith("cpu:"):
+        return False
+    capability, *rest = family[4:].split("+")
+    native = any(f in rest for features in NATIVE.values() for f in features)
+    capped = any(f.startswith("onednn_") and "avx512" not in f and "amx" not in f for f in rest)
+    return not native or not capability.upper().startswith("AVX512") or capped
+
+
 def load_kwargs(device: str) -> dict:
     """from_pretrained keywords: a device map over every GPU when several are visible."""
     if device == "cuda" and torch.cuda.device_count() > 1:

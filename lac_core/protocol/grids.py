@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import GridError
-from ..readfile import GRID, Unreadable, checked, exists, expanded_size, read_text
+from ..readfile import (GRID, Unreadable, checked, exists, expanded_size, read_text,
+                        unique_pairs)
 from ..verdicts import claims as registry
 from ..verdicts.claims import EXPERIMENTS
 from ..yamlfile import DuplicateKeyError, UniqueKeys, quote
@@ -85,15 +86,6 @@ class Grid:
             f"the grid runs {', '.join(self.experiments)}, not {kind}"
 
 
-def _json_pairs(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise GridError(f"duplicate key {quote(k)}")
-        out[k] = v
-    return out
-
-
 def _read(path: Path) -> dict:
     """The grid's data, read through lac's one reader (regular file, 1 MiB, UTF-8, aliases
     bounded); the grid keeps PyYAML's YAML 1.1, which its content hash was taken in."""
@@ -101,7 +93,7 @@ def _read(path: Path) -> dict:
     try:
         text = read_text(path, GRID)
         if path.suffix == ".json":
-            data = json.loads(text, object_pairs_hook=_json_pairs)
+            data = json.loads(text, object_pairs_hook=unique_pairs)
         else:
             data = yaml.load(text, Loader=UniqueKeys)
         checked(data, path, GRID)

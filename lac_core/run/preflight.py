@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import UsageError
 from ..protocol.grids import Grid, resolve_grid
 from ..models.inspect import check_attention
-from ..models.placement import kernels, resolve_device, resolve_dtype
+from ..models.placement import emulated, kernels, resolve_device, resolve_dtype
 from ..models.pypi import check_cached
 from ..models.registry import ModelSpec, resolve
 from ..protocol.prompts import swept_layers
@@ -44,6 +44,11 @@ def check(settings: Settings) -> Checked:
                             "depth and chat template unchecked until a run downloads it)")
         dtype = resolve_dtype(spec.dtype, settings.dtype, device)
         spec = replace(spec, dtype=dtype, kernels=kernels(device, dtype))
+        if emulated(spec.kernels) and not any("is emulated" in w for w in warnings):
+            warnings.append(f"lac: {dtype} on this CPU is emulated ({spec.kernels}: no native "
+                            f"{dtype} instructions), so it runs slower than float32 "
+                            "(docs/performance.md); --lac-dtype float32 is faster here, and its "
+                            "numbers agree across machines")
         weights = (spec.sha256, spec.dtype) if spec.sha256 else None  # a GGUF's, else by name
         first = spec.name if spec.name in specs else by_weights.get(weights)
         if first:
