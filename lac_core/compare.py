@@ -1,9 +1,19 @@
-"""`python -m lac_core.compare A/results.json B/results.json`: what moved between two runs, outside
-pytest (as `pytest-benchmark compare` reads saved runs). It prints the verdicts that flipped, the
-deciding numbers that moved beyond the regression gate's tolerances (those a baseline of A would
-get) and those A has that B lacks (missing, null or not finite), and exits 0 when nothing did, 1
-when something flipped, moved or went missing, 2 when the runs are not comparable (other models,
-or grids of other content) or an input is not a lac results.json (one line naming it)."""
+"""`lac compare A/results.json B/results.json` (also `python -m lac_core.compare`): two runs side
+by side, outside pytest (as `pytest-benchmark compare` reads saved runs).
+
+Same models in the same setup (dtype, kernels) on the same grids: the regression diff. It prints
+the verdicts that flipped, the deciding numbers that moved beyond the regression gate's tolerances
+(those a baseline of A would get) and those A has that B lacks (missing, null or not finite), and
+exits 0 when nothing did, 1 when something flipped, moved or went missing.
+
+Other models or setups on grids they share by content (a checkpoint against its parent): a header
+saying what differs, then per claim both runs' verdicts and deciding numbers with their intervals,
+and the paired difference B - A of each number over the cells both share, with a 95% band
+simultaneous over every number compared (lac_core/verdicts/paired.py). Exit 0; with
+--fail-on-worse, exit 1 when a part's margin is significantly lower in B.
+
+Exit 2: the runs are not comparable (no grid in common, a grid of other content under one name)
+or an input is not a lac results.json (one line naming it)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +24,7 @@ from .readfile import RESULTS, read_json, refuse
 
 EQUAL, MOVED, INCOMPARABLE = 0, 1, 2
 NOT_RESULTS = INCOMPARABLE  # nothing to compare either
+UNCOMPARABLE = "lac compare: the runs are not comparable"
 
 
 def _is_text(*values) -> bool:
@@ -62,9 +73,34 @@ def read(path: str) -> dict:
     return data
 
 
-def _identity(doc: dict) -> tuple:
-    grids = {label: g.get("sha256") for label, g in doc["run"]["grids"].items()}
-    return sorted(doc.get("models", {})), grids
+SETUP = ("dtype", "kernels")  # what makes two runs of one model two setups of it
+
+
+def _grids(doc: dict) -> dict[str, str]:
+    return {label: g["sha256"] for label, g in doc["run"]["grids"].items()}
+
+
+def _setups(doc: dict) -> dict[str, tuple]:
+    return {m: tuple(p.get(k) if isinstance(p, dict) else None for k in SETUP)
+            for m, p in doc.get("models", {}).items()}
+
+
+def _names(labels) -> str:
+    return ", ".join(sorted(labels)) or "none"
+
+
+def grid_problem(a: dict, b: dict, every: bool) -> str | None:
+    """Why the runs' grids cannot be compared, by grid name (None: they can): a name whose
+    content differs, no grid in common, or (`every`: the regression diff) any grid only one ran."""
+    ga, gb = _grids(a), _grids(b)
+    other = sorted(g for g in ga.keys() & gb.keys() if ga[g] != gb[g])
+    if other:
+        return (f"grid {_names(other)}: other content in A and B under the same name (its sha256 "
+                "differs); run both on the same grid file")
+    if not ga.keys() & gb.keys() or (every and ga.keys() != gb.keys()):
+        return (f"grids: A ran {_names(ga)}, B ran {_names(gb)}"
+                + ("" if every else ": none in common"))
+    return None
 
 
 def _numbers(v: dict) -> dict[str, float]:
@@ -74,13 +110,13 @@ def _numbers(v: dict) -> dict[str, float]:
     return part_numbers(v["claim"], ((p["name"], p.get("numbers")) for p in v["parts"]))
 
 
-def compare(a: dict, b: dict) -> tuple[int, list[str]]:
-    """The exit code and the lines saying why."""
+def regression(a: dict, b: dict) -> tuple[int, list[str]]:
+    """The same models, setup and grids: what flipped, moved beyond tolerance or went missing."""
     from .verdicts.expected import beyond, make_baselines
 
-    if _identity(a) != _identity(b):
-        (ma, ga), (mb, gb) = _identity(a), _identity(b)
-        return INCOMPARABLE, [f"not comparable: models {ma} / {mb}, grids {ga} / {gb}"]
+    why = grid_problem(a, b, every=True)
+    if why:
+        return INCOMPARABLE, [f"not comparable: {why}"]
     va = {(v["claim"], v["model"], v["grid"]): v for v in a["verdicts"]}
     vb = {(v["claim"], v["model"], v["grid"]): v for v in b["verdicts"]}
     lines = [f"flipped: {c} on {m} / {g}: {va[k]['status']} -> {vb[k]['status']}"
@@ -97,22 +133,39 @@ def compare(a: dict, b: dict) -> tuple[int, list[str]]:
     return (MOVED if lines else EQUAL), lines
 
 
+def compare(a: dict, b: dict, fail_on_worse: bool = False) -> tuple[int, list[str]]:
+    """The exit code and the lines saying why, the last one the outcome: the regression diff when
+    both runs are the same models in the same setup, else checkpoint against checkpoint
+    (lac_core/checkpoint.py)."""
+    if _setups(a) == _setups(b):
+        code, lines = regression(a, b)
+        return code, [*lines, {EQUAL: "lac compare: same verdicts, no number moved beyond tolerance",
+                               MOVED: f"lac compare: {len(lines)} differences",
+                               INCOMPARABLE: UNCOMPARABLE}[code]]
+    from .checkpoint import checkpoint
+
+    why = grid_problem(a, b, every=False)
+    if why:
+        return INCOMPARABLE, [f"not comparable: {why}", UNCOMPARABLE]
+    return checkpoint(a, b, fail_on_worse)
+
+
 def main(argv=None, prog: str = "python -m lac_core.compare") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("a", help="the earlier run's results.json")
     parser.add_argument("b", help="the later run's results.json")
+    parser.add_argument("--fail-on-worse", action="store_true",
+                        help="other models or setups: exit 1 when a part's margin is "
+                             "significantly lower in B (a CI gate on a new checkpoint)")
     args = parser.parse_args(argv)
     try:
         a, b = read(args.a), read(args.b)
     except LacError as exc:
         print(f"lac compare: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_RESULTS
-    code, lines = compare(a, b)
+    code, lines = compare(a, b, args.fail_on_worse)
     for line in lines:
         print(line)
-    print({EQUAL: "lac compare: same verdicts, no number moved beyond tolerance",
-           MOVED: f"lac compare: {len(lines)} differences",
-           INCOMPARABLE: "lac compare: the runs are not comparable"}[code])
     return code
 
 
