@@ -124,3 +124,42 @@ def test_run_ids_are_unique_within_one_second():
     """Case 12: ids name report subfolders and where a cached result came from."""
     ids = {new_run_id(1_700_000_000.0) for _ in range(50)}
     assert len(ids) == 50 and all(i.startswith("20231114T221320Z-") for i in ids)
+
+
+def test_a_setting_keys_only_the_experiments_that_read_it():
+    """Issue 35 item 7: --lac-layers changed the markers grid's keys though only the sweep reads
+    the swept layers (markers recomputed, its expectations not found). Each experiment's resume
+    key and expectations setup hold only the settings it reads."""
+    base = dict(models=("tiny-llama",), grids=("example",))
+    plain = Session.start(Settings(**base))
+    own = Session.start(Settings(**base, layers=(2, 6), probes=("p_last",), plan="naive",
+                                 swap_pairs="all"))
+    for kind in ("residuals", "target", "markers", "host"):
+        assert own.result_key("tiny-llama", "example", kind, {}) == \
+            plain.result_key("tiny-llama", "example", kind, {}), kind
+    for kind in ("sweep", "steering"):
+        assert own.result_key("tiny-llama", "example", kind, {}) != \
+            plain.result_key("tiny-llama", "example", kind, {}), kind
+    assert own.setup("tiny-llama", "markers") == own.setup("tiny-llama", "host") == \
+        plain.setup("tiny-llama", "sweep") == "float32 model"
+    assert own.setup("tiny-llama", "sweep") == "float32 model layers=2,6 probes=p_last plan=naive"
+    eager = Session.start(Settings(**base, attention="eager"))  # every experiment reads it
+    assert eager.setup("tiny-llama", "markers") == "float32 model attention=eager"
+    from lac_core.verdicts import expected  # a default run still finds every shipped entry
+    shipped = expected.load("tiny-llama", Settings().expected_dir)
+    exp, setup, key = plain.expectation_key("tiny-llama", "example")
+    assert setup == "float32 model" and exp.section(setup, key) == shipped.section(setup, key)
+
+
+@pytest.mark.parametrize("cores, workers, load, threads", [
+    (2, None, 0.0, 2), (2, None, 0.4, 2), (2, None, 1.0, 1), (2, None, 2.6, 1), (2, None, 9.4, 1),
+    (2, 2, 0.0, 1), (32, None, 4.2, 28), (32, 4, 0.0, 8), (32, 4, 30.0, 2), (1, None, 0.0, 1),
+    (8, None, -1.0, 8)])
+def test_the_default_thread_count_takes_only_the_cores_others_leave_free(cores, workers, load,
+                                                                          threads):
+    """Issue 35.2: on a shared 2-core machine the default (torch's: every core) made the short
+    grid 8x slower than --lac-threads 1 (402.8 s against 51.6 s); one thread fewer than the free
+    cores costs at most the parallel share."""
+    from lac_core.run.settings import default_threads
+
+    assert default_threads(cores, workers, load) == threads

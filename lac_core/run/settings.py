@@ -15,6 +15,12 @@ from ..protocol.prompts import PROBES
 DEFAULT_MODELS = ("smollm2-135m-instruct",)
 DEFAULT_GRIDS = ("short", "long", "markers")
 PLANS = ("fast", "naive")
+# The settings each experiment reads beyond those every one reads (model, dtype, device,
+# attention, chat template, token budget): an experiment's resume key and the expectations setup
+# of its claims hold only these, so a setting invalidates only what it changes. The sweep reads
+# the swept layers, probes and plan; steering the swap pairs; residuals, target, markers and host
+# none (markers and steering read the marker stems of claims.yaml, Session.result_key).
+READS = {"sweep": ("layers", "probes", "plan"), "steering": ("swap_pairs",)}
 
 
 TRUE, FALSE = ("1", "true", "yes", "on", "y"), ("", "0", "false", "no", "off", "n")
@@ -82,6 +88,10 @@ class Settings:
         """Whether this run rewrites expectations (--lac-update-baselines, --lac-regen-all)."""
         return self.update_baselines or self.regen_all
 
+    def read_by(self, kind: str) -> dict:
+        """The settings experiment `kind` reads of those only some read (READS), by name."""
+        return {name: getattr(self, name) for name in READS.get(kind, ())}
+
     def load_options(self):
         """What loading a model reads of these settings."""
         from ..models.load import LoadOptions
@@ -123,6 +133,16 @@ def parse_probes(text: str) -> tuple[str, ...]:
     return probes
 
 
+def default_threads(cores: int, workers: int | None, load: float) -> int:
+    """Torch threads when --lac-threads is not given: the cores other jobs leave free (`load`, the
+    one-minute load average when lac starts, before its own work), shared among xdist workers.
+    OpenMP threads spin at their barriers: one thread more than the free cores made a sweep 3x
+    to 8x slower on a shared 2-core machine (docs/performance.md), one thread fewer costs at most
+    the parallel share of the work."""
+    share = max(1, cores // workers) if workers else max(1, cores)
+    return max(1, min(share, cores - round(max(0.0, load))))
+
+
 def parse_threads(text: str) -> int:
     try:
         n = int(text)
@@ -130,7 +150,8 @@ def parse_threads(text: str) -> int:
         n = 0
     if n < 1:
         raise UsageError(f"--lac-threads {text!r}: give a positive number of torch threads "
-                         "(default: torch's own; under pytest-xdist, cores / workers)")
+                         "(default: the cores other jobs leave free; under pytest-xdist, "
+                         "shared among the workers)")
     return n
 
 
@@ -198,7 +219,8 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help (which 
      "cpu, cuda, cuda:N, mps or auto; auto spreads a model over every visible GPU (default: "
      "$LAC_DEVICE, else auto)"),
     ("--lac-threads", "threads", parse_threads, {},
-     "torch CPU threads (default: torch's own; under pytest-xdist, cores / workers)"),
+     "torch CPU threads (default: the cores other jobs leave free at start, by the load "
+     "average; under pytest-xdist, at most cores / workers)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep; naive runs one full forward per site, the oracle "
      "(default: fast)"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..errors import LacError
-from ..run.settings import OPTIONS
+from ..run.settings import OPTIONS, default_threads
 
 SESSION = pytest.StashKey[object]()  # the run.session.Session, once started
 RUN_ID = pytest.StashKey[str]()  # this run's id, from configure time (a worker's: its controller's)
@@ -93,14 +93,16 @@ def start(config) -> None:
     for line in lac.checked.warnings:
         config.issue_config_time_warning(UserWarning(line), stacklevel=2)
     workers = getattr(config, "workerinput", {}).get("workercount")
-    shared = max(1, (os.cpu_count() or 1) // workers) if workers else None  # cores / workers
-    threads = lac.settings.threads or shared
-    if threads:
-        torch.set_num_threads(threads)
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    torch.set_num_threads(lac.settings.threads or default_threads(cores, workers, load))
     lac.threads = torch.get_num_threads()
     verbose, worker = config.option.verbose, hasattr(config, "workerinput")
     if verbose > -2 and not worker:
         lac.progress = Progress(_say(config), detail=verbose >= 0)
+        if not lac.settings.threads and lac.threads < max(1, cores // (workers or 1)):
+            lac.progress.say(f"lac: {lac.threads} torch thread(s): the load average at start "
+                             f"({load:.1f}) leaves {lac.threads} of {cores} cores free "
+                             "(--lac-threads to choose)")
     lac.run_id = run_id(config)  # one run: the controller's id names what every worker computes
     if worker:
         config.pluginmanager.register(distributed.Worker(lac, config), "lac-worker")
