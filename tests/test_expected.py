@@ -153,3 +153,64 @@ def test_a_hand_written_tolerance_in_exponent_form_is_a_number(tmp_path, written
     _write(tmp_path, text)
     base = expected.load("tiny-llama", tmp_path).section(*SEC)["baselines"]["C1/g1/median"]
     assert base["tolerance"] == number and not isinstance(base["tolerance"], str)
+
+
+def test_a_users_folder_overlays_the_shipped_expectations_claim_by_claim(tmp_path):
+    """Issue 35 item 5: with --lac-expected-dir, lac's shipped expectations were dropped (a run of
+    lac's claims beside a user's gave "11 failed"). The user's entry for a (model, setup, grid,
+    claim) wins whole (verdict, baselines, its checks' cell findings); the shipped file fills
+    the claims the user's lacks; recording writes only into the user's folder."""
+    from lac_core.verdicts.rules import Verdict
+    from lac_core.run.session import Session
+    from lac_core.run.settings import Settings
+
+    def start(**kw):
+        return Session.start(Settings(models=("tiny-llama",), grids=("example",),
+                                      expected_dir=tmp_path, **kw))
+
+    run, shipped_file = start(), expected.file_for("tiny-llama", EXPECTED)
+    grid, before = run.grids["example"].key, shipped_file.read_bytes()
+    shipped = expected.load("tiny-llama", EXPECTED).section("float32 model", grid)
+    assert shipped["verdicts"]["C1"] == "FAILS" and "pirate__bread" in \
+        shipped["cell_findings"]["additive_vs_null"]
+    _write(tmp_path, {"model": "tiny-llama", "setups": {"float32 model": {grid: {
+        "verdicts": {"C1": "HOLDS"}, "baselines": {"C1/g1/median": {"value": 9.0,
+                                                                     "tolerance": 0.1}}}}}})
+    run = start()
+
+    def verdict(claim, status="FAILS"):
+        return run.record_verdict(claim, "tiny-llama", "example", Verdict(claim, "x", status, None, ()))
+
+    assert verdict("C1") == "HOLDS"  # the user's entry
+    assert verdict("C3") == shipped["verdicts"]["C3"] and verdict("C2") == "FAILS"  # shipped
+    # the user's C1 entry lists no failing cells, so the shipped C1 findings do not apply
+    assert run.record_cell("additive_vs_null", "tiny-llama", "example", "pirate__bread", []) is False
+    exp, setup, key = run.expectation_key("tiny-llama", "example")
+    base = exp.section(setup, key)["baselines"]
+    assert base["C1/g1/median"] == {"value": 9.0, "tolerance": 0.1}
+    assert not any(k.startswith("C1/") and k != "C1/g1/median" for k in base)
+    assert {k: v for k, v in base.items() if k.startswith("C2/")} == \
+        {k: v for k, v in shipped["baselines"].items() if k.startswith("C2/")} != {}
+    assert run.unexpected() == []
+    updating = start(update_baselines=True)  # records C3 into the user's folder only
+    updating.verdicts[("C3", "tiny-llama", "example")] = (
+        Verdict("C3", "x", "HOLDS", None, ()), None)
+    updating.update_expectations()
+    assert shipped_file.read_bytes() == before
+    mine = expected.load("tiny-llama", tmp_path).section("float32 model", grid)["verdicts"]
+    assert mine == {"C1": "HOLDS", "C3": "HOLDS"}
+    assert start().record_verdict("C3", "tiny-llama", "example",
+                                  Verdict("C3", "x", "FAILS", None, ())) == "HOLDS"
+
+
+def test_lacs_failing_claims_stay_expected_beside_an_empty_user_folder(tmp_path):
+    """Issue 35 item 5, end to end: C1 FAILS on tiny-llama and lac ships that as expected; a
+    user's (empty) expectations folder must not turn it into a failure."""
+    (tmp_path / "mine").mkdir()
+    cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model",
+           "tiny-llama", "--lac-grid", "example", "--lac-expected-dir", str(tmp_path / "mine"),
+           "--lac-reports", str(tmp_path / "reports"), "-k", "c1_additive_sufficiency and not cell"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "LAC_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.returncode == 0 and "1 xfailed" in out.stdout, out.stdout[-2000:]
+    assert "no expectations" not in out.stdout

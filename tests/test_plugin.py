@@ -29,9 +29,9 @@ def _section(path):
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plugin")
-    first = _run(tmp)  # no expectations for tiny-llama: every claim is held to the paper
-    assert first.returncode == 1 and "C1 FAILS on tiny-llama / example" in first.stdout
-    assert f"no expectations for tiny-llama / float32 model / {EXAMPLE}" in first.stdout
+    first = _run(tmp)  # an empty folder of one's own: lac's shipped expectations fill it
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert "no expectations for" not in first.stdout and "xfailed" in first.stdout
     update = _run(tmp, "--lac-update-baselines")
     assert "lac: wrote" in update.stdout
     return tmp, tmp / "expected" / "tiny-llama.yaml"

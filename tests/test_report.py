@@ -336,7 +336,10 @@ def test_a_gate_with_no_expectations_is_not_applied_and_unexpected_cells_are_lis
     and a per-cell check that fails with nothing expected (a failed test) is in the gate's
     outcome and on the first line."""
     from lac_core.run import gating
-    s = synthetic_session(models=("tiny-llama",), grids=("example",), expected_dir=tmp_path)
+    grid = tmp_path / "example.yaml"  # a grid of one's own: no expectations, shipped or not
+    grid.write_text((ROOT / "fixtures" / "grids" / "example.yaml").read_text().replace(
+        "bake a loaf", "bake a round loaf"))
+    s = synthetic_session(models=("tiny-llama",), grids=(str(grid),), expected_dir=tmp_path)
     s.record_cell("additive_vs_null", "tiny-llama", "example", "pirate__bread", ["KL above"])
     s.record_cell("additive_vs_null", "tiny-llama", "example", "chef__tax", [])
     gate = gating.gate(s)

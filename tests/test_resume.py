@@ -473,3 +473,22 @@ def test_an_edited_entry_is_recomputed_in_a_run(tmp_path):
     assert "Resume cache entries not used (recomputed):" in \
         (tmp_path / "again" / "REPORT.md").read_text()
     assert _results(tmp_path, "again") == _results(tmp_path, "first")
+
+
+def test_the_swept_layers_leave_the_markers_result_and_its_expectations_alone(tmp_path):
+    """Issue 35 item 7: --lac-layers recomputed the markers experiment (which never reads the
+    swept layers) and listed its grid without expectations. Now the markers result comes from
+    the resume cache and the shipped markers expectations are found."""
+    args = ["-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--lac-model", "tiny-llama",
+            "--lac-grid", "example", "-k", "c3"]
+    first = subprocess.run([sys.executable, *args, "--lac-reports", str(tmp_path / "a")], cwd=ROOT,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0 and "example / markers: from" not in first.stdout, first.stdout[-2000:]
+    again = subprocess.run([sys.executable, *args, "--lac-reports", str(tmp_path / "b"),
+                            "--lac-layers", "2,6"], cwd=ROOT, env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "example / markers: from the resume cache" in again.stdout
+    assert "no expectations" not in again.stdout
+    run = json.loads((tmp_path / "b" / "results.json").read_text())["run"]
+    assert "tiny-llama / example / markers" in run["from_resume_cache"]

@@ -68,7 +68,9 @@ def report_markdown(session, figures: dict, v: View | None = None) -> str:
     run = v.doc["run"]
     status = run["status"] + ("" if run["status"] == "COMPLETE" else
                               f": {len(run['not_run'])} planned verdicts did not come (the matrix "
-                              "says why)")
+                              "says why)" if run["not_run"] else
+                              f": interrupted before {len(run['tests_interrupted'])} of its tests "
+                              "ran (results.json names them: run.tests_interrupted)")
     cached = run["from_resume_cache"]
     origin = ("Every number below comes from this one run" if not cached else
               f"{len(cached)} experiment results came from the resume cache, computed by earlier "

@@ -36,8 +36,7 @@ def gate(session) -> dict:
     out = {"status": "failed" if failed else "passed", "drift": drift,
            "changed_verdicts": changed, "without_expectations": without,
            "unexpected_cells": unexpected_cells(session), "refused": list(session.refused)}
-    ran = {(m, g) for (_c, m, g) in session.verdicts}
-    if not failed and without and len(without) == len(ran):
+    if not failed and without and not session.gated():
         # nothing was recorded for anything that ran: a gate that compared nothing did not pass
         out.update(status="not applied", why="no expectations recorded for what ran, so the "
                    "paper's rules decided each verdict: " + ", ".join(without))
@@ -78,6 +77,8 @@ def check_expectations_folder(s: Settings) -> None:
     if s.updating and where == EXPECTED and FIXTURES != ROOT / "fixtures":
         raise UsageError("lac is installed: it never writes into its own package; pass "
                          "--lac-expected-dir DIR to record expectations in a folder of yours")
+    if s.updating:
+        expected.check_writable(where)
 
 
 def gate_lines(gate: dict) -> list[str]:

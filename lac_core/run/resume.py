@@ -3,8 +3,9 @@ computes only what is missing."""
 # An entry is <directory>/<sha256 of its key>.npz, written to a temporary file in the same folder
 # and moved into place. The key is everything that can change the numbers: the model identity
 # (weights hash included), the grid's hash, the experiment and its parameters, dtype, device,
-# plan, chat template, layers, probes, token budget, marker stems, swap pairs, the sha256 of
-# lac_core's own source files and the torch/transformers/numpy versions.
+# attention, chat template, token budget, the settings only that experiment reads (plan, layers,
+# probes: the sweep; marker stems: markers, steering; swap pairs: steering), the sha256 of
+# lac_core's own source files and the torch/transformers/numpy versions (Session.result_key).
 #
 # Entries are data, never code: a file planted under an entry's name must not run anything when
 # the next run reads it, so there is no pickle on this path. An entry is an npz archive read with

@@ -7,16 +7,17 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..verdicts import claims as registry
 from ..verdicts import expected
 from . import gating, preflight, provenance, resume
 from .provenance import new_run_id
-from ..errors import UsageError
+from ..errors import LacError, UsageError
 from .progress import Progress
 from ..report.document import Plan, report_names, write_report_set
 from ..report.reportset import Folder
-from .settings import Settings
+from .settings import EXPECTED, READS, Settings
 from ..verdicts.thresholds import Thresholds, load_thresholds
 
 
@@ -48,6 +49,7 @@ class Session:
     collected: dict = field(default_factory=dict)  # claim test node id -> (claim, model, grid)
     outcomes: dict = field(default_factory=dict)  # node id -> why it gave no verdict (error, skip)
     interrupted: bool = False  # Ctrl-C, -x or --maxfail stopped the run
+    tests_left: set = field(default_factory=set)  # lac test node ids collected, not yet finished
     refused: list = field(default_factory=list)  # workers' results not merged, and why
     from_cache: dict = field(default_factory=dict)  # (model, grid, kind) -> run id it came from
     failed: dict = field(default_factory=dict)  # (model, grid, kind or "*") -> why it failed
@@ -90,16 +92,20 @@ class Session:
                 self.settings.claims_file, self.grids, self.thresholds.files)["thresholds_sha256"]
         return late
 
+    STEMS = ("markers", "steering")  # the experiments that count marker words (claims.yaml)
+
     def result_key(self, model: str, grid: str, kind: str, params: dict) -> dict:
-        """Everything that can change an experiment's numbers (see resume.py)."""
+        """Everything that can change an experiment's numbers (see resume.py), and only that:
+        the settings it reads (settings.READS; steering also reads the markers result's stems),
+        so a run with other swept layers still finds the markers result."""
         s, p = self.settings, self.provenance.get(model, {})
         return {"model": model, "sha256": p.get("sha256"), "dtype": p.get("dtype"),
                 "device": p.get("device"), "attention": p.get("attn_implementation"),
                 "kernels": p.get("kernels"),
                 "grid": self.grids[grid].sha256, "kind": kind,
-                "template": self.checked.template.key, "plan": s.plan, "layers": s.layers,
-                "probes": s.probes, "token_budget": s.token_budget,
-                "stems": self.thresholds.markers.stems, "swap_pairs": s.swap_pairs,
+                "template": self.checked.template.key, "token_budget": s.token_budget,
+                **s.read_by(kind),
+                **({"stems": self.thresholds.markers.stems} if kind in self.STEMS else {}),
                 "params": {k: v for k, v in params.items()
                            if v is None or isinstance(v, (str, int, float, tuple))},
                 **resume.versions()}
@@ -108,19 +114,23 @@ class Session:
     def grids(self) -> dict:
         return self.checked.grids
 
-    def setup(self, model: str) -> str:
+    def setup(self, model: str, experiment: str | None = None) -> str:
         """The part of an expectations key that is not the model or the grid: dtype and chat
         template, then whatever else was set away from its default (swept layers, probes,
         attention, plan) and, in bfloat16 or float16, the kernel family (placement.kernels), so
         a run is only ever compared with baselines of its own setup and the sections recorded
-        with the defaults keep their names."""
+        with the defaults keep their names. For an experiment's claims, only the settings that
+        experiment reads (settings.READS: the markers claims' setup has no swept layers);
+        None: every setting."""
         s, default, spec = self.settings, Settings(), self.checked.models[model]
+        some = {name for names in READS.values() for name in names}  # read by some experiments
         extra = [f"{name}={','.join(map(str, value)) if isinstance(value, tuple) else value}"
                  for name, value, base in (("layers", s.layers, None),
                                            ("probes", s.probes, default.probes),
                                            ("attention", s.attention, default.attention),
                                            ("plan", s.plan, default.plan),
-                                           ("kernels", spec.kernels, None)) if value != base]
+                                           ("kernels", spec.kernels, None)) if value != base
+                 and (experiment is None or name not in some or name in s.read_by(experiment))]
         return " ".join([spec.dtype, self.checked.template.key, *extra])
 
     def tell_notes(self) -> None:
@@ -134,18 +144,38 @@ class Session:
         """Before any work: each model's expectations file is whole (and no link, if updating)."""
         where, s = self.settings.expected_dir, self.settings
         for model in self.checked.models:
-            self.expectations(model)
+            self.expectation_layers(model)
             if s.updating and expected.file_for(model, where).is_symlink():
                 raise UsageError(f"{expected.file_for(model, where)} is a symbolic link; lac does "
                                  "not write expectations through or over links")
 
-    def expectations(self, model: str):
-        if model not in self._expectations:
-            self._expectations[model] = expected.load(model, self.settings.expected_dir)
-        return self._expectations[model]
+    def expectations(self, model: str, directory=None):
+        """The model's expectations file in `directory` (default: --lac-expected-dir), read once."""
+        where = Path(directory or self.settings.expected_dir)
+        if (model, where) not in self._expectations:
+            self._expectations[(model, where)] = expected.load(model, where)
+        return self._expectations[(model, where)]
+
+    def expectation_layers(self, model: str) -> tuple:
+        """The model's expectations a run reads: --lac-expected-dir's, then (when that is another
+        folder) the ones lac ships, which fill the claims the user's lack (expected.compose)."""
+        folders = dict.fromkeys(Path(d).resolve() for d in (self.settings.expected_dir, EXPECTED))
+        return tuple(e for d in folders if (e := self.expectations(model, d)) is not None)
 
     def expectation_key(self, model: str, grid: str) -> tuple:
-        return self.expectations(model), self.setup(model), self.grids[grid].key
+        """(expectations, setup, grid key): the section this run is held to on (model, grid),
+        put together claim by claim (expected.compose) under the run's whole setup; None
+        when nothing is recorded for it."""
+        claims = {c.id: self.setup(model, c.experiment) for c in registry.CLAIMS.values()}
+        checks = {c.id: tuple(k.name for k in c.cell_checks) for c in registry.CLAIMS.values()}
+        setup, key = self.setup(model), self.grids[grid].key
+        section = expected.compose(self.expectation_layers(model), claims, key, checks)
+        return (expected.Expectations(model, {setup: {key: section}}) if section else None,
+                setup, key)
+
+    def gated(self) -> bool:
+        """Whether any claim that ran had an expected verdict to be compared with."""
+        return any(status is not None for _v, status in self.verdicts.values())
 
     def record_verdict(self, claim: str, model: str, grid: str, verdict) -> str | None:
         """Keep a verdict; return the expected status for it (None: none recorded)."""
@@ -170,12 +200,18 @@ class Session:
 
     def unexpected(self) -> list[str]:
         """(model, setup, grid) that ran with no expectations recorded: the paper's rules decide."""
-        out = []
-        for m, g in sorted({(m, g) for (_c, m, g) in self.verdicts}):
-            exp, setup, key = self.expectation_key(m, g)
-            if exp and exp.section(setup, key):
+        out, ran = [], {}
+        for c, m, g in self.verdicts:
+            if c in registry.CLAIMS:
+                claim = registry.CLAIMS[c]
+                ran.setdefault((m, g, self.setup(m, claim.experiment)), []).append(claim)
+        for (m, g, setup), claims in sorted(ran.items()):
+            layers, key = self.expectation_layers(m), self.grids[g].key
+            if any(expected.claim_entry(exp.section(setup, key), c.id, [k.name for k in
+                                                                       c.cell_checks])
+                   for exp in layers for c in claims):  # some claim that ran has an entry
                 continue
-            others = exp.other_kernels(setup, key) if exp else []
+            others = sorted({k for exp in layers for k in exp.other_kernels(setup, key)})
             out.append(f"{m} / {setup} / {key}" + (
                 f" (recorded only for {', '.join(others)}: bfloat16 and float16 numbers "
                 "depend on the kernels, so record this machine's with --lac-update-baselines)"
@@ -184,7 +220,7 @@ class Session:
 
     SHARED = ("provenance", "load_seconds", "timings", "results", "verdicts", "cell_failures",
               "cell_checks", "collected", "outcomes", "from_cache", "failed", "resume_notes",
-              "interval_seconds")
+              "interval_seconds", "tests_left")
 
     def export(self) -> dict:
         """What a pytest-xdist worker sends the controller (see merge)."""
@@ -242,10 +278,12 @@ class Session:
     def run_info(self) -> dict:
         s, c = self.settings, self.checked
         missing = self.not_run()
+        stopped = sorted(self.tests_left) if self.interrupted else []  # e.g. cells after the claim
         return {"run_id": self.run_id,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started)),
                 **self.fingerprint(),
-                "status": "PARTIAL" if missing else "COMPLETE",
+                "status": "PARTIAL" if missing or stopped else "COMPLETE",
+                "tests_interrupted": stopped,
                 "not_run": [{"claim": c, "model": m, "grid": g, "why": why}
                             for (c, m, g), why in missing.items()],
                 "wall_seconds": round(time.time() - self.started, 1), "plan": s.plan,
@@ -265,41 +303,75 @@ class Session:
                 "args": self.args}
 
     def update_expectations(self) -> list[str]:
-        """Record this run's verdicts, cell findings and deciding numbers as the expectations;
-        what changed, one line each (a file written with no change says so)."""
-        lines, ran = [], [(m, g) for (_c, m, g) in (*self.verdicts, *self.cell_checks)]
-        for model in dict.fromkeys(m for m, _g in ran):
-            with expected.locked(self.settings.expected_dir):  # re-read: keep others' sections
-                lines += self._update(model, [g for m, g in ran if m == model])
-        return lines
+        """Record this run's verdicts, cell findings and deciding numbers as the expectations and
+        write them; what changed, one line each (a file written with no change says so)."""
+        with expected.locked(self.settings.expected_dir):  # re-read: keep others' sections
+            return self.save_expectations(self.record_expectations())[0]
 
-    def _update(self, model: str, grids: list[str]) -> list[str]:
+    def record_expectations(self) -> dict:
+        """model -> (its expectations with this run's verdicts, cell findings and deciding numbers
+        recorded, what changed: a line each), not saved yet. Read under the expectations folder's
+        lock, which the caller holds until save_expectations (others' sections are kept)."""
+        ran = [(m, g) for (_c, m, g) in (*self.verdicts, *self.cell_checks)]
+        return {model: self._update(model, [g for m, g in ran if m == model])
+                for model in dict.fromkeys(m for m, _g in ran)}
+
+    def save_expectations(self, pending: dict) -> tuple[list[str], bool]:
+        """Write what record_expectations made: ('lac: wrote' and the changes per file, whether
+        every file was written). A file that cannot be written (a full disk, a folder gone
+        read-only) is one line naming it; it is left as it was, and so are those after it."""
+        lines = []
+        for model, (exp, changes) in pending.items():
+            try:
+                path = expected.save(exp, self.settings.expected_dir)
+            except (OSError, LacError) as exc:
+                where = expected.file_for(model, self.settings.expected_dir)
+                why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+                return [*lines, *changes, f"lac: {where} could not be written ({why}); it is as "
+                        "it was, and the expectations were not rewritten (this run's report set "
+                        "is published); fix that, then rerun with --lac-update-baselines"], False
+            lines += [f"lac: wrote {path}" + ("" if changes else " (nothing changed)"), *changes]
+        return lines, True
+
+    def _update(self, model: str, grids: list[str]) -> tuple:
         exp, changes = expected.read_for_update(model, self.settings.expected_dir), []
-        for grid in dict.fromkeys(grids):
+        whole = self.setup(model)  # for a claim or check no longer registered
+        claim_setup = {c.id: self.setup(model, c.experiment) for c in registry.CLAIMS.values()}
+        check_setup = {n: self.setup(model, c.experiment) for n, c in registry.CELL_CHECKS.items()}
+        for grid in dict.fromkeys(grids):  # each claim under the setup its experiment reads
             verdicts = {c: v for (c, m, g), (v, _e) in self.verdicts.items()
                         if (m, g) == (model, grid)}
             cells = {c: (ran, self.cell_failures.get((c, m, g), []))
                      for (c, m, g), ran in self.cell_checks.items()
                      if (m, g) == (model, grid)}
-            where = f"{model} / {self.setup(model)} / {self.grids[grid].key}"
-            changes += [f"  {where}: {c}" for c in
-                        exp.record(self.setup(model), self.grids[grid].key, verdicts, cells)]
-        path = expected.save(exp, self.settings.expected_dir)
-        return [f"lac: wrote {path}" + ("" if changes else " (nothing changed)"), *changes]
+            for setup in dict.fromkeys([*(claim_setup.get(c, whole) for c in verdicts),
+                                        *(check_setup.get(c, whole) for c in cells)]):
+                where = f"{model} / {setup} / {self.grids[grid].key}"
+                changes += [f"  {where}: {c}" for c in exp.record(
+                    setup, self.grids[grid].key,
+                    {c: v for c, v in verdicts.items() if claim_setup.get(c, whole) == setup},
+                    {c: r for c, r in cells.items() if check_setup.get(c, whole) == setup})]
+        return exp, changes
 
     def gate(self) -> dict:
         """The regression gate's outcome (gating.gate)."""
         return gating.gate(self)
 
     def finish(self) -> Outcome:
-        """Apply the regression gate (or rewrite the expectations), then write the report set,
-        which shows the gate's outcome."""
+        """Apply the regression gate (or record the expectations), write the report set, which
+        shows the gate's outcome, and only then rewrite the expectations: a rewrite that fails
+        leaves this run's report set published."""
         if not (self.verdicts or self.results or self.refused or self.folder):
             return Outcome()  # no claim run started (collect-only, lac's own tests): no report
-        updates = self.update_expectations() if self.settings.updating else []
+        if not self.settings.updating:
+            return self._finish({})
+        with expected.locked(self.settings.expected_dir):  # from re-reading to rewriting
+            return self._finish(self.record_expectations())
+
+    def _finish(self, pending: dict) -> Outcome:
         self.gate_outcome = gate = self.gate()
         if self.settings.updating:
-            gate["rewritten"] = [line.strip() for line in updates if line.startswith("  ")]
+            gate["rewritten"] = [line.strip() for _e, lines in pending.values() for line in lines]
             gate["review"] = bool(gate["rewritten"]) and not self.settings.regen_all
         folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite,
                                         run_id=self.run_id)
@@ -309,8 +381,9 @@ class Session:
             [f"lac: this run's report set is in {where} instead"] if kept else []
         self.report_folder = where
         if self.settings.updating:
-            review = [gating.REVIEW] if gate["review"] else []
-            return Outcome([*moved, *updates, *review], failed=bool(kept or review))
+            updates, saved = self.save_expectations(pending)
+            review = [gating.REVIEW] if gate["review"] and saved else []
+            return Outcome([*moved, *updates, *review], failed=bool(kept or review or not saved))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
                  for k in gate["without_expectations"]]
         return Outcome([*notes, *moved, *self.refused, *gating.gate_lines(gate)],

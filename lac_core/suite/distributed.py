@@ -1,10 +1,13 @@
 """pytest-xdist wiring: each model's tests on one worker, and each worker's results and progress
-lines carried to the controller through xdist's own channel (so --tx remote workers work too)."""
+lines carried to the controller through xdist's own channel (so --tx remote workers work too),
+with each test's report as they are made: a worker killed (SIGKILL, out of memory) loses none
+of the verdicts it had finished, and the controller names it in run.failed with what it held."""
 # The controller starts lac's part of the run when a lac option is on the command line, or when a
 # worker collects lac's tests (recognised by a model name in their ids); it then locks and checks
 # the report folder before any test is sent out. Import-light: no torch, no numpy.
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
@@ -14,6 +17,8 @@ from .start import lac_tests_named, run_id, start, started
 
 
 USAGE = "lac_usage_error"  # a worker's workeroutput key: the bad input that stopped it
+STATE = "lac_state"  # a test report's user property: what the worker's session gained since
+WHOLE = ("fingerprint", "claims_planned", "claims")  # sent whole with each part of an export
 
 
 class Controller:
@@ -88,7 +93,10 @@ class Controller:
         for key, lines in [p for p in report.user_properties if p[0] == "lac_progress"]:
             for line in lines if lac is not None else ():
                 lac.progress.say(f"[{worker}] {line}")
-        report.user_properties = [p for p in report.user_properties if p[0] != "lac_progress"]
+        for _key, data in [p for p in report.user_properties if p[0] == STATE]:
+            self.take(data)
+        report.user_properties = [p for p in report.user_properties
+                                  if p[0] not in ("lac_progress", STATE)]
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error):
@@ -96,9 +104,20 @@ class Controller:
         if output.get(USAGE):  # nothing to merge: the run stops, exit 4, nothing written
             self.usage_error = output[USAGE]
             return
-        data = output.get("lac")
-        if not data:
-            return
+        if error is not None:  # lost (killed, crashed): what it sent with its reports is kept
+            self.lost(node, error)
+        if output.get("lac"):
+            self.take(output["lac"])
+
+    @pytest.hookimpl
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """The test a lost worker was running gave no verdict: why, for run.not_run."""
+        lac = started(self.config)
+        if lac is not None and crashitem in lac.collected:
+            lac.outcomes[crashitem] = f"error: {report.longrepr}"
+
+    def take(self, data: bytes) -> None:
+        """Merge a part of a worker's session (Worker.send, Worker.export) into the run's."""
         lac = started(self.config)
         if lac is None:
             start(self.config)
@@ -107,9 +126,34 @@ class Controller:
             other = pickle.loads(data)
             adopt(other.pop("claims", ()))  # before the provenance is compared: their files
             lac.take_late_claims()
-            lac.merge(other)
-        except LacError as exc:  # not merged: the run fails and says why
-            lac.refused.append(f"lac: {exc}")
+            lac.merge(joined(lac, other))
+        except LacError as exc:  # not merged: the run fails and says why (once per cause)
+            if f"lac: {exc}" not in lac.refused:
+                lac.refused.append(f"lac: {exc}")
+
+    def lost(self, node, error) -> None:
+        """A worker that went down without finishing: in run.failed, with the tests it held (as
+        xdist's scheduler had them; xdist gives the unfinished ones to a new worker if it may
+        start one) and how many it had finished, whose verdicts came with their reports."""
+        lac = started(self.config)
+        if lac is None:
+            return
+        worker = getattr(getattr(node, "gateway", None), "id", "?")
+        sched = getattr(self.config.pluginmanager.getplugin("dsession"), "sched", None)
+        work = getattr(sched, "assigned_work", {}).get(node)
+        if work is None:  # a scheduler that does not say (xdist's --dist each, worksteal)
+            held = "lac cannot tell which tests it held under this --dist"
+        else:
+            tests = [(nid, done) for unit in work.values() for nid, done in unit.items()]
+            left = [nid for nid, done in tests if not done]
+            models = sorted({self._model_of(nid) or nid for nid, _done in tests})
+            held = (f"it held {', '.join(models)}: {len(tests) - len(left)} tests finished (their "
+                    f"verdicts are kept), {len(left)} not finished: "
+                    f"{', '.join(left[:3])}{', ...' if len(left) > 3 else ''}")
+            for nid in left:  # why, for run.not_run, unless another worker runs them
+                lac.outcomes.setdefault(nid, f"error: xdist worker {worker} was lost before it "
+                                             "finished")
+        lac.failed[(f"xdist worker {worker}", "lost")] = f"{str(error)[:200]}; {held}"
 
 
 class Worker:
@@ -117,19 +161,72 @@ class Worker:
 
     def __init__(self, session, config):
         self.session, self.config = session, config
+        self.sent: dict = {}  # what the controller has of this session (since)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
-        """The start and end lines so far travel with the next test report."""
+        """The start and end lines so far, and what the session gained (the verdict this test
+        made, the results it computed), travel with the test's report."""
         outcome = yield
+        report = outcome.get_result()
         lines = self.session.progress.lines
         if lines:
-            outcome.get_result().user_properties.append(("lac_progress", list(lines)))
+            report.user_properties.append(("lac_progress", list(lines)))
             lines.clear()
+        part = since({**self.session.export(), "claims": declared()}, self.sent, stream=True)
+        if part is not None:
+            report.user_properties.append((STATE, pickle.dumps(part)))
 
     def export(self) -> None:
-        self.config.workeroutput["lac"] = pickle.dumps({**self.session.export(),
-                                                        "claims": declared()})
+        """At the worker's end: the rest (all of it, for the fields only sent at the end)."""
+        part = since({**self.session.export(), "claims": declared()}, self.sent, stream=False)
+        self.config.workeroutput["lac"] = pickle.dumps(part)
+
+
+def _mark(value):
+    """What `since` keeps of a value sent: a copy of a list, set or dict (they grow in place),
+    else the object itself (compared by identity)."""
+    return copy.copy(value) if isinstance(value, (list, set, dict)) else value
+
+
+def since(export: dict, sent: dict, stream: bool) -> dict | None:
+    """The part of a session's export (Session.export, + claims) the controller does not have,
+    `sent` updated to match: per dict field the keys new or changed, per list field its new tail;
+    WHOLE fields whole. A set field (a state that can shrink) is sent only at the end (`stream`
+    False), as it was before streaming; None when a streamed part would carry nothing new."""
+    out, new = {}, False
+    for name, value in export.items():
+        if name in WHOLE:
+            out[name] = value
+        elif isinstance(value, dict):
+            seen = sent.setdefault(name, {})
+            out[name] = {k: v for k, v in value.items() if k not in seen or (
+                seen[k] != v if isinstance(v, (list, set, dict)) else seen[k] is not v)}
+            seen.update((k, _mark(v)) for k, v in out[name].items())
+            new = new or bool(out[name])
+        elif isinstance(value, list):
+            out[name], sent[name] = value[sent.get(name, 0):], len(value)
+            new = new or bool(out[name])
+        elif stream and isinstance(value, set):
+            out[name] = set()  # merged as nothing now: sent whole at the end
+        else:
+            out[name] = value
+    return out if new or not stream else None
+
+
+def joined(lac, part: dict) -> dict:
+    """A worker's part as Session.merge takes it (dict.update), with a list or set value the run
+    holds already joined to it: a model's cells checked by a worker that was lost and by the
+    one that took over its tests are all kept."""
+    out = dict(part)
+    for name, values in part.items():
+        mine = getattr(lac, name, None)
+        if isinstance(values, dict) and isinstance(mine, dict):
+            out[name] = {k: (mine[k] | v if isinstance(v, set) else
+                             [*mine[k], *(x for x in v if x not in mine[k])])
+                         if isinstance(v, (set, list)) and isinstance(mine.get(k), type(v))
+                         else v for k, v in values.items()}
+    return out
 
 
 def declared() -> list[dict]:

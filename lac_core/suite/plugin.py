@@ -85,6 +85,7 @@ def pytest_collection_modifyitems_last(session, config, items):
     if any("lm" in getattr(item, "fixturenames", ()) for item in items) and \
             not hasattr(config, "workerinput") and not config.option.collectonly:
         open_folder(lac)
+    lac.tests_left.update(i.nodeid for i in items if "lm" in getattr(i, "fixturenames", ()))
     for item in items:
         mark, params = item.get_closest_marker("claim"), getattr(item, "callspec", None)
         if mark and params:
@@ -150,6 +151,8 @@ def pytest_runtest_makereport(item, call):
     """Why a claim test gave no verdict (its setup error or skip), for the run status."""
     report = (yield).get_result()
     lac = started(item.config)
+    if lac is not None and report.when == "teardown":  # finished: not one an interrupt stopped
+        lac.tests_left.discard(item.nodeid)
     if lac is not None and item.nodeid in lac.collected and report.when == "setup" \
             and not report.passed:
         text = str(report.longrepr).strip().splitlines() or [""]

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import locks
-from ..errors import FixtureError, LacError
+from ..errors import FixtureError, LacError, UsageError
 from ..readfile import EXPECTATIONS, Unreadable, read_text
 from ..yamlfile import load_yaml
 from .rules import FAILS, HOLDS, INCONCLUSIVE
@@ -91,6 +91,36 @@ class Expectations:
                                f"{base['tolerance']} kept)")
                 base["value"] = fresh["value"]
         return changes
+
+
+def claim_entry(section: dict | None, claim: str, checks=()) -> dict:
+    """A claim's entry in one section: its verdict, note, baselines ('claim/part/number') and
+    its cell checks' findings (`checks`: their names); empty when the section holds none."""
+    sec = section or {}
+    entry = {"verdicts": {k: v for k, v in sec.get("verdicts", {}).items() if k == claim},
+             "notes": {k: v for k, v in sec.get("notes", {}).items() if k == claim},
+             "cell_findings": {k: v for k, v in sec.get("cell_findings", {}).items()
+                               if k in checks},
+             "baselines": {k: v for k, v in sec.get("baselines", {}).items()
+                           if k.split("/", 1)[0] == claim}}
+    return entry if any(entry.values()) else {}
+
+
+def compose(layers, claims: dict, grid: str, checks: dict) -> dict | None:
+    """The section a run on `grid` is compared with, put together claim by claim. `claims` maps
+    each claim to the setup its experiment reads (Session.setup), `checks` each claim to its
+    cell checks' names; `layers` are a model's expectations, the user's folder first, then the
+    ones lac ships. For each (setup, grid, claim) the first layer holding the claim's entry gives
+    all of it (verdict, note, baselines, cell findings): the user's entry wins, the shipped one
+    fills what the user's lacks. None when no layer holds an entry of any claim."""
+    out, found = {name: {} for name in FIELDS}, False
+    for claim, setup in claims.items():
+        entry = next((e for exp in layers if (e := claim_entry(
+            exp.section(setup, grid), claim, checks.get(claim, ())))), {})
+        for name, values in entry.items():
+            out[name].update(values)
+        found = found or bool(entry)
+    return out if found else None
 
 
 def _problem(raw, model: str) -> str | None:
@@ -189,7 +219,36 @@ def read_for_update(model: str, directory: Path) -> Expectations:
     if load(model, directory) is None:
         return Expectations(model)
     data = _yaml().load(read_text(path, EXPECTATIONS))
-    return Expectations(model, data.setdefault("setups", {}), data)
+    if data.get("setups") is None:  # `setups:` with nothing under it: no section yet (as load)
+        from ruamel.yaml.comments import CommentedMap
+
+        data["setups"] = CommentedMap()
+    return Expectations(model, data["setups"], data)
+
+
+def check_writable(directory: Path) -> None:
+    """Before any work, for --lac-update-baselines: lac can write in the folder (a probe file is
+    made and removed there under its lock; a folder still to be made: its nearest existing
+    parent is writable), so a read-only folder stops the run at start, not after every test."""
+    where = Path(directory)
+    if not where.exists():
+        parent = next(p for p in where.parents if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--lac-expected-dir {where}: lac cannot write in {parent} to make "
+                             "it; pass a folder you can write")
+        return
+    try:
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise PermissionError(13, "no write permission")
+        with locked(where):
+            fd, probe = tempfile.mkstemp(dir=where, prefix=".lac-probe-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise UsageError(f"--lac-expected-dir {where}: lac cannot write there ({why}), so "
+                         "--lac-update-baselines could not record; make it writable or pass "
+                         "another --lac-expected-dir") from None
 
 
 def save(exp: Expectations, directory: Path) -> Path:
