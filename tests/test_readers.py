@@ -311,3 +311,70 @@ def test_every_kind_of_file_is_read_or_refused_naming_it(kind, data):
         assert ftype != "sparse, over every cap" or " MiB" in message, message  # names the cap
     elif ftype != "regular":
         pytest.fail(f"a {kind} that is {ftype} was accepted")
+
+
+# --- the two kinds read outside the reader: a resume entry and a hub's answer ------------------
+
+@st.composite
+def entries(draw) -> bytes:
+    """A resume entry's bytes: random bytes, or an npz archive whose members are generated (meta
+    JSON that is lac's shape with values drawn, arrays of any dtype, a digest or none)."""
+    import numpy as np
+
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=2000))
+    members = {}
+    if draw(st.booleans()):
+        meta = {"format": draw(st.sampled_from(["lac-resume/2", "lac-resume/1", "x", 7])),
+                "key": draw(st.sampled_from([{"k": 1}, {}, None])), "run_id": "r",
+                "result": draw(st.recursive(st.none() | st.integers() | st.text(max_size=8),
+                                            lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                                                st.text(max_size=6), c, max_size=3), max_leaves=8))}
+        members["meta"] = np.array(json.dumps(meta))
+    for i in range(draw(st.integers(0, 3))):
+        members[draw(st.sampled_from([f"a{i}", "digest", "meta2"]))] = np.arange(
+            draw(st.integers(0, 5))).astype(draw(st.sampled_from(["int8", "float32", "U3"])))
+    buf = io.BytesIO()
+    np.savez(buf, **members)
+    return buf.getvalue()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contents=entries(), ftype=st.sampled_from(TYPES))
+def test_a_resume_entry_of_any_content_or_type_is_used_or_noted_never_raised(contents, ftype):
+    """80 examples, each under a 10 s timer: the resume cache takes an entry it wrote, and notes
+    and recomputes anything else (never raises, never hangs, never reads a FIFO or device)."""
+    from lac_core.run.resume import ResultCache
+
+    name, key = ("m", "g", "sweep"), {"k": 1}
+    with tempfile.TemporaryDirectory() as d:
+        cache = ResultCache(Path(d))
+        path = cache.path(key)
+        _make(path, ftype, contents)
+        with timer(10):
+            got = cache.get(name, key)
+    assert got is None  # nothing generated here is an entry lac wrote: all are noted, none used
+    assert ftype == "regular" and not contents or cache.notes, "an entry not used, and no note"
+
+
+@settings(max_examples=200, deadline=None)
+@given(sha=st.one_of(st.text(max_size=45), st.sampled_from(["0" * 40, "a" * 40, "A" * 40, None])),
+       names=st.lists(st.one_of(st.text(max_size=30), st.sampled_from(
+           ["config.json", "a/b.json", "../x", "a/../../x", "/etc/x", "a//b", "a\\b", ".", "",
+            "additional_chat_templates/../../x.jinja", "x" * 300])), max_size=5))
+def test_a_hub_answer_is_taken_only_when_no_path_can_leave_the_repository(sha, names):
+    """200 generated commits and listings: check_answer accepts a 40-hex commit and names that
+    stay inside the repository once joined to it, and refuses the rest with one error naming it."""
+    from lac_core.errors import MissingWeightsError
+    from lac_core.models.hub import check_answer
+
+    try:
+        check_answer("owner/name", None, sha, names)
+    except MissingWeightsError as exc:
+        assert "--lac-model owner/name" in str(exc)
+        return
+    assert isinstance(sha, str) and len(sha) == 40 and all(c in "0123456789abcdef" for c in sha)
+    root = Path("/repo")
+    for n in names:
+        joined = Path(os.path.normpath(root / n))
+        assert joined != root and root in joined.parents and ".." not in n.split("/"), n
