@@ -220,11 +220,13 @@ def test_grids_that_cannot_be_compared_exit_2_named_not_hashed(tmp_path, b_model
     arrays = sweep_arrays()
     a = _write(tmp_path, "a", sweep_doc("m", arrays))
     elsewhere = _write(tmp_path, "b1", sweep_doc(b_model, arrays, grid="short"))
-    code, out, _ = _run(a, elsewhere)
+    code, _, out = _run(a, elsewhere)  # not comparable: one line on stderr
     assert code == 2 and "A ran example, B ran short" in out and not HEX64.search(out), out
+    assert len(out.splitlines()) == 1, out
     other = _write(tmp_path, "b2", sweep_doc(b_model, arrays, sha="0" * 64))
-    code, out, _ = _run(a, other)
+    code, _, out = _run(a, other)
     assert code == 2 and "grid example: other content" in out and not HEX64.search(out), out
+    assert len(out.splitlines()) == 1, out
 
 
 def test_a_claim_lac_does_not_know_is_shown_side_by_side_without_a_difference(tmp_path):

@@ -155,11 +155,14 @@ def test_a_setting_keys_only_the_experiments_that_read_it():
     (2, None, 0.0, 2), (2, None, 0.4, 2), (2, None, 1.0, 1), (2, None, 2.6, 1), (2, None, 9.4, 1),
     (2, 2, 0.0, 1), (32, None, 4.2, 28), (32, 4, 0.0, 8), (32, 4, 30.0, 2), (1, None, 0.0, 1),
     (8, None, -1.0, 8)])
-def test_the_default_thread_count_takes_only_the_cores_others_leave_free(cores, workers, load,
-                                                                          threads):
-    """Issue 35.2: on a shared 2-core machine the default (torch's: every core) made the short
-    grid 8x slower than --lac-threads 1 (402.8 s against 51.6 s); one thread fewer than the free
-    cores costs at most the parallel share."""
-    from lac_core.run.settings import default_threads
+def test_auto_threads_take_only_the_cores_others_leave_free(cores, workers, load, threads):
+    """Issue 35.2: on a shared 2-core machine torch's default (every core) made the short grid 8x
+    slower than --lac-threads 1 (402.8 s against 51.6 s); --lac-threads auto takes the free
+    cores (not the default: the count would change float32 numbers with the load)."""
+    from lac_core.run.settings import Settings, default_threads, parse_threads
 
     assert default_threads(cores, workers, load) == threads
+    assert parse_threads("auto") == parse_threads(" AUTO ") == "auto"
+    assert Settings(threads="auto").threads == "auto"  # checked when made: accepted
+    with pytest.raises(UsageError, match="positive number of threads or auto"):
+        Settings(threads="some")

@@ -34,6 +34,16 @@ def _claims(tmp_path, *args, reports="reports", env=None):
                           env={**os.environ, **(env or {})})
 
 
+def _unrecorded_grid(tmp_path) -> str:
+    """The example grid with one task reworded: a grid ('mine') no shipped expectation covers, so
+    tiny-llama's failing claims fail there (on the example grid they are expected: xfail)."""
+    from lac_core.paths import GRID_DIR
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((GRID_DIR / "example.yaml").read_text().replace("bake a loaf", "bake a cake"))
+    return str(mine)
+
+
 def _checkpoint(lac_models, path, bump=0.0):
     lm = lac_models("tiny-llama")
     lm.model.save_pretrained(path)
@@ -82,12 +92,8 @@ def test_row2_lac_replaces_only_what_it_wrote(tmp_path):
 @pytest.mark.parametrize("args, why", [(["-k", "c1_additive"], "deselected"),
                                        (["--maxfail", "1"], "interrupted")])
 def test_row3_a_cut_run_says_partial_and_why(tmp_path, args, why):
-    if why == "interrupted":  # a grid nothing is recorded for: its first failing claim cuts the run
-        from lac_core.paths import GRID_DIR  # (the shipped expectations make every example test pass)
-
-        mine = tmp_path / "mine.yaml"
-        mine.write_text((GRID_DIR / "example.yaml").read_text().replace("bake a loaf", "bake a cake"))
-        args = [*args, "--lac-grid", str(mine)]
+    if why == "interrupted":  # on a grid nothing is recorded for, a failing claim cuts the run
+        args = [*args, "--lac-grid", _unrecorded_grid(tmp_path)]
     _claims(tmp_path, "--lac-model", "tiny-llama", *args)
     data = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert data["run"]["status"] == "PARTIAL"
@@ -176,8 +182,9 @@ def test_row8_a_non_finite_kl_stops_the_run(monkeypatch, lac_models):
 
 
 def test_row11_a_failing_claim_names_numbers_threshold_and_cells(tmp_path):
-    out = _claims(tmp_path, "--lac-model", "tiny-llama", "-k", "c2_partial")
-    line = next(x for x in out.stdout.splitlines() if "C2 FAILS on tiny-llama / example" in x)
+    out = _claims(tmp_path, "--lac-model", "tiny-llama", "-k", "c2_partial", "--lac-grid",
+                  _unrecorded_grid(tmp_path))
+    line = next(x for x in out.stdout.splitlines() if "C2 FAILS on tiny-llama / mine" in x)
     assert "(<= 0.5)" in line and "95% interval" in line and "cells against the line" in line
 
 

@@ -52,7 +52,8 @@ class Settings:
     raw: bool = False  # --lac-no-chat-template
     dtype: str | None = None  # None or "auto": registered dtype, else by device
     attention: str = "grouped"  # attention.IMPLEMENTATIONS: eager arithmetic without K/V copies
-    threads: int | None = None  # torch threads (None: torch's default; under xdist cores/workers)
+    threads: int | str | None = None  # torch threads: a number, "auto" (the free cores), or None
+    # (torch's default; under xdist cores / workers)
     offline: bool = field(default_factory=env_offline)
     device: str | None = field(default_factory=lambda: os.environ.get("LAC_DEVICE") or None)
     cache_dir: Path = field(default_factory=env_cache_dir)
@@ -74,8 +75,11 @@ class Settings:
                              f"of tokens (default {DEFAULT_TOKEN_BUDGET})")
         if self.attention not in ("grouped", "eager", "sdpa"):
             raise UsageError(f"--lac-attention {self.attention!r}: choose grouped, eager or sdpa")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise UsageError(f"--lac-threads {self.threads!r}: give a positive number of threads")
+        if self.threads is not None and self.threads != "auto" and (
+                not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                or self.threads < 1):
+            raise UsageError(f"--lac-threads {self.threads!r}: give a positive number of threads "
+                             "or auto")
         if self.swap_pairs not in ("next", "all"):
             raise UsageError(f"--lac-swap-pairs {self.swap_pairs!r}: choose next or all")
         unknown = [p for p in self.probes if p not in PROBES]
@@ -134,24 +138,27 @@ def parse_probes(text: str) -> tuple[str, ...]:
 
 
 def default_threads(cores: int, workers: int | None, load: float) -> int:
-    """Torch threads when --lac-threads is not given: the cores other jobs leave free (`load`, the
-    one-minute load average when lac starts, before its own work), shared among xdist workers.
-    OpenMP threads spin at their barriers: one thread more than the free cores made a sweep 3x
-    to 8x slower on a shared 2-core machine (docs/performance.md), one thread fewer costs at most
-    the parallel share of the work."""
+    """Torch threads for --lac-threads auto: the cores other jobs leave free (`load`, the
+    one-minute load average when lac starts, before its own work), at most cores / xdist workers.
+    OpenMP threads spin at their barriers: one thread more than the free cores made a sweep 2x to
+    8x slower on a shared 2-core machine (docs/performance.md). Not the default: float32 sums
+    split over another number of threads differ in the 7th digit, and a count that follows the
+    load would give the same command other numbers on another day."""
     share = max(1, cores // workers) if workers else max(1, cores)
     return max(1, min(share, cores - round(max(0.0, load))))
 
 
-def parse_threads(text: str) -> int:
+def parse_threads(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise UsageError(f"--lac-threads {text!r}: give a positive number of torch threads "
-                         "(default: the cores other jobs leave free; under pytest-xdist, "
-                         "shared among the workers)")
+        raise UsageError(f"--lac-threads {text!r}: give a positive number of torch threads, or "
+                         "auto (the cores other jobs leave free; default: torch's own, under "
+                         "pytest-xdist cores / workers)")
     return n
 
 
@@ -219,8 +226,9 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help (which 
      "cpu, cuda, cuda:N, mps or auto; auto spreads a model over every visible GPU (default: "
      "$LAC_DEVICE, else auto)"),
     ("--lac-threads", "threads", parse_threads, {},
-     "torch CPU threads (default: the cores other jobs leave free at start, by the load "
-     "average; under pytest-xdist, at most cores / workers)"),
+     "torch CPU threads, or auto: the cores other jobs leave free at start, by the load "
+     "average (fast on a shared machine; numbers may move in the 7th digit with the count) "
+     "(default: torch's own; under pytest-xdist, cores / workers)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep; naive runs one full forward per site, the oracle "
      "(default: fast)"),

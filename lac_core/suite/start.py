@@ -94,15 +94,23 @@ def start(config) -> None:
         config.issue_config_time_warning(UserWarning(line), stacklevel=2)
     workers = getattr(config, "workerinput", {}).get("workercount")
     cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    torch.set_num_threads(lac.settings.threads or default_threads(cores, workers, load))
+    shared = max(1, cores // workers) if workers else None  # cores / workers
+    free = default_threads(cores, workers, load)
+    threads = free if lac.settings.threads == "auto" else lac.settings.threads or shared
+    if threads:
+        torch.set_num_threads(threads)
     lac.threads = torch.get_num_threads()
     verbose, worker = config.option.verbose, hasattr(config, "workerinput")
     if verbose > -2 and not worker:
         lac.progress = Progress(_say(config), detail=verbose >= 0)
-        if not lac.settings.threads and lac.threads < max(1, cores // (workers or 1)):
-            lac.progress.say(f"lac: {lac.threads} torch thread(s): the load average at start "
-                             f"({load:.1f}) leaves {lac.threads} of {cores} cores free "
-                             "(--lac-threads to choose)")
+        if lac.settings.threads == "auto":
+            lac.progress.say(f"lac: {lac.threads} torch thread(s) (--lac-threads auto: the load "
+                             f"average {load:.1f} leaves {free} of {cores} cores free)")
+        elif lac.threads > free:  # a busy machine: spinning threads wait on each other
+            lac.progress.say(f"lac: this machine is busy (load average {load:.1f} on {cores} "
+                             f"cores) and the run uses {lac.threads} torch threads: "
+                             f"--lac-threads {free} or auto runs much faster here "
+                             "(docs/performance.md#threads-on-a-shared-machine)")
     lac.run_id = run_id(config)  # one run: the controller's id names what every worker computes
     if worker:
         config.pluginmanager.register(distributed.Worker(lac, config), "lac-worker")
