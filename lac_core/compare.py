@@ -164,9 +164,9 @@ def main(argv=None, prog: str = "python -m lac_core.compare") -> int:
         print(f"lac compare: {' '.join(str(exc).split())}", file=sys.stderr)
         return NOT_RESULTS
     code, lines = compare(a, b, args.fail_on_worse)
-    if code == INCOMPARABLE:  # like unreadable input: one line on stderr, naming why
-        print(f"lac compare: {'; '.join(' '.join(line.split()) for line in lines)}",
-              file=sys.stderr)
+    if code == INCOMPARABLE:  # like unreadable input: one line on stderr naming both, and why
+        why = "; ".join(" ".join(line.replace("lac compare: ", "").split()) for line in lines)
+        print(f"lac compare: {args.a} and {args.b}: {why}", file=sys.stderr)
         return code
     for line in lines:
         print(line)
