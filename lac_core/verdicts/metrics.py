@@ -57,6 +57,12 @@ class Summary:
         p25, med, p75 = np.percentile(v, [25, 50, 75])
         return cls(float(med), float(p25), float(p75), float(v.min()), float(v.max()), int(v.size))
 
+    @classmethod
+    def at(cls, stats: dict, index) -> "Summary":
+        """The Summary at `index` of cell_stats' arrays (one row, one slice)."""
+        return cls(*(float(stats[k][index]) for k in ("median", "p25", "p75", "min", "max")),
+                   int(stats["n"][index]))
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -114,9 +114,7 @@ class _Stats:
     def summary(self, name: str, at: tuple) -> Summary:
         if name not in self.done:
             self.done[name] = cell_stats(np.asarray(self.arrays[name])[self.idx])
-        s = self.done[name]
-        return Summary(*(float(s[k][at]) for k in ("median", "p25", "p75", "min", "max")),
-                       int(s["n"][at]))
+        return Summary.at(self.done[name], at)
 
 
 def full_grid(n_cells: int) -> np.ndarray:

@@ -38,8 +38,9 @@ def resample(persona_index, task_index, resamples: int = RESAMPLES,
         raise ValueError("persona_index and task_index: one entry per cell, at least one cell")
     n_p, n_t = int(persona.max()) + 1, int(task.max()) + 1
     cell_of = np.full((n_p, n_t), -1)
-    cell_of[persona, task] = np.arange(persona.size)
-    if (cell_of < 0).any() or persona.size != n_p * n_t or persona.min() < 0 or task.min() < 0:
+    if persona.min() >= 0 and task.min() >= 0:  # a negative index would wrap round silently
+        cell_of[persona, task] = np.arange(persona.size)
+    if (cell_of < 0).any() or persona.size != n_p * n_t:
         raise ValueError(f"the cells are not a crossed {n_p} x {n_t} design: each persona must "
                          "meet each task exactly once")
     rng = np.random.default_rng(seed)
@@ -60,8 +61,7 @@ def resampled_summaries(x: np.ndarray) -> np.ndarray:
     st = cell_stats(x)
     out = np.empty(st["median"].shape, dtype=object)
     for i in np.ndindex(out.shape):
-        out[i] = Summary(*(float(st[k][i]) for k in ("median", "p25", "p75", "min", "max")),
-                         int(st["n"][i]))
+        out[i] = Summary.at(st, i)
     return out
 
 
