@@ -13,6 +13,7 @@ _WHERE = {
     # declaring a claim (verdicts.claims) and writing its rule (verdicts.rules)
     "Claim": "lac_core.verdicts.claims", "CellCheck": "lac_core.verdicts.claims",
     "register_claim": "lac_core.verdicts.claims", "Names": "lac_core.verdicts.claims",
+    "CellMetric": "lac_core.verdicts.claims", "register_metric": "lac_core.verdicts.claims",
     "Part": "lac_core.verdicts.rules", "Verdict": "lac_core.verdicts.rules",
     "HOLDS": "lac_core.verdicts.rules", "FAILS": "lac_core.verdicts.rules",
     "INCONCLUSIVE": "lac_core.verdicts.rules", "combine": "lac_core.verdicts.rules",

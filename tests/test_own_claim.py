@@ -62,7 +62,8 @@ def test_a_claim_of_ones_own_is_first_class(tmp_path, installed):
     recorded = yaml.safe_load((folder / "expected" / "tiny-llama.yaml").read_text())
     section = recorded["setups"]["float32 model"]
     sec = next(iter(section.values()))
-    assert list(sec["verdicts"]) == ["SHARE"] and "additive_below_null" in sec["cell_findings"]
+    assert list(sec["verdicts"]) == ["SHARE", "LARGER"]
+    assert "additive_below_null" in sec["cell_findings"]
     assert any(k.startswith("SHARE/p_last/") for k in sec["baselines"])
 
     held = _run(folder, installed)
@@ -71,6 +72,11 @@ def test_a_claim_of_ones_own_is_first_class(tmp_path, installed):
     (verdict,) = [v for v in data["verdicts"] if v["claim"] == "SHARE"]
     assert verdict["status"] == sec["verdicts"]["SHARE"] and "fragile" in verdict
     assert all("margin" in p["intervals"] for p in verdict["parts"])
+    (larger,) = [v for v in data["verdicts"] if v["claim"] == "LARGER"]  # reads |dX|, |dY| and
+    assert all({"margin", "norm_dx", "norm_dy", "along_base"} <= set(p["intervals"])  # the
+               for p in larger["parts"])  # user's own metric, each with its interval
+    (sweep,) = data["sweeps"]
+    assert len(sweep["geometry"]["persona_along_base"]) == len(sweep["cells"])
     digest = hashlib.sha256((folder / "share.yaml").read_bytes()).hexdigest()
     assert data["run"]["thresholds_sha256"]["share.yaml"] == digest
     assert data["run"]["git_commit"] is None  # installed, not the checkout
@@ -188,7 +194,7 @@ def test_a_claim_registered_in_a_sub_folder_is_judged_and_in_the_provenance(sub_
     digest = hashlib.sha256((root / "myclaims" / "share.yaml").read_bytes()).hexdigest()
     for got, said in ((data, run.stdout), (again, alone.stdout)):
         assert "no thresholds section" not in said, said[-3000:]
-        assert [v["claim"] for v in got["verdicts"]] == ["SHARE"], said[-3000:]
+        assert [v["claim"] for v in got["verdicts"]] == ["LARGER", "SHARE"], said[-3000:]
         assert got["run"]["thresholds_sha256"]["share.yaml"] == digest
     assert re.search(r"^\| SHARE \| (HOLDS|FAILS|INCONCLUSIVE)", report, re.M)
 

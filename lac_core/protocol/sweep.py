@@ -17,9 +17,11 @@ from .prompts import CONDITIONS, FORCED, N_REF, PROBES, WINDOW, swept_layers, wi
 from .work import sweep_work
 
 
-def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -> SweepResult:
+def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast",
+          metrics=()) -> SweepResult:
     """Experiment 1: geometry at every layer, and the window KL with h_BB + dX + dY (additive) or
-    h_BB alone (null) substituted at each probe and swept layer of the clean XY sequence."""
+    h_BB alone (null) substituted at each probe and swept layer of the clean XY sequence.
+    `metrics`: users' claims.CellMetric, computed over the same residuals beside the geometry."""
     lm, since = eng.lm, eng.audit.record()
     layers = swept_layers(lm.n_layers, layers)
     probes = tuple(probes)
@@ -35,7 +37,9 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast") -
     checks["cross"] = crossed
     bb, xb, by, xy = (h[:, i].numpy() for i in range(4))
     geo = geometry(bb, xb, by, xy)  # stat -> [cell, layer, probe]
-    geo = {s: np.transpose(geo[s], (0, 2, 1)) for s in GEOMETRY_STATS}  # -> [cell, probe, layer]
+    geo.update((m.name, m.values(bb, xb, by, xy)) for m in metrics)
+    geo = {s: np.transpose(geo[s], (0, 2, 1))  # -> [cell, probe, layer]
+           for s in (*GEOMETRY_STATS, *(m.name for m in metrics))}
     references = {cell.id: {"tokens": r, "text": lm.tokenizer.decode(r),
                             "eos_in_reference": lm.tokenizer.eos_token_id in r}
                   for cell, r in zip(cells, refs)}

@@ -17,6 +17,7 @@ from ..models import load
 from ..protocol import experiments as exp  # read at call time: a test may replace one
 from ..protocol.experiments import special_tokens_in, too_long
 from ..protocol.templates import attach, check_model
+from ..verdicts import claims as registry
 
 
 class ExperimentFailed(LacError):
@@ -96,7 +97,7 @@ def result(session, lm, grid: str, kind: str):
     part = functools.partial(result, session, lm, grid)
     if kind == "sweep":
         return compute(session, lm, grid, kind, exp.sweep, layers=s.layers, probes=s.probes,
-                       plan=s.plan)
+                       plan=s.plan, metrics=tuple(registry.METRICS.values()))
     if kind == "residuals":  # residuals at p_last of the four conditions: experiments 2, 3, 4
         return compute(session, lm, grid, kind, exp.p_last_residuals)
     if kind == "target":  # the clean XY prompts' first greedy tokens: host and steering

@@ -106,8 +106,10 @@ class Session:
                 "template": self.checked.template.key, "token_budget": s.token_budget,
                 **s.read_by(kind),
                 **({"stems": self.thresholds.markers.stems} if kind in self.STEMS else {}),
-                "params": {k: v for k, v in params.items()
-                           if v is None or isinstance(v, (str, int, float, tuple))},
+                **({"metrics": registry.metric_keys()} if kind == "sweep" and registry.METRICS
+                   else {}),  # users' cell metrics: absent when there are none
+                "params": {k: v for k, v in params.items() if k != "metrics" and (
+                    v is None or isinstance(v, (str, int, float, tuple)))},
                 **resume.versions()}
 
     @property

@@ -8,13 +8,17 @@ one (docs/own-claim.md)."""
 # again) is a no-op; another declaration under a taken id is an error.
 from __future__ import annotations
 
+import hashlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..errors import UsageError
 from . import cells, rules
-from .results import RECORDS
+from .results import GEOMETRY_STATS, RECORDS
 
 EXPERIMENTS = tuple(k for k in RECORDS if k != "steering")  # the results a claim can read
 Names = tuple[str, ...]  # a threshold that is a list of names (probes)
@@ -45,8 +49,93 @@ class Claim:
     builtin: bool = field(default=False, compare=False)
 
 
+@dataclass(frozen=True)
+class CellMetric:
+    """A per-cell statistic of a user's own, over the residuals the sweep captures (which are not
+    kept): `compute(h_bb, h_xb, h_by, h_xy)` takes the four conditions' residuals, float64
+    arrays [cell, layer, probe, d_model], and returns one value per [cell, layer, probe]. It
+    runs when the sweep is computed and its values join `SweepResult.geometry[name]`, so a rule
+    reads `summary.geometry[probe][layer][name]` (with intervals) like lac's own statistics."""
+
+    name: str  # letters, digits and '_'; not one of lac's statistics (results.GEOMETRY_STATS)
+    statement: str  # one line, what it measures
+    compute: Callable
+
+    def key(self) -> dict:
+        """What enters the sweep's resume key: the name and the sha256 of the file that defines
+        `compute` (an edit there computes the sweep again), and the function's name in it."""
+        return {"name": self.name, "function": self.compute.__qualname__,
+                "source_sha256": hashlib.sha256(Path(source_file(self)).read_bytes()).hexdigest()}
+
+    def values(self, h_bb, h_xb, h_by, h_xy) -> np.ndarray:
+        """`compute` on the four residual arrays, checked: float64 [cell, layer, probe]. Anything
+        else (or an exception) is a MetricError naming the metric and its file."""
+        shape = np.shape(h_bb)[:3]
+        try:
+            out = self.compute(*(np.array(h, dtype=np.float64) for h in (h_bb, h_xb, h_by, h_xy)))
+        except Exception as exc:
+            raise MetricError(f"cell metric {self.name} ({source_file(self)}) raised "
+                              f"{type(exc).__name__}: {exc}") from exc
+        arr = np.asarray(out) if isinstance(out, np.ndarray) else None
+        if arr is None or arr.dtype.kind not in "fiu" or arr.shape != shape:
+            got = (f"a {arr.dtype} array of shape {arr.shape}" if arr is not None
+                   else type(out).__name__)
+            raise MetricError(f"cell metric {self.name} ({source_file(self)}) returned {got}; "
+                              f"it must return a numpy float array of shape {shape} "
+                              "[cell, layer, probe]")
+        return arr.astype(np.float64)
+
+
+class MetricError(UsageError):
+    """A user's cell metric that raised or returned something other than its values."""
+
+
+def source_file(metric: CellMetric) -> str:
+    """The file that defines the metric's function; UsageError when there is none to hash."""
+    try:
+        where = inspect.getsourcefile(metric.compute)
+    except TypeError:
+        where = None
+    if not where or not Path(where).is_file():
+        raise UsageError(f"cell metric {metric.name}: its function has no source file lac can "
+                         "hash into the resume key; define it in a module or conftest file")
+    return where
+
+
 CLAIMS: dict[str, Claim] = {}
 CELL_CHECKS: dict[str, CellCheck] = {}
+METRICS: dict[str, CellMetric] = {}  # users' cell metrics, in registration order
+TRIAL_SHAPE = (2, 3, 2, 8)  # [cell, layer, probe, d]: the synthetic residuals a metric is tried on
+
+
+def register_metric(metric: CellMetric) -> CellMetric:
+    """Add a cell metric (before its sweep is computed: a conftest or plugin module). It is tried
+    at once on small synthetic residuals, so a metric that raises or returns the wrong shape stops
+    the run before any model loads."""
+    if not isinstance(metric, CellMetric):
+        raise UsageError(f"register_metric takes a CellMetric, not {type(metric).__name__}")
+    if not metric.name or not metric.name.replace("_", "").isalnum():
+        raise UsageError(f"cell metric name {metric.name!r}: use letters, digits and '_' (it "
+                         "names a statistic in the sweep's summary and in results.json)")
+    if metric.name in GEOMETRY_STATS:
+        raise UsageError(f"cell metric {metric.name}: lac computes a statistic of that name "
+                         f"already ({', '.join(GEOMETRY_STATS)}); give yours another name")
+    if not callable(metric.compute):
+        raise UsageError(f"cell metric {metric.name}: compute must be a function")
+    known = METRICS.get(metric.name)
+    if known is not None and known != metric:
+        raise UsageError(f"cell metric {metric.name} is registered already, with another "
+                         "function; give yours another name")
+    source_file(metric)
+    rng = np.random.default_rng(0)
+    metric.values(*(rng.standard_normal(TRIAL_SHAPE) for _ in range(4)))
+    METRICS[metric.name] = metric
+    return metric
+
+
+def metric_keys() -> list[dict]:
+    """Every registered metric's resume key, in registration order (empty: none)."""
+    return [m.key() for m in METRICS.values()]
 
 
 def register(claim: Claim) -> Claim:
