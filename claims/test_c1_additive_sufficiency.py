@@ -4,11 +4,11 @@ import pytest
 
 
 @pytest.mark.claim("C1")
-def test_c1_additive_sufficiency(lm, sweep_grid, sweep_result, claim_gate):
-    claim_gate("C1", sweep_result, lm.spec.name, sweep_grid)
+def test_c1_additive_sufficiency(sweep_result, claim_gate):
+    claim_gate(sweep_result)
 
 
-def test_cell_additive_no_worse_than_null(lm, sweep_grid, sweep_cell, sweep_result, cell_gate):
+def test_cell_additive_no_worse_than_null(sweep_cell, sweep_result, cell_gate):
     """Per cell, where C1 is decided for each probe: the additive prediction costs no more than
     substituting h_BB alone (cells.additive_vs_null)."""
-    cell_gate("additive_vs_null", sweep_result, lm.spec.name, sweep_grid, sweep_cell)
+    cell_gate("additive_vs_null", sweep_result, sweep_cell)

@@ -4,5 +4,5 @@ import pytest
 
 
 @pytest.mark.claim("C1L")
-def test_c1l_localization(lm, sweep_grid, sweep_result, claim_gate):
-    claim_gate("C1L", sweep_result, lm.spec.name, sweep_grid)
+def test_c1l_localization(sweep_result, claim_gate):
+    claim_gate(sweep_result)

@@ -4,10 +4,10 @@ import pytest
 
 
 @pytest.mark.claim("C2")
-def test_c2_partial_orthogonality(lm, sweep_grid, sweep_result, claim_gate):
-    claim_gate("C2", sweep_result, lm.spec.name, sweep_grid)
+def test_c2_partial_orthogonality(sweep_result, claim_gate):
+    claim_gate(sweep_result)
 
 
-def test_cell_sum_beats_alignment(lm, sweep_grid, sweep_cell, sweep_result, cell_gate):
+def test_cell_sum_beats_alignment(sweep_cell, sweep_result, cell_gate):
     """Per cell, at every swept layer and probe: cos(dXY, dX + dY) > cos(dX, dY)."""
-    cell_gate("sum_beats_alignment", sweep_result, lm.spec.name, sweep_grid, sweep_cell)
+    cell_gate("sum_beats_alignment", sweep_result, sweep_cell)

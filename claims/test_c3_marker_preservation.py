@@ -5,10 +5,10 @@ import pytest
 
 
 @pytest.mark.claim("C3")
-def test_c3_marker_preservation(lm, marker_grid, marker_result, claim_gate):
-    claim_gate("C3", marker_result, lm.spec.name, marker_grid)
+def test_c3_marker_preservation(marker_result, claim_gate):
+    claim_gate(marker_result)
 
 
-def test_cell_additive_keeps_a_marker(lm, marker_grid, marker_cell, marker_result, cell_gate):
+def test_cell_additive_keeps_a_marker(marker_cell, marker_result, cell_gate):
     """Per cell: where the clean generation shows a persona marker, the additive one shows one too."""
-    cell_gate("additive_keeps_marker", marker_result, lm.spec.name, marker_grid, marker_cell)
+    cell_gate("additive_keeps_marker", marker_result, marker_cell)

@@ -4,5 +4,5 @@ import pytest
 
 
 @pytest.mark.claim("C3R")
-def test_c3r_one_site_removal_is_weak(lm, marker_grid, marker_result, claim_gate):
-    claim_gate("C3R", marker_result, lm.spec.name, marker_grid)
+def test_c3r_one_site_removal_is_weak(marker_result, claim_gate):
+    claim_gate(marker_result)

@@ -6,11 +6,11 @@ import pytest
 
 
 @pytest.mark.claim("C4")
-def test_c4_no_prompt_compression(lm, host_grid, host_result, claim_gate):
-    claim_gate("C4", host_result, lm.spec.name, host_grid)
+def test_c4_no_prompt_compression(host_result, claim_gate):
+    claim_gate(host_result)
 
 
-def test_cell_oracle_no_worse_than_nothing(lm, host_grid, host_cell, host_result, cell_gate):
+def test_cell_oracle_no_worse_than_nothing(host_cell, host_result, cell_gate):
     """Per cell: the host really differs from the target (KL > 0, finite) and writing the target's own
     residual into the host does not make it worse than no intervention, beyond a tolerance."""
-    cell_gate("oracle_no_worse", host_result, lm.spec.name, host_grid, host_cell)
+    cell_gate("oracle_no_worse", host_result, host_cell)

@@ -5,5 +5,5 @@ import pytest
 
 
 @pytest.mark.claim("C5")
-def test_c5_non_vacuity(lm, sweep_grid, sweep_result, claim_gate):
-    claim_gate("C5", sweep_result, lm.spec.name, sweep_grid)
+def test_c5_non_vacuity(sweep_result, claim_gate):
+    claim_gate(sweep_result)

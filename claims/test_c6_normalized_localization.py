@@ -7,5 +7,5 @@ import pytest
 
 
 @pytest.mark.claim("C6")
-def test_c6_normalized_localization(lm, sweep_grid, sweep_result, claim_gate):
-    claim_gate("C6", sweep_result, lm.spec.name, sweep_grid)
+def test_c6_normalized_localization(sweep_result, claim_gate):
+    claim_gate(sweep_result)

@@ -82,6 +82,10 @@ def test_a_claim_of_ones_own_is_first_class(tmp_path, installed):
     assert data["run"]["git_commit"] is None  # installed, not the checkout
     report = (folder / "reports" / "REPORT.md").read_text()
     assert re.search(r"^\| SHARE \|", report, re.M) and "Run status: COMPLETE" in report
+    assert all(UNIT_ROW.search(r) for r in share_rows(report)), report[-4000:]  # its unit
+    (worst,) = re.findall(r"^\| additive_below_null \| tiny-llama / example \| \d+/9 \| (.*) \|$",
+                          report, re.M)  # its failing cells, by the severity it declares
+    assert not re.search(r"\(-?0\)", worst), worst
 
     key = next(k for k in sec["baselines"] if k.startswith("SHARE/"))
     sec["baselines"][key]["value"] += 10 * sec["baselines"][key]["tolerance"] + 1
@@ -197,6 +201,27 @@ def test_a_claim_registered_in_a_sub_folder_is_judged_and_in_the_provenance(sub_
         assert [v["claim"] for v in got["verdicts"]] == ["LARGER", "SHARE"], said[-3000:]
         assert got["run"]["thresholds_sha256"]["share.yaml"] == digest
     assert re.search(r"^\| SHARE \| (HOLDS|FAILS|INCONCLUSIVE)", report, re.M)
+
+
+UNIT_ROW = re.compile(r"\| -?\d+\.\d{4} nats \| \[-?\d+\.\d{4}, -?\d+\.\d{4}\] nats \|")
+
+
+def share_rows(report: str) -> list[str]:
+    """SHARE's rows of the verdict details and of the interval table."""
+    return re.findall(r"^\| SHARE \| tiny-llama / example \| (?:\w+ \| )?\w+ \| .*$", report, re.M)
+
+
+def test_a_claims_declared_unit_and_cells_against_show_as_a_builtins_do(sub_folder_runs):
+    """SHARE declares the unit of its margins and the cells against its line: under xdist (the
+    controller, which reports, never imported the conftest) REPORT.md puts the unit after each
+    margin and interval as it does C1's 'nats', and its failing test names the cells against
+    the line with their values as a built-in's does (SHARE fails on tiny-llama, and nothing is
+    expected here)."""
+    _root, run, _data, report, _alone, _again = sub_folder_runs
+    rows = share_rows(report)
+    assert len(rows) >= 2 and all(UNIT_ROW.search(r) for r in rows), rows or report[-4000:]
+    assert re.search(r"SHARE FAILS on tiny-llama / example: .*; cells against the line "
+                     r"\(\d+/9\): \S+ \(\d", run.stdout), run.stdout[-4000:]
 
 
 def test_a_bad_claim_in_a_sub_folder_stops_the_run_before_any_model_loads(tmp_path):

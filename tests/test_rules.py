@@ -212,7 +212,7 @@ def test_a_part_decided_at_no_swept_layer_names_no_cells(claim):
 
     import numpy as np
 
-    from lac_core.verdicts.cells import against
+    from lac_core.verdicts.claims import against
     from lac_core.verdicts.rules import Part
 
     shape = (3, 2, 2)

@@ -1,9 +1,10 @@
-"""Where composition breaks and how much persona a vector carries: per-cell severities, the
-anti-steering share, dose and swap tables, persona x task matrices (numpy, no torch)."""
+"""Where composition breaks and how much persona a vector carries: a check's failing cells worst
+first (by the severity its declaration names), the anti-steering share, dose and swap tables, persona x task matrices (numpy, no torch)."""
 from __future__ import annotations
 
 import numpy as np
 
+from ..verdicts import claims as registry
 from ..verdicts.results import MarkerResult, SteeringResult
 from ..verdicts.rules import c1
 
@@ -30,26 +31,10 @@ def deciding_kl(sweep, thresholds, probe: str = "p_last") -> tuple[int | None, d
     return layer, {c: sweep.cell_kl("additive", c, probe, layer) for c in sweep.cells}
 
 
-def severity(check: str, result, cell: str, thresholds) -> float:
-    """How far a failing cell is from passing its check (larger is worse), to sort by."""
-    if check == "additive_vs_null":  # the check's own sites: every probe at C1's layer for it
-        gaps = [result.cell_kl("additive", cell, p.name, p.numbers["layer"])
-                - result.cell_kl("null", cell, p.name, p.numbers["layer"])
-                for p in c1(result.summary, thresholds.C1).parts if "layer" in p.numbers]
-        return max(gaps, default=0.0)
-    if check == "sum_beats_alignment":
-        ci = result.cells.index(cell)
-        gap = result.geometry["cos_x_y"][ci] - result.geometry["cos_xy_sum"][ci]
-        return float(np.nanmax(gap))
-    if check == "additive_keeps_marker":
-        return float(len(result.hits[cell]["clean"]))
-    if check == "oracle_no_worse":
-        return result.kl[cell]["oracle"] - result.kl[cell]["host"]
-    return 0.0
-
-
 def worst_first(check: str, result, cells, thresholds) -> list[tuple[str, float]]:
-    return sorted(((c, severity(check, result, c, thresholds)) for c in cells),
+    """The failing cells by how far each is from passing its check (its declared severity)."""
+    c = registry.CELL_CHECKS[check]
+    return sorted(((cell, c.severity_of(result, cell, thresholds)) for cell in cells),
                   key=lambda cs: (-cs[1], cs[0]))
 
 

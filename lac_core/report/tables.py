@@ -10,12 +10,6 @@ from ..verdicts import claims as registry
 
 # Where each experiment's numbers are in REPORT.md: stable anchors the verdict matrix links to.
 ANCHORS = {"sweep": "experiment-1", "markers": "experiment-2", "host": "experiment-3"}
-# A margin's unit, per claim (a precondition's where it differs): lac's claims; a claim a user
-# registers shows its margin as a bare number.
-UNITS = {"C1": "nats", "C1L": "ratio (deepest / shallowest median KL)", "C2": "cosine",
-         "C3": "cells", "C3R": "cells",
-         "C4": "share of the KL gap", "C5": "nats", "C6": "share unexplained (U)"}
-PRECONDITION_UNITS = {"C4": "nats"}
 
 
 def fmt(x, nd: int = 4) -> str:
@@ -81,8 +75,9 @@ def experiment(claim: str) -> str | None:
 
 
 def unit(claim: str, part: str) -> str:
-    return (PRECONDITION_UNITS.get(claim) if part == "precondition" else None) or \
-        UNITS.get(claim, "")
+    """A part's margin unit as the claim declares it ('' for a claim not registered here)."""
+    c = registry.CLAIMS.get(claim)
+    return c.unit(part) if c else ""
 
 
 def with_unit(x, claim: str, part: str) -> str:

@@ -13,6 +13,7 @@ import pickle
 import pytest
 
 from ..errors import LacError
+from .folder import open_folder
 from .start import lac_tests_named, run_id, start, started
 
 
@@ -68,8 +69,6 @@ class Controller:
     def pytest_xdist_node_collection_finished(self, node, ids):
         """Before any test is sent out: start lac's part if the workers collected its tests, and
         open the report folder (a problem stops the run with exit code 4)."""
-        from .plugin import open_folder
-
         lac = started(self.config)
         if lac is None and any(self._model_of(i) for i in ids):
             start(self.config)
@@ -157,10 +156,12 @@ class Controller:
 
 
 class Worker:
-    """Hooks of an xdist worker: it reports nothing itself; the controller does."""
+    """Hooks of an xdist worker: it reports nothing itself; the controller does. Registered in
+    every worker at configure (plugin.py); it does nothing until lac's part of the run started
+    (start.py), which happens at configure or collection, before any test runs."""
 
-    def __init__(self, session, config):
-        self.session, self.config = session, config
+    def __init__(self, config):
+        self.config = config
         self.sent: dict = {}  # what the controller has of this session (since)
 
     @pytest.hookimpl(hookwrapper=True)
@@ -168,18 +169,22 @@ class Worker:
         """The start and end lines so far, and what the session gained (the verdict this test
         made, the results it computed), travel with the test's report."""
         outcome = yield
+        lac = started(self.config)
+        if lac is None:  # not a lac run: nothing to send
+            return
         report = outcome.get_result()
-        lines = self.session.progress.lines
+        lines = lac.progress.lines
         if lines:
             report.user_properties.append(("lac_progress", list(lines)))
             lines.clear()
-        part = since({**self.session.export(), "claims": declared()}, self.sent, stream=True)
+        part = since({**lac.export(), "claims": declared()}, self.sent, stream=True)
         if part is not None:
             report.user_properties.append((STATE, pickle.dumps(part)))
 
     def export(self) -> None:
         """At the worker's end: the rest (all of it, for the fields only sent at the end)."""
-        part = since({**self.session.export(), "claims": declared()}, self.sent, stream=False)
+        lac = started(self.config)
+        part = since({**lac.export(), "claims": declared()}, self.sent, stream=False)
         self.config.workeroutput["lac"] = pickle.dumps(part)
 
 
@@ -239,7 +244,8 @@ def declared() -> list[dict]:
              "thresholds": {k: "names" if v is registry.Names else "float"
                             for k, v in c.thresholds.items()},
              "thresholds_file": c.thresholds_file and str(c.thresholds_file),
-             "cell_checks": [check.name for check in c.cell_checks]}
+             "cell_checks": [check.name for check in c.cell_checks],
+             "units": dict(c.units or {})}
             for c in registry.CLAIMS.values() if not c.builtin]
 
 
@@ -262,4 +268,4 @@ def adopt(claims) -> None:
         registry.register(registry.Claim(
             d["id"], d["statement"], d["experiment"], computed_on_a_worker,
             {k: registry.Names if v == "names" else float for k, v in d["thresholds"].items()},
-            checks, d["thresholds_file"] and Path(d["thresholds_file"])))
+            checks, d["thresholds_file"] and Path(d["thresholds_file"]), units=d.get("units")))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
+
+from .start import FIXTURE, place
 
 
 class RuleError(Exception):
@@ -45,10 +48,10 @@ def judged(claim: str, result, thresholds):
 
 def _why(verdict, claim: str, result, thresholds) -> str:
     """The verdict, its deciding part's numbers and interval, and the cells against the line."""
-    from ..verdicts import cells
+    from ..verdicts import claims as registry
 
     d = verdict.deciding
-    against = cells.against(claim, d, result, thresholds) if d else []
+    against = registry.against(claim, d, result, thresholds)
     margin = d.intervals.get("margin") if d else None
     return (verdict.explain() + (f"; margin {d.margin:.4g}, 95% interval [{margin[0]:.4g}, "
                                  f"{margin[1]:.4g}]" if margin else "")
@@ -74,20 +77,96 @@ def _xfail(request, reason: str):
     request.applymarker(pytest.mark.xfail(strict=True, reason=f"finding: {reason}"))
 
 
+OLD_CLAIM_CALL = ("claim_gate(claim, result, model, grid) is deprecated: write claim_gate(result); "
+                  "the claim is read from the test's @pytest.mark.claim(ID), the model and grid "
+                  "from its parameters (docs/own-claim.md)")
+OLD_CELL_CALL = ("cell_gate(check, result, model, grid, cell) is deprecated: write "
+                 "cell_gate(check, result); the model, grid and cell are read from the test's "
+                 "parameters (docs/own-claim.md)")
+
+
+def _refuse(node, problem: str):
+    """A claim test written wrongly: its own failure, one line naming the problem and the fix."""
+    pytest.fail(f"lac: {node.nodeid}: {problem}", pytrace=False)
+
+
+def _registered(claim: str, registry) -> None:
+    if claim not in registry.CLAIMS:
+        raise pytest.UsageError(f"lac: claim {claim} is not registered: register it with "
+                                "lac_core.register_claim before the session starts (a "
+                                "conftest.py or plugin module; docs/own-claim.md)")
+
+
+def claim_call(node, args: tuple) -> tuple[str, object, str, str]:
+    """(claim, result, model, grid) of a claim_gate call, so a test names its claim once:
+    `claim_gate(result)` reads the claim from the test's claim mark and the model and grid from
+    its parameters. The old `claim_gate(claim, result, model, grid)` (user files written before)
+    still works, with a DeprecationWarning; its claim must be the mark's."""
+    from ..verdicts import claims as registry
+
+    marked = place(node).claim
+    if len(args) == 4 and isinstance(args[0], str):
+        warnings.warn(OLD_CLAIM_CALL, DeprecationWarning, stacklevel=3)  # at the test's line
+        claim, result, model, grid = args
+        if marked is not None and marked != claim:
+            _refuse(node, f"it is marked @pytest.mark.claim({marked!r}) but calls "
+                          f"claim_gate({claim!r}, ...): a test decides one claim; write "
+                          "claim_gate(result) and name the claim in the mark alone")
+        _registered(claim, registry)
+        return claim, result, model, grid
+    if len(args) != 1:
+        _refuse(node, f"claim_gate takes the result alone, as claim_gate(sweep_result) ("
+                      f"{len(args)} arguments given)")
+    if marked is None:
+        _refuse(node, "claim_gate(result) reads the claim from the test's mark, and it has "
+                      "none: add @pytest.mark.claim(ID) naming the claim it decides")
+    _registered(marked, registry)
+    kind = registry.CLAIMS[marked].experiment
+    at = place(node, kind)
+    if at.model is None or at.grid is None:
+        _refuse(node, f"claim {marked} reads the {kind} result, and the test has no model or "
+                      f"{FIXTURE[kind]}_grid parameter: ask for {FIXTURE[kind]}_result")
+    return marked, args[0], at.model, at.grid
+
+
+def cell_call(node, check: str, args: tuple) -> tuple[str, str, str]:
+    """(model, grid, cell) of a cell_gate call: `cell_gate(check, result[, cell])` reads them
+    from the test's parameters (the cell too unless given). The old `cell_gate(check, result,
+    model, grid, cell)` still works, with a DeprecationWarning."""
+    from ..verdicts import claims as registry
+
+    if len(args) == 3:
+        warnings.warn(OLD_CELL_CALL, DeprecationWarning, stacklevel=3)
+        return args
+    if len(args) > 1:
+        _refuse(node, f"cell_gate takes the check, the result and optionally the cell, as "
+                      f"cell_gate(check, sweep_result) ({len(args) + 2} arguments given)")
+    if check not in registry.CELL_CHECKS:
+        _refuse(node, f"cell check {check} is not registered: declare it in a claim's "
+                      "cell_checks (docs/own-claim.md)")
+    kind = registry.CELL_CHECKS[check].experiment
+    at, name = place(node, kind), FIXTURE[kind]
+    cell = args[0] if args else at.cell
+    if at.model is None or at.grid is None or cell is None:
+        _refuse(node, f"cell check {check} reads the {kind} result of one cell, and the test "
+                      f"has no model, {name}_grid or {name}_cell parameter: ask for {name}_cell "
+                      f"and {name}_result")
+    return at.model, at.grid, cell
+
+
 @pytest.fixture
 def claim_gate(request, lac_session):
-    """Record a verdict and assert it: a claim must hold unless the model's expectations say
-    otherwise, then it is a strict xfail (a change of verdict, either way, fails the run). A run
-    that rewrites the expectations only records it."""
+    """`claim_gate(result)`: judge the test's claim (its @pytest.mark.claim) on the result of its
+    model and grid, record the verdict and assert it: a claim must hold unless the model's
+    expectations say otherwise, then it is a strict xfail (a change of verdict, either way, fails
+    the run). A run that rewrites the expectations only records it."""
 
-    def gate(claim: str, result, model: str, grid: str):
+    def gate(*args):
+        """claim_gate(result): the claim, model and grid are the test's (claim_call)."""
         from ..verdicts import claims as registry
         from ..verdicts import rules, uncertainty
 
-        if claim not in registry.CLAIMS:
-            raise pytest.UsageError(f"lac: claim {claim} is not registered: register it with "
-                                    "lac_core.register_claim before the session starts (a "
-                                    "conftest.py or plugin module; docs/own-claim.md)")
+        claim, result, model, grid = claim_call(request.node, args)
         kind = registry.CLAIMS[claim].experiment
         waits = not uncertainty.resampled_already(kind, result)
         if waits:  # the first verdict on a result resamples its grid: say so, and time it
@@ -127,12 +206,15 @@ def claim_gate(request, lac_session):
 
 @pytest.fixture
 def cell_gate(request, lac_session):
-    """Run a per-cell check (claims.CELL_CHECKS): failures the model's expectations list are
-    strict xfails, others must pass."""
+    """`cell_gate(check, result[, cell])`: run a per-cell check (claims.CELL_CHECKS) on the
+    test's model, grid and cell; failures the model's expectations list are strict xfails,
+    others must pass."""
 
-    def gate(check: str, result, model: str, grid: str, cell: str):
+    def gate(check: str, result, *args):
+        """cell_gate(check, result[, cell]): the model, grid and cell are the test's."""
         from ..verdicts import claims as registry
 
+        model, grid, cell = cell_call(request.node, check, args)
         problems = registry.CELL_CHECKS[check].check(result, cell, lac_session.thresholds)
         if lac_session.record_cell(check, model, grid, cell, problems) and \
                 not lac_session.settings.updating:

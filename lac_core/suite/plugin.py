@@ -6,18 +6,16 @@ gates in gates.py; every decision is taken in run/ and below."""
 # pytest run nothing but the option registration.
 from __future__ import annotations
 
-import signal
-import threading
-
 import pytest
 
 from ..errors import LacError
 from ..run.settings import OPTIONS
 from . import distributed
-from .start import FIXTURES, SESSION, explicit, run_id, session, start, started  # noqa: F401
+from .folder import open_folder, restore_sigterm
+from .start import (FIXTURE, FIXTURES, SESSION, explicit, place, run_id, session,  # noqa: F401
+                    start, started)
 
 pytest_plugins = ["lac_core.suite.fixtures", "lac_core.suite.gates"]
-FIXTURE = {"sweep": "sweep", "markers": "marker", "host": "host"}  # <name>_grid, _cell, _result
 
 
 def pytest_addoption(parser):
@@ -34,7 +32,9 @@ def pytest_configure(config):
             start(config)
         except pytest.exit.Exception as exc:  # at configure time, as pytest's own usage errors
             raise pytest.UsageError(str(exc.msg)) from None
-    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):  # an xdist worker: it sends, once lac's part started
+        config.pluginmanager.register(distributed.Worker(config), "lac-worker")
+    elif config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(distributed.Controller(config), "lac-controller")
 
 
@@ -87,10 +87,9 @@ def pytest_collection_modifyitems_last(session, config, items):
         open_folder(lac)
     lac.tests_left.update(i.nodeid for i in items if "lm" in getattr(i, "fixturenames", ()))
     for item in items:
-        mark, params = item.get_closest_marker("claim"), getattr(item, "callspec", None)
-        if mark and params:
-            grid = next(v for k, v in params.params.items() if k.endswith("_grid"))
-            lac.collected[item.nodeid] = (mark.args[0], params.params["model_name"], grid)
+        at = place(item)
+        if at.claim is not None and at.model is not None and at.grid is not None:
+            lac.collected[item.nodeid] = (at.claim, at.model, at.grid)
 
 
 def take_late_claims(session, lac, items: list) -> None:
@@ -107,43 +106,6 @@ def take_late_claims(session, lac, items: list) -> None:
             session.config.workeroutput[distributed.USAGE] = message
             session.shouldstop = message
         pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
-
-
-def open_folder(lac) -> None:
-    """Lock the report folder and check it (exit 4 on a problem; the folder is then untouched)."""
-    from ..report.reportset import Folder
-
-    s = lac.settings
-    folder = Folder(s.report_dir, s.reports_overwrite)
-    try:  # held until the session ends: a second run into the folder is refused here
-        folder.lock(lac.run_id)
-        folder.check(lac.report_files())
-    except LacError as exc:  # nothing is written: the folder is not this run's
-        folder.release()
-        pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    lac.folder = folder
-    interrupt_on_sigterm()
-
-
-_SIGTERM_BEFORE: list = []  # the SIGTERM handler lac replaced, put back at the session's end
-
-
-def interrupt_on_sigterm() -> None:
-    """While lac holds the report folder, SIGTERM (what a CI timeout sends) stops the run as
-    Ctrl-C does: the session ends and publishes a PARTIAL set naming what was interrupted, so the
-    previous run's set never stands as this one's. A second SIGTERM ends the process at once."""
-    if threading.current_thread() is threading.main_thread() and not _SIGTERM_BEFORE:
-        _SIGTERM_BEFORE.append(signal.signal(signal.SIGTERM, _sigterm))
-
-
-def _sigterm(signum, frame):
-    signal.signal(signum, signal.SIG_DFL)
-    raise KeyboardInterrupt("SIGTERM")
-
-
-def restore_sigterm() -> None:
-    if _SIGTERM_BEFORE:
-        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE.pop())
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from ..run.settings import OPTIONS, default_threads
 
 SESSION = pytest.StashKey[object]()  # the run.session.Session, once started
 RUN_ID = pytest.StashKey[str]()  # this run's id, from configure time (a worker's: its controller's)
+FIXTURE = {"sweep": "sweep", "markers": "marker", "host": "host"}  # <name>_grid, _cell, _result
 FIXTURES = frozenset({  # a test asking for one of these is lac's
     "lac_session", "thresholds", "lac_models", "lm", "lac_loaded", "model_name", "claim_gate",
     "cell_gate",
-    *(f"{k}_{s}" for k in ("sweep", "marker", "host") for s in ("grid", "cell", "result")),
+    *(f"{k}_{s}" for k in FIXTURE.values() for s in ("grid", "cell", "result")),
     "sweep_summary", "steering_result"})
 FLAGS = frozenset(flag for flag, *_ in OPTIONS)
 
@@ -53,6 +55,30 @@ def lac_tests_named(config) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a lac test stands, read from the test itself: the claim its `claim` mark names and
+    the model, grid and cell its parameters hold (None where it has none), so a test names
+    each once and the gates, the run status and the report agree on it."""
+
+    claim: str | None
+    model: str | None
+    grid: str | None
+    cell: str | None
+
+
+def place(item, experiment: str | None = None) -> Place:
+    """The Place of a collected test; `experiment` picks its grid (and cell) where a test is
+    parametrized over several experiments' grids, else the first one."""
+    mark = item.get_closest_marker("claim")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    grids = [k.removesuffix("_grid") for k in params if k.endswith("_grid")]
+    name = FIXTURE.get(experiment)
+    name = name if name in grids else next(iter(grids), "")
+    return Place(mark.args[0] if mark is not None and mark.args else None,
+                 params.get("model_name"), params.get(f"{name}_grid"), params.get(f"{name}_cell"))
+
+
 def session(config):
     """The run's lac session, started now if it was not (None: it could not be)."""
     if SESSION not in config.stash:
@@ -77,13 +103,12 @@ def run_id(config) -> str:
 
 def start(config) -> None:
     """Build the settings, check everything that can be checked before any work, and set up the
-    process (torch threads, progress lines, xdist roles). A bad input stops the run: exit 4."""
+    process (torch threads, progress lines). A bad input stops the run: exit 4."""
     import torch
 
     from ..run.progress import Progress
     from ..run.session import Session
     from ..run.settings import Settings
-    from . import distributed
 
     try:
         settings = Settings.from_options(config.getoption)
@@ -112,8 +137,6 @@ def start(config) -> None:
                              f"--lac-threads {free} or auto runs much faster here "
                              "(docs/performance.md#threads-on-a-shared-machine)")
     lac.run_id = run_id(config)  # one run: the controller's id names what every worker computes
-    if worker:
-        config.pluginmanager.register(distributed.Worker(lac, config), "lac-worker")
     config.stash[SESSION] = lac
 
 

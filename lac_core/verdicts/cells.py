@@ -1,5 +1,6 @@
-"""Per-cell checks (each returns the problems it found in one cell) and the cells on the wrong
-side of a deciding part's line (no torch)."""
+"""Per-cell checks (each returns the problems it found in one cell) with their severities, and,
+per claim, the cells on the wrong side of a deciding part's line (no torch). The claims'
+declarations (claims.py) name which of these each claim uses."""
 from __future__ import annotations
 
 import math
@@ -64,52 +65,111 @@ def oracle_no_worse(result, cell: str, t) -> list[str]:
     return []
 
 
-CELL_CHECKS = {"additive_vs_null": additive_vs_null, "sum_beats_alignment": sum_beats_alignment,
-               "additive_keeps_marker": additive_keeps_marker, "oracle_no_worse": oracle_no_worse}
+def additive_vs_null_severity(result, cell: str, t) -> float:
+    """The largest additive - null KL over the check's own sites (every probe at C1's layer)."""
+    gaps = [result.cell_kl("additive", cell, p.name, p.numbers["layer"])
+            - result.cell_kl("null", cell, p.name, p.numbers["layer"])
+            for p in c1(result.summary, t.C1).parts if "layer" in p.numbers]
+    return max(gaps, default=0.0)
 
 
-def against(claim: str, part: Part, result, thresholds) -> list[str]:
-    """The cells on the wrong side of the deciding part's line, with their values: what a
-    failing claim's message names next to its numbers."""
-    t, n = getattr(thresholds, claim), part.numbers
-    name = part.name.split(" ")[0]
-    if claim in ("C1", "C1L", "C2", "C5", "C6") and name in getattr(result, "probes", ()):
-        pi = result.probes.index(name)
-        site = int(part.name.split(" L")[-1]) if " L" in part.name else 0
-        layer = n.get("layer", n.get("deepest", site))
-        shallowest = n.get("shallowest", layer)
-        if layer not in result.layers or shallowest not in result.layers:
-            return []  # a part decided at no swept layer (none informative): no cell to name
-        li = result.layers.index(layer)
-        add, null = result.kl_add[:, pi, li], result.kl_null[:, pi, li]
-        cos_xy = result.geometry["cos_x_y"][:, pi, layer]
-        cos_sum = result.geometry["cos_xy_sum"][:, pi, layer]
-        low = result.kl_add[:, pi, result.layers.index(shallowest)]
-        if claim == "C1":
-            bad = (add > t.max_median_kl, add)
-        elif claim == "C5":
-            bad = (add > np.minimum(t.max_additive_kl, t.max_additive_over_null * null), add)
-        elif claim == "C1L":
-            bad = (add < t.min_ratio * low, add / np.maximum(low, 1e-12))
-        elif claim == "C6":  # each cell's own unexplained share, deepest against shallowest
-            lo = result.layers.index(shallowest)
-            u_lo = result.kl_add[:, pi, lo] / np.maximum(result.kl_null[:, pi, lo], 1e-12)
-            u_hi = add / np.maximum(null, 1e-12)
-            bad = (u_hi < t.min_ratio * u_lo, u_hi)
-        else:
-            bad = ((cos_xy > t.max_cos_x_y) | (cos_sum < t.min_cos_xy_sum), cos_xy)
-    elif claim in ("C3", "C3R"):
-        cond = {"precondition": "clean"}.get(part.name, part.name)
-        has = np.array([bool(result.hits[c][cond]) for c in result.cells])
-        clean = np.array([bool(result.hits[c]["clean"]) for c in result.cells])
-        bad = ((has if cond == "bare" else ~has if cond == "clean" else clean & ~has), has * 1.0)
-    elif claim == "C4":
-        host = np.array([result.kl[c]["host"] for c in result.cells])
-        if part.name == "precondition":
-            bad = (host < t.min_host_kl, host)
-        else:
-            gap = (host - np.array([result.kl[c][part.name] for c in result.cells])) / host
-            bad = (gap > t.max_gap_closed, gap)
-    else:
+def sum_beats_alignment_severity(result, cell: str, t) -> float:
+    """The largest cos(dX, dY) - cos(dXY, dX + dY) over probes and layers."""
+    ci = result.cells.index(cell)
+    return float(np.nanmax(result.geometry["cos_x_y"][ci] - result.geometry["cos_xy_sum"][ci]))
+
+
+def additive_keeps_marker_severity(result, cell: str, t) -> float:
+    """How many markers the clean text has that the additive one lost."""
+    return float(len(result.hits[cell]["clean"]))
+
+
+def oracle_no_worse_severity(result, cell: str, t) -> float:
+    return result.kl[cell]["oracle"] - result.kl[cell]["host"]
+
+
+Against = list[tuple[str, float]]  # (cell, its value) on the wrong side of a part's line
+
+
+def _named(bad, values, result) -> Against:
+    return [(result.cells[i], values[i]) for i in np.flatnonzero(bad)]
+
+
+def _site(result, part: Part) -> tuple[int, int, int, int] | None:
+    """A sweep part's probe index, its layer, that layer's index and the shallowest layer's
+    index; None when the part names no swept probe, or was decided at no swept layer (none
+    informative): no cell to name."""
+    n, name = part.numbers, part.name.split(" ")[0]
+    if name not in getattr(result, "probes", ()):
+        return None
+    site = int(part.name.split(" L")[-1]) if " L" in part.name else 0
+    layer = n.get("layer", n.get("deepest", site))
+    shallowest = n.get("shallowest", layer)
+    if layer not in result.layers or shallowest not in result.layers:
+        return None
+    return (result.probes.index(name), layer, result.layers.index(layer),
+            result.layers.index(shallowest))
+
+
+def c1_against(result, part: Part, t) -> Against:
+    """Cells whose additive KL is above the median's bound at the part's layer."""
+    if (at := _site(result, part)) is None:
         return []
-    return [f"{result.cells[i]} ({bad[1][i]:.3g})" for i in np.flatnonzero(bad[0])]
+    add = result.kl_add[:, at[0], at[2]]
+    return _named(add > t.max_median_kl, add, result)
+
+
+def c5_against(result, part: Part, t) -> Against:
+    """Cells whose additive KL is above the bound and the share of their null KL."""
+    if (at := _site(result, part)) is None:
+        return []
+    add, null = result.kl_add[:, at[0], at[2]], result.kl_null[:, at[0], at[2]]
+    return _named(add > np.minimum(t.max_additive_kl, t.max_additive_over_null * null), add,
+                  result)
+
+
+def c1l_against(result, part: Part, t) -> Against:
+    """Cells whose deepest / shallowest additive KL is below the ratio."""
+    if (at := _site(result, part)) is None:
+        return []
+    add, low = result.kl_add[:, at[0], at[2]], result.kl_add[:, at[0], at[3]]
+    return _named(add < t.min_ratio * low, add / np.maximum(low, 1e-12), result)
+
+
+def c6_against(result, part: Part, t) -> Against:
+    """Each cell's own unexplained share, deepest against shallowest."""
+    if (at := _site(result, part)) is None:
+        return []
+    pi, _layer, li, lo = at
+    u_lo = result.kl_add[:, pi, lo] / np.maximum(result.kl_null[:, pi, lo], 1e-12)
+    u_hi = result.kl_add[:, pi, li] / np.maximum(result.kl_null[:, pi, li], 1e-12)
+    return _named(u_hi < t.min_ratio * u_lo, u_hi, result)
+
+
+def c2_against(result, part: Part, t) -> Against:
+    """Cells whose angles miss either bound at the part's layer (their cos(dX, dY))."""
+    if (at := _site(result, part)) is None:
+        return []
+    cos_xy = result.geometry["cos_x_y"][:, at[0], at[1]]
+    cos_sum = result.geometry["cos_xy_sum"][:, at[0], at[1]]
+    return _named((cos_xy > t.max_cos_x_y) | (cos_sum < t.min_cos_xy_sum), cos_xy, result)
+
+
+def markers_against(result, part: Part, t) -> Against:
+    """C3 and C3R: for the precondition, cells whose clean text has no marker; for the bare
+    prompt, cells that keep one; else cells whose clean text has one and this condition none."""
+    cond = {"precondition": "clean"}.get(part.name, part.name)
+    has = np.array([bool(result.hits[c][cond]) for c in result.cells])
+    clean = np.array([bool(result.hits[c]["clean"]) for c in result.cells])
+    return _named(has if cond == "bare" else ~has if cond == "clean" else clean & ~has,
+                  has * 1.0, result)
+
+
+def c4_against(result, part: Part, t) -> Against:
+    """Cells whose host KL is below the precondition's bound, or whose intervention closes more
+    of the gap than allowed."""
+    host = np.array([result.kl[c]["host"] for c in result.cells])
+    if part.name == "precondition":
+        return _named(host < t.min_host_kl, host, result)
+    gap = (host - np.array([result.kl[c][part.name] for c in result.cells])) / host
+    return _named(gap > t.max_gap_closed, gap, result)

@@ -1,8 +1,10 @@
-"""Every claim, declared once: its id, its statement, the experiment whose result it reads, its
-rule, its thresholds and its per-cell checks. What lists claims (the report's rows, the sections
-of a thresholds file, which experiment a grid must run, the intervals, the paper's replay)
-derives from this registry, so a claim a user registers from their own files is a first-class
-one (docs/own-claim.md)."""
+"""Every claim, declared once, with everything said about it: its id, its statement, the
+experiment whose result it reads, its rule, its thresholds, the units of its margins, the
+function naming the cells against a part's line, and its per-cell checks with their severities.
+What lists or describes claims (the report's rows and units, the sections of a thresholds file,
+which experiment a grid must run, the intervals, a failing gate's message, the worst cells, the
+paper's replay) reads this registry, so a claim a user registers from their own files is a
+first-class one (docs/own-claim.md)."""
 # Report order is registration order: lac's eight claims first, then users' in the order their
 # conftest or plugin registered them. Registering the same declaration twice (a conftest imported
 # again) is a no-op; another declaration under a taken id is an error.
@@ -12,7 +14,7 @@ import hashlib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -26,11 +28,18 @@ Names = tuple[str, ...]  # a threshold that is a list of names (probes)
 
 @dataclass(frozen=True)
 class CellCheck:
-    """A per-cell check: `check(result, cell, thresholds) -> [problems]` on one experiment."""
+    """A per-cell check: `check(result, cell, thresholds) -> [problems]` on one experiment, and
+    `severity(result, cell, thresholds) -> float`, how far a failing cell is from passing (larger
+    is worse): REPORT.md lists failing cells worst first by it (None: 0 for every cell, so they
+    are listed by id)."""
 
     name: str  # what cell_gate is called with, and the key of its findings in expectations
     experiment: str
     check: Callable
+    severity: Callable | None = None
+
+    def severity_of(self, result, cell: str, thresholds) -> float:
+        return 0.0 if self.severity is None else float(self.severity(result, cell, thresholds))
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,18 @@ class Claim:
     cell_checks: tuple[CellCheck, ...] = ()
     thresholds_file: Path | None = None  # None: lac's fixtures/claims.yaml
     builtin: bool = field(default=False, compare=False)
+    # The unit of a part's margin, shown beside it in REPORT.md: "margin" for every part, a
+    # part's name (e.g. "precondition") where that part's differs. None or {}: bare numbers.
+    units: Mapping[str, str] | None = None
+    # against(result, part, t) -> the cells on the wrong side of the deciding part's line: cell
+    # ids, or (cell id, value) pairs; `t` is the claim's thresholds section. A failing gate names
+    # them beside its numbers. None: no cells are named.
+    against: Callable | None = None
+
+    def unit(self, part: str) -> str:
+        """The unit of `part`'s margin ('' when the claim declares none)."""
+        units = self.units or {}
+        return units.get(part) or units.get("margin", "")
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,16 @@ def register(claim: Claim) -> Claim:
     return claim
 
 
+def against(claim: str, part, result, thresholds) -> list[str]:
+    """The cells against the deciding part's line, as a failing gate names them ('cell (value)'
+    or 'cell'), from the claim's own `against` function ([] when it declares none)."""
+    c = CLAIMS[claim]
+    if c.against is None or part is None:
+        return []
+    return [f"{x[0]} ({x[1]:.3g})" if isinstance(x, tuple) else str(x)
+            for x in c.against(result, part, getattr(thresholds, claim))]
+
+
 def of_experiment(experiment: str) -> list[Claim]:
     return [c for c in CLAIMS.values() if c.experiment == experiment]
 
@@ -168,35 +199,42 @@ def builtin() -> list[Claim]:
     return [c for c in CLAIMS.values() if c.builtin]
 
 
-def _lac(id, statement, experiment, rule, thresholds, checks=()):
+def _lac(id, statement, experiment, rule, thresholds, units, checks=(), against=None):
     register(Claim(id, statement, experiment, rule, thresholds,
-                   tuple(CellCheck(n, experiment, getattr(cells, n)) for n in checks),
-                   builtin=True))
+                   tuple(CellCheck(n, experiment, getattr(cells, n), getattr(cells, f"{n}_severity"))
+                         for n in checks),
+                   builtin=True, units=units, against=against))
 
 
 PROBES = {"probes": Names}
 _lac("C1", "h_BB + dX + dY substituted in an early/mid layer leaves the output essentially "
      "clean: median 10-token KL <= 0.1 nats at p_last, g1 and g2", "sweep", rules.c1,
-     {**PROBES, "max_depth_fraction": float, "max_median_kl": float}, ("additive_vs_null",))
+     {**PROBES, "max_depth_fraction": float, "max_median_kl": float}, {"margin": "nats"},
+     ("additive_vs_null",), cells.c1_against)
 _lac("C1L", "... and only there: the median KL at the deepest swept layer is at least twice "
-     "the shallowest's", "sweep", rules.c1l, {**PROBES, "min_ratio": float})
+     "the shallowest's", "sweep", rules.c1l, {**PROBES, "min_ratio": float},
+     {"margin": "ratio (deepest / shallowest median KL)"}, against=cells.c1l_against)
 _lac("C2", "persona and task directions are partially orthogonal: cos(dX, dY) <= 0.5 while "
      "cos(dXY, dX + dY) >= 0.8 at every swept layer", "sweep", rules.c2,
      {**PROBES, "max_cos_x_y": float, "min_cos_xy_sum": float, "min_difference": float},
-     ("sum_beats_alignment",))
+     {"margin": "cosine"}, ("sum_beats_alignment",), cells.c2_against)
 _lac("C3", "the additive substitution keeps persona markers near the clean count; the bare task "
      "prompt loses them", "markers", rules.c3,
      {"min_clean_fraction": float, "min_additive_over_clean": float, "max_bare_over_clean": float},
-     ("additive_keeps_marker",))
+     {"margin": "cells"}, ("additive_keeps_marker",), cells.markers_against)
 _lac("C3R", "removing dX at one site barely changes the persona markers", "markers", rules.c3r,
-     {"min_clean_fraction": float, "min_remove_x_over_clean": float})
+     {"min_clean_fraction": float, "min_remove_x_over_clean": float}, {"margin": "cells"},
+     against=cells.markers_against)
 _lac("C4", "a cached vector injected into a persona-free host prompt, even the oracle h_XY, "
      "closes at most a third of the KL gap, at one layer or many", "host", rules.c4,
-     {"min_host_kl": float, "max_gap_closed": float}, ("oracle_no_worse",))
+     {"min_host_kl": float, "max_gap_closed": float},
+     {"margin": "share of the KL gap", "precondition": "nats"}, ("oracle_no_worse",),
+     cells.c4_against)
 _lac("C5", "(ours) C1 counts only at informative sites: where h_BB alone costs >= 0.05 nats, "
      "additive costs <= 0.1 and <= half of it", "sweep", rules.c5,
      {**PROBES, "max_depth_fraction": float, "min_null_kl": float, "max_additive_kl": float,
-      "max_additive_over_null": float})
+      "max_additive_over_null": float}, {"margin": "nats"}, against=cells.c5_against)
 _lac("C6", "(ours) C1L normalized: the share the sum leaves unexplained, U = KL_add / KL_null, "
      "at least doubles from the shallowest informative to the deepest swept layer", "sweep",
-     rules.c6, {**PROBES, "min_null_kl": float, "min_ratio": float})
+     rules.c6, {**PROBES, "min_null_kl": float, "min_ratio": float},
+     {"margin": "share unexplained (U)"}, against=cells.c6_against)

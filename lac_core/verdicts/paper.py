@@ -74,11 +74,16 @@ def tables() -> dict:
     return json.loads((FIXTURES / "paper_tables.json").read_text())
 
 
+def published(experiment: str) -> list[tuple[str, str]]:
+    """(model, grid) of each of the paper's published runs of an experiment: a sweep per model
+    and grid, the marker and host-injection runs on Gemma-2-2B's marker grid."""
+    return list(SWEEP_FILES) if experiment == "sweep" else [(PAPER_MODEL, "markers")]
+
+
 def verdicts_keys() -> list[tuple[str, str, str]]:
-    """(claim, model, grid) of every verdict `verdicts` gives, without computing any."""
-    keys = [(c.id, m, g) for (m, g) in SWEEP_FILES for c in _builtin("sweep")]
-    return keys + [(c.id, PAPER_MODEL, "markers")
-                   for c in (*_builtin("markers"), *_builtin("host"))]
+    """(claim, model, grid) of every verdict `verdicts` gives, without computing any: each of
+    lac's claims on each published run of its experiment."""
+    return [(c.id, m, g) for c in registry.builtin() for (m, g) in published(c.experiment)]
 
 
 def _builtin(experiment: str) -> list:
