@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from .paths import CLAIMS_FILE
 from .verdicts import claims as registry
 from .verdicts import paired
-from .verdicts.results import RECORDS
+from .verdicts.results import RECORDS, record_from_json
 from .verdicts.thresholds import load_thresholds
 from .verdicts.uncertainty import RESAMPLES, STRUCTURAL, WHAT
 
@@ -85,7 +85,7 @@ def _record(doc: dict, kind: str, model: str, grid: str):
     name = RECORDS[kind][1]
     raw = next((r for r in doc.get(name, []) if isinstance(r, dict) and r.get("model") == model
                 and r.get("grid") == grid), None)
-    return None if raw is None else paired.record(kind, raw)
+    return None if raw is None else record_from_json(kind, raw)
 
 
 def _verdicts(doc: dict, model: str, grid: str) -> dict[str, dict]:

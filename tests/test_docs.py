@@ -134,6 +134,9 @@ DATA_KEYED = {
     "models", "models.*.device_map",
     "run.grids", "run.grids_sha256", "run.load_seconds", "run.seconds", "run.failed",
     "run.from_resume_cache", "run.thresholds_sha256",
+    "run.grids.*.personas", "run.grids.*.tasks", "run.grids.*.markers", "claims", "claims.*.units",
+    "thresholds.sections", "thresholds.sections.*", "thresholds.why", "thresholds.why.*",
+    "thresholds.titles",
     *(f"verdicts[].{part}.{kind}" for part in ("deciding", "parts[]", "preconditions[]")
       for kind in ("numbers", "intervals")),
     "sweeps[].references", "sweeps[].faithfulness", "sweeps[].faithfulness.*",
@@ -162,10 +165,10 @@ def _schema_keys(x, path: str = "", out: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results_json(tmp_path_factory):
-    """results.json of a real claims run: tiny-llama on the example grid (every experiment), with
-    no expectations (an empty folder) and no resume cache. Its verdicts need not hold: the file
-    is what is read."""
+def real_run(tmp_path_factory):
+    """The report folder of a real claims run: tiny-llama on the example grid (every
+    experiment), with no expectations (an empty folder) and no resume cache. Its verdicts need
+    not hold: the files are what is read."""
     tmp = tmp_path_factory.mktemp("docs")
     (tmp / "expected").mkdir()
     cmd = [sys.executable, "-m", "pytest", "claims/", "-p", "no:cacheprovider", "--lac-no-cache",
@@ -176,7 +179,23 @@ def results_json(tmp_path_factory):
     path = tmp / "reports" / "results.json"
     assert path.is_file(), \
         f"no results.json (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return json.loads(path.read_text())
+    return tmp / "reports"
+
+
+@pytest.fixture(scope="module")
+def results_json(real_run):
+    return json.loads((real_run / "results.json").read_text())
+
+
+def test_a_real_runs_report_set_is_rebuilt_from_its_results_json_alone(real_run, tmp_path):
+    """`python -m lac_core.report` in a fresh process writes the set the run wrote: Markdown,
+    results.json and SVGs byte for byte, PNGs pixel for pixel (tests/test_rebuild.py)."""
+    from .test_rebuild import assert_same_set, rebuild
+
+    out = rebuild(real_run / "results.json", tmp_path / "again")
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = {str(f) for f in assert_same_set(real_run, tmp_path / "again")}
+    assert {"REPORT.md", "SUMMARY.md", "results.json"} <= names
 
 
 def test_every_field_of_a_real_results_json_is_in_the_schema(results_json):

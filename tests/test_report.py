@@ -65,6 +65,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lac_core.report import document  # noqa: E402
+from lac_core.report.source import RunSource  # noqa: E402
+from lac_core.run.resultsfile import results_document  # noqa: E402
 from lac_core.run.session import Session  # noqa: E402
 from lac_core.run.settings import Settings  # noqa: E402
 from lac_core.verdicts import claims as registry, uncertainty  # noqa: E402
@@ -132,6 +134,11 @@ def synthetic_session(models=("tiny-llama", "tiny-qwen2"), grids=("example", "ma
     return s
 
 
+def source(session):
+    """What the session's report is rendered from: its results.json, written and read back."""
+    return RunSource.of(json.loads(document.results_text(results_document(session))))
+
+
 FAILED_GATE = {"status": "failed", "without_expectations": [], "refused": [],
                "drift": [{"model": "tiny-llama", "grid": "example", "quantity": "C1/p_last/median",
                           "baseline": 1.5, "value": 1.9, "tolerance": 0.01}],
@@ -142,7 +149,7 @@ FAILED_GATE = {"status": "failed", "without_expectations": [], "refused": [],
 @pytest.fixture(scope="module")
 def report_md():
     s = synthetic_session(gate=FAILED_GATE)
-    return document.report_markdown(s, {}), s
+    return document.report_markdown(source(s), {}), s
 
 
 def _headings(text):
@@ -197,7 +204,7 @@ def test_a_grid_without_a_sweep_is_one_note_not_a_cell_per_model(report_md):
 def test_a_verdict_that_did_not_come_gives_its_reason_once():
     s = synthetic_session(models=("tiny-llama",), grids=("example",),
                           drop={("C1", "tiny-llama", "example"), ("C2", "tiny-llama", "example")})
-    matrix = document.report_markdown(s, {}).split("## Verdicts")[1].split("\n## ")[0]
+    matrix = document.report_markdown(source(s), {}).split("## Verdicts")[1].split("\n## ")[0]
     assert matrix.count("| not run (1) |") == 2 and matrix.count("- (1) not run: deselected") == 1
 
 
@@ -220,8 +227,8 @@ def test_sample_generations_of_the_marker_cells_are_shown(report_md):
 def test_summary_has_status_matrix_with_expected_and_a_failed_gate(report_md):
     from lac_core.report.summary import summary_markdown
     _text, s = report_md
-    doc = document.results_document(s)
-    summary = summary_markdown(document.view(s, doc))
+    doc = results_document(s)
+    summary = summary_markdown(document.view(source(s)))
     assert summary.startswith("# lac: failed (tiny-llama, tiny-qwen2 on example, markers): ")
     assert "**Run status: COMPLETE" in summary and "![" not in summary
     assert "| claim | tiny-llama / example |" in summary
@@ -260,14 +267,14 @@ def test_compare_sets_the_models_side_by_side(tmp_path):
     s = synthetic_session(grids=("example",))
     writers = {}
     for out in document.OUTPUTS:
-        writers.update(out.writers(s))
+        writers.update(out.writers(source(s)))
     assert "COMPARE.md" in writers
     writers["COMPARE.md"](tmp_path / "COMPARE.md")
     text = (tmp_path / "COMPARE.md").read_text()
     assert "| claim | statement | tiny-llama | tiny-qwen2 | models |" in text
     assert "(figures/compare_kl_by_depth.png)" in text and "no null runs" in text
     single = synthetic_session(models=("tiny-llama",), grids=("example",))
-    assert not any("COMPARE" in n for out in document.OUTPUTS for n in out.writers(single))
+    assert not any("COMPARE" in n for out in document.OUTPUTS for n in out.writers(source(single)))
 
 
 def test_an_update_that_needs_review_says_so_with_its_changes():
@@ -349,7 +356,7 @@ def test_a_gate_with_no_expectations_is_not_applied_and_unexpected_cells_are_lis
                                          "expected": "passes", "got": "fails"}]
     from lac_core.report.summary import run_outcome
     s.gate_outcome = gate
-    outcome = run_outcome(document.results_document(s))
+    outcome = run_outcome(results_document(s))
     assert outcome.status == "failed" and \
         "1 cell fails a per-cell check with nothing expected (additive_vs_null on tiny-llama / " \
         "example: pirate__bread)" in outcome.line()

@@ -1,7 +1,8 @@
-"""The report set of a session: results.json, REPORT.md, SUMMARY.md, COMPARE.md (two or more
+"""The report set of a run: results.json, REPORT.md, SUMMARY.md, COMPARE.md (two or more
 models) and figures, each a PNG with its SVG (no torch)."""
-# Every number comes from the session that writes it; the text files are built from results.json
-# as a dict (tables.View), so they say what it says.
+# Every file is rendered from results.json alone (source.RunSource, read back from the parsed
+# file), never from the live session: a run's report and one rebuilt later from its results.json
+# (python -m lac_core.report) are the same bytes.
 from __future__ import annotations
 
 import json
@@ -10,61 +11,38 @@ from typing import Callable
 from pathlib import Path
 
 from . import breakdown, comparefig, findings, sections, summary
-from ..verdicts import claims as registry
 from ..verdicts import paper, uncertainty
 from .figures import kl_by_layer_figure
 from ..protocol.grids import paper_grid
 from .reportset import Folder
 from .style import pair, with_svg
 from .tables import View, claim_details, fmt, gate_lines, interval_table, matrix, table
-from ..verdicts.results import RECORDS, jsonable
+from .source import RunSource
 
-__all__ = ["fmt", "table", "results_document", "report_markdown", "OUTPUTS", "report_names",
-           "write_report_set", "Plan", "Output"]
-SCHEMA = "lac-results/2 (see docs/SCHEMA.md)"
-KINDS = {kind: name for kind, (_record, name) in RECORDS.items()}  # -> results.json list
+__all__ = ["fmt", "table", "report_markdown", "OUTPUTS", "report_names", "write_report_set",
+           "Plan", "Output", "view", "results_text"]
 
 
-def results_document(session) -> dict:
-    """results.json: the run, provenance per model, verdicts, cell findings and every record."""
-    doc = {"schema": SCHEMA, "run": session.run_info(),
-           "models": dict(sorted(session.provenance.items())),
-           "verdicts": [{**asdict(v), "model": m, "grid": g, "expected": exp}
-                        for (c, m, g), (v, exp) in sorted(session.verdicts.items())],
-           "cell_failures": [{"check": c, "model": m, "grid": g, "cells": sorted(cells)}
-                             for (c, m, g), cells in sorted(session.cell_failures.items())],
-           **{name: [] for name in KINDS.values()}}
-    for (_m, _g, kind), r in sorted(session.results.items(), key=lambda kv: kv[0]):
-        if kind in KINDS:
-            doc[KINDS[kind]].append({**asdict(r),
-                                     **findings.extra(kind, r, session.thresholds)})
-    doc["regression_gate"] = session.gate_outcome
-    doc["anti_steering"] = [{"model": m, "grid": g, **breakdown.anti_steering(r)}
-                            for (m, g, kind), r in sorted(session.results.items())
-                            if kind == "markers"]
-    return jsonable(doc)
-
-
-def view(session, doc: dict) -> View:
-    """results.json's dict with what only the session knows: the planned models (a model that
+def view(src: RunSource, doc: dict | None = None) -> View:
+    """results.json's dict with what results.json says beside the verdicts: the planned models (a model that
     failed to load keeps its column), the planned claims, and the paper's verdict per claim and
     grid (the same rule on the paper's Gemma-2-2B data, where the grid is the paper's)."""
-    models = dict.fromkeys([*session.checked.models, *(m for _c, m, _g in session.verdicts)])
-    claims = [c for c in registry.CLAIMS if session.claims_planned is None
-              or c in session.claims_planned or any(k[0] == c for k in session.verdicts)]
-    theirs, texts = paper.verdicts(session.thresholds), {}
+    models = dict.fromkeys([*src.checked.models, *(m for _c, m, _g in src.verdicts)])
+    claims = [c for c in src.doc["claims"] if src.claims_planned is None
+              or c in src.claims_planned or any(k[0] == c for k in src.verdicts)]
+    theirs, texts = paper.verdicts(src.thresholds), {}
     for claim in claims:
-        for label, grid in session.grids.items():
+        for label, grid in src.grids.items():
             pv = theirs.get((claim, paper.PAPER_MODEL, paper_grid(grid.name, grid.sha256)))
             if pv and pv.deciding:
                 texts[(claim, label)] = f"{pv.status}: {pv.deciding.name}: {pv.deciding.detail}"
-    return View(doc, tuple(models), tuple(claims), texts)
+    return View(src.doc if doc is None else doc, tuple(models), tuple(claims), texts)
 
 
-def report_markdown(session, figures: dict, v: View | None = None) -> str:
+def report_markdown(src, figures: dict, v: View | None = None) -> str:
     """REPORT.md: status, verdicts (linked to experiments 1-4), the regression gate, claim by
     claim, the experiments in order, beyond the paper, provenance; the intervals last."""
-    v = v or view(session, results_document(session))
+    v = v or view(src)
     run = v.doc["run"]
     status = run["status"] + ("" if run["status"] == "COMPLETE" else
                               f": {len(run['not_run'])} planned verdicts did not come (the matrix "
@@ -89,8 +67,8 @@ def report_markdown(session, figures: dict, v: View | None = None) -> str:
              "Each statement links to the experiment whose numbers decide it.", "", *matrix(v), "",
              *gate_lines(v.doc.get("regression_gate")),
              "## Claim by claim", "", *claim_details(v), "",
-             *sections.experiments(session, figures),
-             *findings.section(session, table, fmt), *sections.provenance(session), "",
+             *sections.experiments(src, figures),
+             *findings.section(src, table, fmt), *sections.provenance(src), "",
              '<a id="appendix-intervals"></a>', "",
              "## Appendix: every deciding number, with its 95% interval", "",
              "Intervals resample the grid's cells (2,000 times, fixed seed) and run the same rule "
@@ -118,32 +96,32 @@ class Plan:
 @dataclass(frozen=True)
 class Output:
     """One kind of file in a report set: its names for a plan (what the start check refuses to
-    overwrite) and, at the end, its writers (name -> writer(path)) for what the session made."""
+    overwrite) and, at the end, its writers (name -> writer(path)) for what the run made."""
 
     names: Callable[[Plan], list[str]]
     writers: Callable[[object], dict]
 
 
-def _kl_figures(session) -> dict:
-    c6 = session.thresholds.C6.min_null_kl
+def _kl_figures(src) -> dict:
+    c6 = src.thresholds.C6.min_null_kl
     out = {}
-    for key, r in session.results.items():
+    for key, r in src.results.items():
         if key[2] == "sweep":
             out.update(pair(figure_name(*key[:2]), lambda r=r: kl_by_layer_figure(
                 r, uncertainty.faithfulness_table(r, c6))))
     return out
 
 
-def _sweeps(session) -> list:
-    return [r for _k, r in findings.by_kind(session, "sweep")]
+def _sweeps(src) -> list:
+    return [r for _k, r in findings.by_kind(src, "sweep")]
 
 
-def _compare_figures(session) -> dict:
+def _compare_figures(src) -> dict:
     """COMPARE.md's figures: name -> (build, caption), when two or more models ran a sweep."""
-    sweeps, models = _sweeps(session), list(session.checked.models)
+    sweeps, models = _sweeps(src), list(src.checked.models)
     if not summary.compared(r.model for r in sweeps):
         return {}
-    c6 = session.thresholds.C6.min_null_kl
+    c6 = src.thresholds.C6.min_null_kl
     tables = {(r.model, r.grid): uncertainty.faithfulness_table(r, c6) for r in sweeps}
     out = {summary.COMPARE_KL: (lambda: comparefig.compare_kl_figure(sweeps, models),
                                 summary.KL_CAPTION)}
@@ -153,8 +131,8 @@ def _compare_figures(session) -> dict:
     return out
 
 
-def _compare_figure_writers(session) -> dict:
-    return {name: w for fig, (build, _c) in _compare_figures(session).items()
+def _compare_figure_writers(src) -> dict:
+    return {name: w for fig, (build, _c) in _compare_figures(src).items()
             for name, w in pair(fig, build).items()}
 
 
@@ -163,18 +141,22 @@ def _text_names(plan) -> list[str]:
             *(["COMPARE.md"] if summary.compared(plan.models) else [])]
 
 
-def _texts(session) -> dict:
-    """results.json and the text files read from it, the dict built once for all of them."""
-    doc = results_document(session)
-    text = json.dumps(doc, indent=1, allow_nan=False)
-    v = view(session, doc)
-    figures = {key: Path(figure_name(*key[:2])).name for key in session.results
+def results_text(doc: dict) -> str:
+    """results.json's text: what the run writes, and what a rebuild writes again, byte for byte."""
+    return json.dumps(doc, indent=1, allow_nan=False)
+
+
+def _texts(src: RunSource) -> dict:
+    """results.json and the text files read from it."""
+    v = view(src)
+    figures = {key: Path(figure_name(*key[:2])).name for key in src.results
                if key[2] == "sweep"}
-    out = {"results.json": text, "REPORT.md": report_markdown(session, figures, v),
+    out = {"results.json": results_text(src.doc),
+           "REPORT.md": report_markdown(src, figures, v),
            "SUMMARY.md": summary.summary_markdown(v)}
     if summary.compared(v.models):
         out["COMPARE.md"] = summary.compare_markdown(v, {name: caption for name, (_b, caption)
-                                                         in _compare_figures(session).items()})
+                                                         in _compare_figures(src).items()})
     return {name: (lambda path, t=t: path.write_text(t)) for name, t in out.items()}
 
 
@@ -202,8 +184,8 @@ def report_names(plan: Plan) -> list[str]:
     return list(dict.fromkeys(name for out in OUTPUTS for name in out.names(plan)))
 
 
-def write_report_set(session, folder: Folder) -> tuple[Path, list[str]]:
-    """The report set of this session (OUTPUTS), written into `folder` as one set:
+def write_report_set(src: RunSource, folder: Folder) -> tuple[Path, list[str]]:
+    """The report set of a run's results.json (OUTPUTS), written into `folder` as one set:
     the folder it went to, and the files that kept it from the folder itself (see Folder)."""
-    writers = {name: write for out in OUTPUTS for name, write in out.writers(session).items()}
-    return folder.publish(writers, REPLACES, fallback=f"lac-{session.run_id}")
+    writers = {name: write for out in OUTPUTS for name, write in out.writers(src).items()}
+    return folder.publish(writers, REPLACES, fallback=f"lac-{src.run_id}")

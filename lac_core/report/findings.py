@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from . import breakdown, figures
 from .style import pair
-from ..verdicts import claims as registry
 from ..verdicts import paper, uncertainty
 from ..verdicts.results import plain
 from ..protocol.grids import paper_grid
@@ -21,8 +20,8 @@ def extra(kind: str, r, thresholds) -> dict:
 
 
 
-def by_kind(session, kind: str) -> list:
-    return sorted((k, r) for k, r in session.results.items() if k[2] == kind)
+def by_kind(src, kind: str) -> list:
+    return sorted((k, r) for k, r in src.results.items() if k[2] == kind)
 
 
 DOSE_FIGURE = "figures/dose_and_swap.png"
@@ -38,35 +37,35 @@ def figure_names(plan) -> list[str]:
     return [*(heatmap_name(m) for m in models), *([DOSE_FIGURE] if plan.runs("markers") else [])]
 
 
-def figure_writers(session) -> dict:
+def figure_writers(src) -> dict:
     """Report-set file name -> writer, for the heatmaps (per model) and the dose/swap figure,
     each a PNG and its SVG."""
     writers = {}
-    for model in dict.fromkeys(k[0] for k in session.results):
-        panels = heatmap_panels(session, model)
+    for model in dict.fromkeys(k[0] for k in src.results):
+        panels = heatmap_panels(src, model)
         if panels:
             writers.update(pair(heatmap_name(model),
                                 lambda m=model, p=panels: figures.heatmaps_figure(m, p)))
-    steer = by_kind(session, "steering")
+    steer = by_kind(src, "steering")
     if steer:
         rows = {f"{k[0]} / {k[1]}": breakdown.dose_table(r) for k, r in steer}
         swaps = {f"{k[0]} / {k[1]}": breakdown.swap_share(r) for k, r in steer}
-        models = list(session.checked.models)
+        models = list(src.checked.models)
         writers.update(pair(DOSE_FIGURE,
                             lambda: figures.dose_and_swap_figure(rows, swaps, models)))
     return writers
 
 
-def heatmap_panels(session, model: str) -> list:
-    """A result's key names its grid by the session's label (its record's .grid is the name)."""
+def heatmap_panels(src, model: str) -> list:
+    """A result's key names its grid by the run's label (its record's .grid is the name)."""
     panels = []
-    for (m, grid, _k), r in by_kind(session, "sweep"):
-        layer, kls = breakdown.deciding_kl(r, session.thresholds) if m == model else (None, {})
+    for (m, grid, _k), r in by_kind(src, "sweep"):
+        layer, kls = breakdown.deciding_kl(r, src.thresholds) if m == model else (None, {})
         if kls:
             panels.append((f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
-                           breakdown.matrix(session.grids[grid].cells, kls), None))
-    for (m, grid, _k), r in by_kind(session, "markers"):
-        theirs, cells = _paper_hits(r), session.grids[grid].cells
+                           breakdown.matrix(src.grids[grid].cells, kls), None))
+    for (m, grid, _k), r in by_kind(src, "markers"):
+        theirs, cells = _paper_hits(r), src.grids[grid].cells
         if m == model:
             for cond in ("clean", "additive", "bare"):
                 panels.append((f"{grid}: distinct markers, {cond}",
@@ -91,15 +90,15 @@ def took(seconds) -> str:
     return "from the resume cache" if seconds is None else f"{seconds} s"
 
 
-def section(session, table, fmt) -> list[str]:
+def section(src, table, fmt) -> list[str]:
     """REPORT.md lines: F tables and C1L vs C6, where composition breaks, dose and swap."""
     lines = ["## Beyond the paper: normalized localization (C6)", "",
              "F = 1 - median additive KL / median null KL at each site (1: the sum explains all "
              "the site carries; 0: no better than h_BB alone), with its 95% interval (cells "
              "resampled as for the verdicts); * marks informative sites (median null KL >= "
-             f"{session.thresholds.C6.min_null_kl}), '-' an undefined F (null KL 0).", ""]
-    for (m, g, _k), r in by_kind(session, "sweep"):
-        f = uncertainty.faithfulness_table(r, session.thresholds.C6.min_null_kl)
+             f"{src.thresholds.C6.min_null_kl}), '-' an undefined F (null KL 0).", ""]
+    for (m, g, _k), r in by_kind(src, "sweep"):
+        f = uncertainty.faithfulness_table(r, src.thresholds.C6.min_null_kl)
 
         def cell(v):
             if v["F"] is None:
@@ -110,13 +109,13 @@ def section(session, table, fmt) -> list[str]:
 
         lines += [f"#### {m} / {g}", "", *table(["probe", *(f"L{k}" for k in r.layers)],
                                                 [[p, *(cell(f[p][k]) for k in r.layers)]
-                                                 for p in f]), "", _agreement(session, m, g), ""]
-    return lines + _breaks(session, table, fmt) + _dose_swap(session, table)
+                                                 for p in f]), "", _agreement(src, m, g), ""]
+    return lines + _breaks(src, table, fmt) + _dose_swap(src, table)
 
 
-def _agreement(session, model: str, grid: str) -> str:
-    a = session.verdicts.get(("C1L", model, grid), (None,))[0]
-    b = session.verdicts.get(("C6", model, grid), (None,))[0]
+def _agreement(src, model: str, grid: str) -> str:
+    a = src.verdicts.get(("C1L", model, grid), (None,))[0]
+    b = src.verdicts.get(("C6", model, grid), (None,))[0]
     if a is None or b is None:
         return "C1L against C6: not both ran."
     if a.status == b.status:
@@ -128,26 +127,25 @@ def _agreement(session, model: str, grid: str) -> str:
     return f"C1L {a.status}, C6 {b.status}: they disagree (C6: {b.explain()})."
 
 
-def _breaks(session, table, fmt) -> list[str]:
+def _breaks(src, table, fmt) -> list[str]:
     lines = ["## Where composition breaks", "",
              "Persona x task heatmaps per model: the additive KL at C1's deciding layer (p_last) "
              "and the distinct persona markers under clean / additive / bare (in grey, the "
              "paper's Gemma-2-2B count of the same cell where the grid is the paper's).", ""]
-    for model in dict.fromkeys(k[0] for k in session.results):
-        if heatmap_panels(session, model):
+    for model in dict.fromkeys(k[0] for k in src.results):
+        if heatmap_panels(src, model):
             lines += [f"![heatmaps {model}]({heatmap_name(model)})", ""]
     rows = []
-    for (check, m, g), cells in sorted(session.cell_failures.items()):
-        r = session.results.get((m, g, registry.CELL_CHECKS[check].experiment))
-        if cells and r is not None:
-            worst = breakdown.worst_first(check, r, sorted(cells), session.thresholds)
-            rows.append([check, f"{m} / {g}", f"{len(cells)}/{len(r.cells)}",
-                         ", ".join(f"{c} ({s:.3g})" for c, s in worst[:10])])
+    for f in src.doc["cell_failures"]:  # worst first, as the run ranked them (resultsfile)
+        if f["cells"] and f.get("worst") is not None:
+            rows.append([f["check"], f"{f['model']} / {f['grid']}",
+                         f"{len(f['cells'])}/{f['n_cells']}",
+                         ", ".join(f"{c} ({s:.3g})" for c, s in f["worst"][:10])])
     lines += ["Cells failing a per-cell check, worst first (how far from passing):", "",
               *(table(["check", "model / grid", "failing", "cells (severity)"], rows) if rows
                 else ["No cell failed a per-cell check."]), ""]
     anti = []
-    for (m, g, _k), r in by_kind(session, "markers"):
+    for (m, g, _k), r in by_kind(src, "markers"):
         a = breakdown.anti_steering(r)
         anti.append([f"{m} / {g}", f"{a['count']}/{a['eligible']}", fmt(a["share"], 3),
                      f"{a['eligible']}/{a['n_cells']}", ", ".join(a["cells"]) or "-"])
@@ -160,8 +158,8 @@ def _breaks(session, table, fmt) -> list[str]:
     return lines
 
 
-def _dose_swap(session, table) -> list[str]:
-    steer = by_kind(session, "steering")
+def _dose_swap(src, table) -> list[str]:
+    steer = by_kind(src, "steering")
     if not steer:
         return []
     lines = ["## How much persona a vector carries: dose and swap", "",
@@ -174,7 +172,7 @@ def _dose_swap(session, table) -> list[str]:
         dose = breakdown.dose_table(r)
         sw = breakdown.swap_share(r)
         lines += [f"#### {m} / {g} (layer {r.layer}, {r.cost.get('forward_tokens')} forward "
-                  f"tokens, {took(session.timings.get((m, g, 'steering')))})", "",
+                  f"tokens, {took(src.timings.get((m, g, 'steering')))})", "",
                   *table(["a", "any-marker", "distinct mean", "median KL to clean"],
                          [[f"{x['a']:g}", f"{x['any_marker']}/{x['n_cells']}",
                            f"{x['distinct_mean']:.2f}", x["median_kl"]] for x in dose]), "",

@@ -1,5 +1,5 @@
 """REPORT.md's experiment sections, 1 to 4 in that order under stable anchors (the verdict
-matrix links to them), and its provenance. Every number comes from the session's records."""
+matrix links to them), and its provenance. Every number comes from the run's records (results.json)."""
 from __future__ import annotations
 
 from . import findings
@@ -130,42 +130,42 @@ SECTIONS = [
 ]
 
 
-def experiments(session, figures: dict) -> list[str]:
+def experiments(src, figures: dict) -> list[str]:
     """Experiments 1 to 4, each under its anchor, even when it has no result (it says so)."""
     lines = []
     for anchor, heading, kind, section, intro in SECTIONS:
-        results = findings.by_kind(session, kind)
+        results = findings.by_kind(src, kind)
         lines += [f'<a id="{anchor}"></a>', "", f"## {heading}", ""]
         if not results:
             lines += ["No result of this experiment in this run (see the verdict matrix).", ""]
         elif intro:
             lines += [intro, ""]
         for key, r in results:
-            lines += section(r, session.timings.get(key))
+            lines += section(r, src.timings.get(key))
             if key in figures and kind == "sweep":
                 lines += [f"![additive KL by layer, {r.model} {r.grid}](figures/{figures[key]})",
                           ""]
     return lines
 
 
-def provenance(session) -> list[str]:
-    run, template = session.run_info(), session.checked.template
+def provenance(src) -> list[str]:
+    run, template = src.run_info(), src.checked.template
     raw = " (raw prompts: the user text after the tokenizer's BOS; p_user_last = p_last)"
     lines = ["## Provenance", "", f"- run id {run['run_id']}, wall time {run['wall_seconds']} s, "
              f"plan {run['plan']}, token budget {run['token_budget']}, {run['seed']}",
              f"- chat template: {template.name}{raw if template.raw else ''}; swept layers "
              f"{run['layers'] or 'the paper fractions'}; probes {', '.join(run['probes'])}",
              *(f"- grid {label}: {g.source}, sha256 {g.sha256}, experiments "
-               f"{', '.join(g.experiments)}" for label, g in session.grids.items()),
+               f"{', '.join(g.experiments)}" for label, g in src.grids.items()),
              *(f"- no expectations recorded for {k}: the paper's rules decided"
-               for k in session.unexpected()),
+               for k in src.unexpected()),
              f"- lac {run['lac']}, git commit {run['git_commit'] or '-'}"
              f"{' (dirty: uncommitted changes)' if run['git_dirty'] else ''}; claims.yaml sha256 "
              f"{run['claims_sha256']}; started {run['started']}; status {run['status']}",
              f"- torch {run['torch']}, transformers {run['transformers']}, numpy {run['numpy']}, "
              f"{run['platform']}",
              f"- command: pytest {' '.join(run['args'])}"]
-    for model, p in session.provenance.items():
+    for model, p in src.provenance.items():
         lines.append(f"- **{model}**: {p['source']}; sha256 {p['sha256'] or '-'}; "
                      f"{p['architecture']}, {p['n_layers']} layers, d={p['d_model']}; dtype "
                      f"{p['dtype']}; attention {p['attn_implementation']}; device {p['device']}"
@@ -173,5 +173,5 @@ def provenance(session) -> list[str]:
                      f"; torch {p['torch']}, "
                      f"transformers {p['transformers']}; chat template {p['chat_template']} "
                      f"(sha256 {p['chat_template_sha256'] or '-'}); load "
-                     f"{session.load_seconds.get(model)} s; {p['decoding']}")
+                     f"{src.load_seconds.get(model)} s; {p['decoding']}")
     return lines

@@ -106,6 +106,9 @@ def with_svg(names) -> list[str]:
                                           else (name,))]
 
 
+SVG_SALT = "lac"  # matplotlib's svg.hashsalt: element ids that do not change from run to run
+
+
 def pair(name: str, build) -> dict:
     """Writers of a figure's PNG (`name`) and SVG: built once, saved twice, then closed."""
     held = {}
@@ -116,8 +119,9 @@ def pair(name: str, build) -> dict:
 
     def svg(path: Path) -> None:
         fig = held.pop("fig", None) or build()
-        try:
-            fig.savefig(path, format="svg")
+        try:  # no date and ids from a fixed salt: the same figure is the same bytes
+            with plt().rc_context({"svg.hashsalt": SVG_SALT}):
+                fig.savefig(path, format="svg", metadata={"Date": None})
         finally:
             plt().close(fig)
 

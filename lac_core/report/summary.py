@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tables import View, gate_lines, gate_summary, matrix, statement, table, verdict_text
+from .tables import View, gate_lines, gate_summary, matrix, table, verdict_text
 
 COMPARE_KL = "figures/compare_kl_by_depth.png"
 COMPARE_F = "figures/compare_f_by_depth.png"
@@ -151,7 +151,7 @@ def compare_markdown(view: View, figures: dict) -> str:
                 continue
             statuses = {c["status"] for c in cells if c}
             agree = "same" if len(statuses) == 1 and all(cells) else "differ"
-            rows.append([claim, statement(claim),
+            rows.append([claim, view.statement(claim),
                          *(verdict_text(c) if c else "not run" for c in cells), agree])
         lines += [f"## Verdicts on {grid}", ""]
         lines += [*table(["claim", "statement", *view.models, "models"], rows), ""] if rows \

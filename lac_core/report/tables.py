@@ -45,9 +45,33 @@ class View:
             object.__setattr__(self, "models", tuple(dict.fromkeys(
                 [*self.doc.get("models", {}), *(m for _c, m in ran)])))
         if not self.claims:
-            seen = {c for c, _m in ran}
+            seen, known = {c for c, _m in ran}, self.declared
             object.__setattr__(self, "claims", tuple(
-                [c for c in registry.CLAIMS if c in seen] + sorted(seen - set(registry.CLAIMS))))
+                [c for c in known if c in seen] + sorted(seen - set(known))))
+
+    @property
+    def declared(self) -> dict:
+        """claim -> its declaration as results.json records it (statement, experiment, units),
+        in registration order; a dict without them (an older file, a test's bare dict) falls
+        back on the claims registered in this process."""
+        if "claims" in self.doc:
+            return self.doc["claims"]
+        return {c.id: declaration(c) for c in registry.CLAIMS.values()}
+
+    def statement(self, claim: str) -> str:
+        return self.declared.get(claim, {}).get("statement", "")
+
+    def experiment(self, claim: str) -> str | None:
+        return self.declared.get(claim, {}).get("experiment")
+
+    def unit(self, claim: str, part: str) -> str:
+        """A part's margin unit as the claim declares it ('' for a claim that declares none)."""
+        units = self.declared.get(claim, {}).get("units") or {}
+        return units.get(part) or units.get("margin", "")
+
+    def with_unit(self, x, claim: str, part: str) -> str:
+        u = self.unit(claim, part)
+        return fmt(x) + (f" {u}" if u and fmt(x) != "-" else "")
 
     @property
     def verdicts(self) -> list[dict]:
@@ -64,25 +88,10 @@ class View:
         return f"{', '.join(self.models) or 'no model'} on {', '.join(self.grids) or 'no grid'}"
 
 
-def statement(claim: str) -> str:
-    c = registry.CLAIMS.get(claim)
-    return c.statement if c else ""
-
-
-def experiment(claim: str) -> str | None:
-    c = registry.CLAIMS.get(claim)
-    return c.experiment if c else None
-
-
-def unit(claim: str, part: str) -> str:
-    """A part's margin unit as the claim declares it ('' for a claim not registered here)."""
-    c = registry.CLAIMS.get(claim)
-    return c.unit(part) if c else ""
-
-
-def with_unit(x, claim: str, part: str) -> str:
-    u = unit(claim, part)
-    return fmt(x) + (f" {u}" if u and fmt(x) != "-" else "")
+def declaration(claim) -> dict:
+    """What results.json records of a claim's declaration: what the report shows of it."""
+    return {"statement": claim.statement, "experiment": claim.experiment,
+            "units": dict(claim.units or {}), "builtin": claim.builtin}
 
 
 def verdict_text(v: dict, expected: str = "differs") -> str:
@@ -111,7 +120,7 @@ def matrix(view: View, expected: str = "differs", link: bool = True,
     why = {(n["claim"], n["model"], n["grid"]): n["why"] for n in view.doc["run"]["not_run"]}
     cols, reasons, folded, rows = view.columns(), {}, {}, []
     for claim in view.claims:
-        cells, kind = [], experiment(claim)
+        cells, kind = [], view.experiment(claim)
         for m, g in cols:
             if (claim, m, g) in got:
                 cells.append(verdict_text(got[(claim, m, g)], expected))
@@ -126,7 +135,8 @@ def matrix(view: View, expected: str = "differs", link: bool = True,
         if any(c != "·" for c in cells):
             where = f" ([experiment {ANCHORS[kind][-1]}](#{ANCHORS[kind]}))" \
                 if link and kind in ANCHORS else ""
-            rows.append([claim, *cells, *([statement(claim) + where] if statements else [])])
+            rows.append([claim, *cells, *([view.statement(claim) + where] if statements
+                                           else [])])
     head = ["claim", *(f"{m} / {g}" for m, g in cols), *(["statement"] if statements else [])]
     notes = [f"- `·` grid {g} runs {', '.join(view.grids[g]['experiments'])}, no {kind}: "
              f"{', '.join(dict.fromkeys(cs))} have no verdict on it, on any model"
@@ -150,8 +160,8 @@ def claim_details(view: View) -> list[str]:
         ci = _ci(d, "margin") if d else ""
         rows.append([claim, f"{v['model']} / {v['grid']}", verdict_text(v),
                      d["name"] if d else "-", d["detail"] if d else "",
-                     with_unit(d["margin"], claim, d["name"]) if d else "-",
-                     f"{ci} {unit(claim, d['name'])}".strip() if ci else "-",
+                     view.with_unit(d["margin"], claim, d["name"]) if d else "-",
+                     f"{ci} {view.unit(claim, d['name'])}".strip() if ci else "-",
                      ", ".join(v.get("fragile") or ()) or "-",
                      view.paper.get((claim, v["grid"]), "-")])
     return table(["claim", "model / grid", "verdict", "deciding part", "numbers", "margin",
@@ -170,8 +180,8 @@ def interval_table(view: View) -> list[str]:
             flag = " (fragile)" if p["name"] in (v.get("fragile") or ()) else ""
             ci = _ci(p, "margin")
             rows.append([v["claim"], f"{v['model']} / {v['grid']}", p["name"], p["status"] + flag,
-                         with_unit(p["margin"], v["claim"], p["name"]),
-                         f"{ci} {unit(v['claim'], p['name'])}".strip() if ci else "-",
+                         view.with_unit(p["margin"], v["claim"], p["name"]),
+                         f"{ci} {view.unit(v['claim'], p['name'])}".strip() if ci else "-",
                          nums or "-"])
     return table(["claim", "model / grid", "part", "status", "margin", "margin 95% interval",
                   "numbers [95% interval]"], rows)

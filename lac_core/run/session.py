@@ -4,6 +4,7 @@
 # rewrites the expectations (`update_baselines`) or applies the regression gate.
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from . import gating, preflight, provenance, resume
 from .provenance import new_run_id
 from ..errors import LacError, UsageError
 from .progress import Progress
-from ..report.document import Plan, report_names, write_report_set
+from ..report.document import Plan, report_names, results_text, write_report_set
+from ..report.source import RunSource
+from .resultsfile import results_document
 from ..report.reportset import Folder
 from .settings import EXPECTED, READS, Settings
 from ..verdicts.thresholds import Thresholds, load_thresholds
@@ -277,6 +280,9 @@ class Session:
         return report_names(Plan(tuple(self.checked.models),
                                  {label: g.experiments for label, g in self.grids.items()}))
 
+    GRID_CONTENT = ("personas", "tasks", "baseline_persona", "baseline_task", "template",
+                    "markers")  # in run.grids: what a report rebuilt from results.json reads
+
     def run_info(self) -> dict:
         s, c = self.settings, self.checked
         missing = self.not_run()
@@ -291,8 +297,14 @@ class Session:
                 "wall_seconds": round(time.time() - self.started, 1), "plan": s.plan,
                 "token_budget": s.token_budget, "models_requested": list(s.models),
                 "grids": {label: {"name": g.name, "sha256": g.sha256, "source": g.source,
-                                  "experiments": list(g.experiments)}
+                                  "experiments": list(g.experiments),
+                                  **{k: getattr(g, k) for k in self.GRID_CONTENT}}
                           for label, g in c.grids.items()},
+                "models_planned": list(c.models),
+                "claims_planned": (None if self.claims_planned is None
+                                   else sorted(self.claims_planned)),
+                "without_expectations": self.unexpected(),
+                "timings": [[*k, v] for k, v in sorted(self.timings.items())],
                 "chat_template": c.template.name, "layers": s.layers, "probes": list(s.probes),
                 "dtype_option": s.dtype, "device_option": s.device, "torch_threads": self.threads,
                 "load_seconds": self.load_seconds,
@@ -377,7 +389,9 @@ class Session:
             gate["review"] = bool(gate["rewritten"]) and not self.settings.regen_all
         folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite,
                                         run_id=self.run_id)
-        where, kept = write_report_set(self, folder)
+        # the report set is rendered from results.json as read back, never from this session
+        doc = json.loads(results_text(results_document(self)))
+        where, kept = write_report_set(RunSource.of(doc), folder)
         moved = [f"lac: {folder.path / name} appeared during the run and lac did not write it; "
                  "it is kept as it is" for name in kept] + \
             [f"lac: this run's report set is in {where} instead"] if kept else []

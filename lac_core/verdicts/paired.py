@@ -18,12 +18,12 @@ of the same grid (other models, dtypes or kernels), with a simultaneous interval
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import rules
-from .results import RECORDS, SUMMARIES
+from .results import SUMMARIES
 from .uncertainty import STRUCTURAL, resample
 
 LEVEL = 0.95
@@ -58,28 +58,6 @@ class Difference:
     def worse(self) -> bool:
         """A margin significantly lower in B: the part moved towards (or further past) its line."""
         return self.number == "margin" and self.significant and self.band[1] < 0
-
-
-def record(kind: str, raw: dict):
-    """The record of an experiment (results.RECORDS) from its entry in results.json: per-cell
-    arrays back to float arrays (null, an undefined value, to NaN), fields results.json adds
-    beside a record (summary, faithfulness) left out."""
-    cls = RECORDS[kind][0]
-    names = {f.name for f in fields(cls)}
-    values = {k: v for k, v in raw.items() if k in names}
-    if kind == "sweep":
-        values["kl_add"] = np.array(values["kl_add"], dtype=np.float64)
-        values["kl_null"] = np.array(values["kl_null"], dtype=np.float64)
-        values["geometry"] = {k: np.array(v, dtype=np.float64)
-                              for k, v in values["geometry"].items()}
-        values["layers"] = tuple(int(x) for x in values["layers"])
-    if kind == "host":
-        values["kl"] = {c: {k: math.nan if x is None else float(x) for k, x in kl.items()}
-                        for c, kl in values["kl"].items()}
-    for key in ("cells", "probes", "persona_index", "task_index", "layer_sets", "stems"):
-        if key in values:
-            values[key] = tuple(tuple(x) if isinstance(x, list) else x for x in values[key])
-    return cls(**values)
 
 
 def shared_design(rec_a, rec_b) -> tuple[tuple[int, ...], tuple[int, ...]]:

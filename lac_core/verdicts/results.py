@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cached_property
 from typing import Callable
@@ -350,6 +351,31 @@ SUMMARIES = {"sweep": sweep_summaries, "markers": marker_summaries, "host": host
 # claim can read (claims.EXPERIMENTS); steering is read by the report only.
 RECORDS = {"sweep": (SweepResult, "sweeps"), "markers": (MarkerResult, "markers"),
            "host": (HostResult, "host_injection"), "steering": (SteeringResult, "dose_and_swap")}
+
+
+def record_from_json(kind: str, raw: Mapping):
+    """The record of an experiment (RECORDS) from its entry in results.json: per-cell arrays back
+    to float arrays (null, an undefined value, to NaN), lists back to tuples where the record
+    holds tuples, and what results.json adds beside a record (summary, faithfulness, its grid's
+    label) left out. What `jsonable` wrote, read back."""
+    cls = RECORDS[kind][0]
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in raw.items() if k in names}
+    if kind == "sweep":
+        values["kl_add"] = np.array(values["kl_add"], dtype=np.float64)
+        values["kl_null"] = np.array(values["kl_null"], dtype=np.float64)
+        values["geometry"] = {k: np.array(v, dtype=np.float64)
+                              for k, v in values["geometry"].items()}
+        values["layers"] = tuple(int(x) for x in values["layers"])
+    if kind == "host":
+        values["kl"] = {c: {k: math.nan if x is None else float(x) for k, x in kl.items()}
+                        for c, kl in values["kl"].items()}
+    if kind == "steering":
+        values["doses"] = tuple(float(a) for a in values["doses"])
+    for key in ("cells", "probes", "persona_index", "task_index", "layer_sets", "stems"):
+        if key in values:
+            values[key] = tuple(tuple(x) if isinstance(x, list) else x for x in values[key])
+    return cls(**values)
 
 
 def jsonable(obj):
