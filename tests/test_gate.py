@@ -156,3 +156,61 @@ def test_compare_exit_codes(recorded, tmp_path, capsys):
     cli = subprocess.run([sys.executable, "-m", "lac_core.compare", base, str(paths["moved"])],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and "differences" in cli.stdout
+
+
+# The gate's outcome is one typed value (verdicts/gate.py), made once by run/gating.py; every
+# output renders from it, and results.json holds it whole.
+def _outcomes():
+    from hypothesis import strategies as st
+
+    from lac_core.verdicts.gate import CellOutcome, Changed, Drift, GateOutcome
+
+    text = st.text(min_size=1, max_size=6)
+    num = st.floats(allow_nan=False, allow_infinity=False, width=32)
+    return st.builds(
+        GateOutcome, st.sampled_from(["passed", "failed", "not applied"]), text,
+        st.lists(st.builds(Drift, text, text, text, num, num, num), max_size=2).map(tuple),
+        st.lists(st.builds(Changed, text, text, text, text, text), max_size=2).map(tuple),
+        st.lists(text, max_size=2).map(tuple),
+        st.lists(st.builds(CellOutcome, text, text, text, text, text, text), max_size=2)
+        .map(tuple), st.lists(text, max_size=2).map(tuple), st.booleans(),
+        st.lists(text, max_size=2).map(tuple), st.booleans())
+
+
+def test_the_gate_outcome_survives_results_json_whole():
+    from hypothesis import given, settings
+
+    from lac_core.verdicts.gate import GateOutcome
+
+    @settings(max_examples=200, deadline=None)
+    @given(_outcomes())
+    def check(outcome):
+        back = GateOutcome.from_json(json.loads(json.dumps(outcome.to_json())))
+        assert back == outcome
+
+    check()
+
+
+def test_every_output_renders_the_one_outcome():
+    """The terminal lines, the JUnit case and its properties, SUMMARY.md's gate and the run's
+    first line say the same drift and changed verdict, each read from the typed outcome."""
+    from lac_core.report.summary import run_outcome
+    from lac_core.report.tables import gate_lines
+    from lac_core.suite.plugin import gate_report
+    from lac_core.verdicts.gate import Changed, Drift, GateOutcome
+
+    outcome = GateOutcome("failed", drift=(Drift("m", "g", "C1/g1/median", 1.5, 1.9, 0.01),),
+                          changed_verdicts=(Changed("C4", "m", "g", "HOLDS", "FAILS"),))
+    terminal = "\n".join(outcome.failure_lines())
+    junit = gate_report(outcome)
+    assert junit.outcome == "failed" and junit.longrepr == terminal
+    assert dict(junit.user_properties) == {"lac_gate": "failed", "lac_drift": 1,
+                                           "lac_changed_verdicts": 1}
+    doc = {"run": {"failed": {}, "not_run": []}, "verdicts": [],
+           "regression_gate": outcome.to_json()}
+    markdown = "\n".join(gate_lines(doc["regression_gate"]))
+    first = run_outcome(doc).line()
+    for said in (terminal, markdown, first):
+        assert "C4" in said and ("C1/g1/median" in said or "1 deciding number" in said), said
+    assert "m / g: C1/g1/median: baseline 1.5, now 1.9, tolerance 0.01" in terminal
+    assert "| m / g | C1/g1/median | 1.5 | 1.9 | 0.01 |" in markdown

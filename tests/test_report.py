@@ -66,6 +66,7 @@ import pytest  # noqa: E402
 
 from lac_core.report import document  # noqa: E402
 from lac_core.report.source import RunSource  # noqa: E402
+from lac_core.verdicts.gate import CellOutcome, GateOutcome  # noqa: E402
 from lac_core.run.resultsfile import results_document  # noqa: E402
 from lac_core.run.session import Session  # noqa: E402
 from lac_core.run.settings import Settings  # noqa: E402
@@ -128,9 +129,9 @@ def synthetic_session(models=("tiny-llama", "tiny-qwen2"), grids=("example", "ma
                     if (claim.id, model, label) not in drop:
                         s.record_verdict(claim.id, model, label,
                                          uncertainty.judge(claim.id, r, s.thresholds))
-    s.gate_outcome = gate if gate is not None else {
+    s.gate_outcome = GateOutcome.from_json(gate if gate is not None else {
         "status": "passed", "drift": [], "changed_verdicts": [], "without_expectations": [],
-        "refused": []}
+        "refused": []})
     return s
 
 
@@ -350,10 +351,9 @@ def test_a_gate_with_no_expectations_is_not_applied_and_unexpected_cells_are_lis
     s.record_cell("additive_vs_null", "tiny-llama", "example", "pirate__bread", ["KL above"])
     s.record_cell("additive_vs_null", "tiny-llama", "example", "chef__tax", [])
     gate = gating.gate(s)
-    assert gate["status"] == "not applied" and "no expectations" in gate["why"]
-    assert gate["unexpected_cells"] == [{"check": "additive_vs_null", "model": "tiny-llama",
-                                         "grid": "example", "cell": "pirate__bread",
-                                         "expected": "passes", "got": "fails"}]
+    assert gate.status == "not applied" and "no expectations" in gate.why
+    assert gate.unexpected_cells == (CellOutcome("additive_vs_null", "tiny-llama", "example",
+                                                 "pirate__bread", "passes", "fails"),)
     from lac_core.report.summary import run_outcome
     s.gate_outcome = gate
     outcome = run_outcome(results_document(s))

@@ -12,6 +12,7 @@ from typing import Mapping
 from ..errors import UsageError
 from ..protocol.grids import Grid
 from ..verdicts import rules
+from ..verdicts.gate import GateOutcome
 from ..verdicts.results import RECORDS, record_from_json
 from ..verdicts.thresholds import Names, Thresholds, section_type
 
@@ -91,7 +92,7 @@ class RunSource:
     timings: Mapping  # (model, grid label, kind) -> seconds
     load_seconds: Mapping  # model -> seconds
     claims_planned: frozenset | None
-    gate_outcome: Mapping | None
+    gate_outcome: GateOutcome | None
     run_id: str
 
     def run_info(self) -> Mapping:
@@ -128,4 +129,5 @@ class RunSource:
             load_seconds=dict(run["load_seconds"]),
             claims_planned=(None if run["claims_planned"] is None
                             else frozenset(run["claims_planned"])),
-            gate_outcome=doc.get("regression_gate"), run_id=run["run_id"])
+            gate_outcome=GateOutcome.from_json(doc.get("regression_gate")),
+            run_id=run["run_id"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..verdicts.gate import GateOutcome
 from .tables import View, gate_lines, gate_summary, matrix, table, verdict_text
 
 COMPARE_KL = "figures/compare_kl_by_depth.png"
@@ -44,7 +45,7 @@ def _cells_by_check(cells: list) -> str:
     """'additive_vs_null on m / g: cell, cell; ...'"""
     checks: dict = {}
     for c in cells:
-        checks.setdefault(f"{c['check']} on {c['model']} / {c['grid']}", []).append(c["cell"])
+        checks.setdefault(f"{c.check} on {c.model} / {c.grid}", []).append(c.cell)
     return "; ".join(f"{check}: {', '.join(ids)}" for check, ids in checks.items())
 
 
@@ -53,11 +54,13 @@ def run_outcome(doc: dict) -> RunOutcome:
     not hold with nothing expected, a verdict or per-cell result against its expectation, drift,
     an experiment or test that errored, refused results, rewritten expectations to review),
     interrupted when the run was cut short, else passed; with what was not gated."""
-    run, gate = doc["run"], doc.get("regression_gate") or {}
-    updating = "review" in gate  # --lac-update-baselines: recorded, not asserted
+    run, gate = doc["run"], GateOutcome.from_json(doc.get("regression_gate"))
+    applied = gate is not None
+    gate = gate or GateOutcome("not applied")
+    updating = gate.updating  # --lac-update-baselines: recorded, not asserted
     red, notes = [], []
-    if gate.get("review"):
-        red.append(f"{_n(gate['rewritten'], 'expectation', 'expectations')} rewritten, to "
+    if gate.review:
+        red.append(f"{_n(gate.rewritten, 'expectation', 'expectations')} rewritten, to "
                    "review (the run fails until rerun without --lac-update-baselines)")
     if run.get("failed"):
         red.append(f"{_n(run['failed'], 'experiment', 'experiments')} failed "
@@ -65,31 +68,29 @@ def run_outcome(doc: dict) -> RunOutcome:
     errors = [x for x in run.get("not_run", []) if str(x.get("why", "")).startswith("error")]
     if errors:
         red.append(f"{_n(errors, 'claim test', 'claim tests')} errored")
-    if gate.get("drift"):
-        red.append(f"{_n(gate['drift'], 'deciding number', 'deciding numbers')} beyond "
+    if gate.drift:
+        red.append(f"{_n(gate.drift, 'deciding number', 'deciding numbers')} beyond "
                    "tolerance")
-    if gate.get("changed_verdicts"):
-        red.append(f"{_n(gate['changed_verdicts'], 'verdict', 'verdicts')} changed (" +
-                   ", ".join(f"{c['claim']} on {c['model']} / {c['grid']}: expected "
-                             f"{c['expected']}, got {c['got']}" for c in
-                             gate["changed_verdicts"]) + ")")
+    if gate.changed_verdicts:
+        red.append(f"{_n(gate.changed_verdicts, 'verdict', 'verdicts')} changed (" +
+                   ", ".join(c.line() for c in gate.changed_verdicts) + ")")
     unexpected = [v for v in doc.get("verdicts", [])
                   if v.get("expected") is None and v["status"] != "HOLDS"]
     if unexpected and not updating:
         red.append(f"{_n(unexpected, 'claim fails', 'claims fail')} with nothing expected "
                    f"({_claims_by_run(unexpected)})")
-    cells = gate.get("unexpected_cells") or []
+    cells = gate.unexpected_cells
     for got, verbs, what in (("fails", ("fails", "fail"), "with nothing expected"),
                              ("passes", ("passes", "pass"), "though recorded failing")):
-        these = [c for c in cells if c["got"] == got]
+        these = [c for c in cells if c.got == got]
         if these:
             red.append(f"{_n(these, 'cell', 'cells')} {verbs[len(these) > 1]} a per-cell check "
                        f"{what} ({_cells_by_check(these)})")
-    if gate.get("refused"):
-        red.append(f"{_n(gate['refused'], 'worker result', 'worker results')} refused")
+    if gate.refused:
+        red.append(f"{_n(gate.refused, 'worker result', 'worker results')} refused")
     interrupted = any(x.get("why") == "interrupted" for x in run.get("not_run", []))
     if updating and not red:
-        changed = gate.get("rewritten") or []
+        changed = gate.rewritten
         notes.append(f"this run recorded the expectations: {_n(changed, 'change', 'changes')} "
                      "(--lac-regen-all does not fail on them)" if changed else
                      "this run recorded the expectations, with no change")
@@ -97,9 +98,9 @@ def run_outcome(doc: dict) -> RunOutcome:
         gated = any(v.get("expected") is not None for v in doc.get("verdicts", []))
         notes.append("every verdict as expected, every deciding number within its baseline's "
                      "tolerance" if gated else "every claim holds")
-    if gate.get("without_expectations"):
-        notes.append(f"not gated: no expectations for {', '.join(gate['without_expectations'])}")
-    elif not gate:
+    if gate.without_expectations:
+        notes.append(f"not gated: no expectations for {', '.join(gate.without_expectations)}")
+    elif not applied:
         notes.append("the regression gate was not applied")
     missing = [x for x in run.get("not_run", []) if x not in errors]
     if missing:

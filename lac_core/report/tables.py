@@ -3,10 +3,13 @@ results.json as a dict (a View), so each file says what results.json says and a 
 them from a small dict."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 from dataclasses import dataclass, field
 
 from ..verdicts import claims as registry
+from ..verdicts.gate import GateOutcome
 
 # Where each experiment's numbers are in REPORT.md: stable anchors the verdict matrix links to.
 ANCHORS = {"sweep": "experiment-1", "markers": "experiment-2", "host": "experiment-3"}
@@ -187,29 +190,11 @@ def interval_table(view: View) -> list[str]:
                   "numbers [95% interval]"], rows)
 
 
-def _count(items, what: str, how: str) -> str:
-    n = len(items or ())
-    return "" if not n else f"{n} {what}{'' if n == 1 or what.endswith('s') else 's'} {how}"
-
-
-def gate_summary(gate: dict | None) -> tuple[str, str]:
-    """The regression gate's status and why, in words."""
-    if not gate:
-        return "not recorded", "the run ended before the gate was applied"
-    if gate["status"] == "not applied":
-        why = gate.get("why") or "the gate did not run"
-        if gate.get("review"):
-            why += (f"; {len(gate['rewritten'])} changes to review: the run fails until it is "
-                    "rerun without --lac-update-baselines")
-        return "not applied", why
-    bits = [_count(gate["drift"], "deciding number", "beyond tolerance"),
-            _count(gate["changed_verdicts"], "verdict", "changed"),
-            _count(gate.get("refused"), "worker's results", "refused")]
-    why = "; ".join(b for b in bits if b) or "every deciding number within its baseline's " \
-        "tolerance and every verdict as expected"
-    if gate.get("without_expectations"):
-        why += f"; not gated (no expectations): {', '.join(gate['without_expectations'])}"
-    return gate["status"], why
+def gate_summary(gate: Mapping | None) -> tuple[str, str]:
+    """The regression gate's status and why, in words (results.json's regression_gate)."""
+    outcome = GateOutcome.from_json(gate)
+    return outcome.summary() if outcome else ("not recorded",
+                                              "the run ended before the gate was applied")
 
 
 NUMS = ("baseline", "value", "tolerance")
@@ -219,24 +204,26 @@ def _g(x) -> str:
     return f"{x:.6g}" if isinstance(x, (int, float)) else fmt(x)
 
 
-def gate_lines(gate: dict | None, heading: str = "##") -> list[str]:
+def gate_lines(gate: Mapping | None, heading: str = "##") -> list[str]:
     """The gate's status, why, each drifted quantity and each changed verdict."""
     status, why = gate_summary(gate)
+    outcome = GateOutcome.from_json(gate)
     lines = [f"{heading} Regression gate: {status}", "", f"**{status}**: {why}.", ""]
-    if gate and gate.get("drift"):
+    if outcome is None:
+        return lines
+    if outcome.drift:
         lines += ["Drift beyond tolerance (two-sided):", "",
                   *table(["model / grid", "quantity", "baseline", "value", "tolerance"],
-                         [[f"{d['model']} / {d['grid']}", d["quantity"], *(_g(d[k]) for k in
-                                                                            NUMS)]
-                          for d in gate["drift"]]), ""]
-    if gate and gate.get("changed_verdicts"):
+                         [[f"{d.model} / {d.grid}", d.quantity,
+                           *(_g(getattr(d, k)) for k in NUMS)] for d in outcome.drift]), ""]
+    if outcome.changed_verdicts:
         lines += ["Verdicts that changed:", "",
                   *table(["claim", "model / grid", "expected", "got"],
-                         [[c["claim"], f"{c['model']} / {c['grid']}", c["expected"], c["got"]]
-                          for c in gate["changed_verdicts"]]), ""]
-    if gate and gate.get("rewritten"):
+                         [[c.claim, f"{c.model} / {c.grid}", c.expected, c.got]
+                          for c in outcome.changed_verdicts]), ""]
+    if outcome.rewritten:
         lines += ["Rewritten in the expectations:", "",
-                  *(f"- {fmt(r)}" for r in gate["rewritten"]), ""]
-    if gate and gate.get("refused"):
-        lines += ["Refused:", "", *(f"- {fmt(r)}" for r in gate["refused"]), ""]
+                  *(f"- {fmt(r)}" for r in outcome.rewritten), ""]
+    if outcome.refused:
+        lines += ["Refused:", "", *(f"- {fmt(r)}" for r in outcome.refused), ""]
     return lines

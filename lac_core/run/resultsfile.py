@@ -47,7 +47,8 @@ def results_document(session) -> dict:
         if kind in KINDS:
             doc[KINDS[kind]].append({**asdict(r), "grid_label": label,
                                      **findings.extra(kind, r, session.thresholds)})
-    doc["regression_gate"] = session.gate_outcome
+    gate = session.gate_outcome
+    doc["regression_gate"] = None if gate is None else gate.to_json()
     doc["anti_steering"] = [{"model": m, "grid": g, **breakdown.anti_steering(r)}
                             for (m, g, kind), r in sorted(session.results.items())
                             if kind == "markers"]

@@ -24,6 +24,11 @@ from .settings import EXPECTED, READS, Settings
 from ..verdicts.thresholds import Thresholds, load_thresholds
 
 
+def indented(changes) -> list[str]:
+    """Changes to the expectations as the terminal shows them, under their 'lac: wrote' line."""
+    return [f"  {c}" for c in changes]
+
+
 @dataclass
 class Outcome:
     """What the end of a session says: lines to print, and whether the gate failed the run."""
@@ -61,7 +66,7 @@ class Session:
     resume: resume.ResultCache = field(default_factory=lambda: resume.ResultCache(None))
     folder: Folder | None = None  # the report folder, checked and locked at start
     claims_planned: set | None = None  # claims whose tests were collected (None: all registered)
-    gate_outcome: dict | None = None  # the regression gate, once applied (Session.gate)
+    gate_outcome: object = None  # verdicts.gate.GateOutcome, once applied (Session.gate)
     report_folder: object = None  # where the report set went
     run_id: str = ""  # unique per run (new_run_id); a pytest-xdist worker takes its controller's
     _expectations: dict = field(default_factory=dict)
@@ -341,10 +346,12 @@ class Session:
             except (OSError, LacError) as exc:
                 where = expected.file_for(model, self.settings.expected_dir)
                 why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-                return [*lines, *changes, f"lac: {where} could not be written ({why}); it is as "
-                        "it was, and the expectations were not rewritten (this run's report set "
-                        "is published); fix that, then rerun with --lac-update-baselines"], False
-            lines += [f"lac: wrote {path}" + ("" if changes else " (nothing changed)"), *changes]
+                return [*lines, *indented(changes), f"lac: {where} could not be written ({why}); "
+                        "it is as it was, and the expectations were not rewritten (this run's "
+                        "report set is published); fix that, then rerun with "
+                        "--lac-update-baselines"], False
+            lines += [f"lac: wrote {path}" + ("" if changes else " (nothing changed)"),
+                      *indented(changes)]
         return lines, True
 
     def _update(self, model: str, grids: list[str]) -> tuple:
@@ -361,15 +368,15 @@ class Session:
             for setup in dict.fromkeys([*(claim_setup.get(c, whole) for c in verdicts),
                                         *(check_setup.get(c, whole) for c in cells)]):
                 where = f"{model} / {setup} / {self.grids[grid].key}"
-                changes += [f"  {where}: {c}" for c in exp.record(
+                changes += [f"{where}: {c}" for c in exp.record(
                     setup, self.grids[grid].key,
                     {c: v for c, v in verdicts.items() if claim_setup.get(c, whole) == setup},
                     {c: r for c, r in cells.items() if check_setup.get(c, whole) == setup})]
         return exp, changes
 
-    def gate(self) -> dict:
-        """The regression gate's outcome (gating.gate)."""
-        return gating.gate(self)
+    def gate(self, rewritten=None):
+        """The regression gate's outcome (gating.gate, a verdicts.gate.GateOutcome)."""
+        return gating.gate(self, rewritten)
 
     def finish(self) -> Outcome:
         """Apply the regression gate (or record the expectations), write the report set, which
@@ -383,10 +390,8 @@ class Session:
             return self._finish(self.record_expectations())
 
     def _finish(self, pending: dict) -> Outcome:
-        self.gate_outcome = gate = self.gate()
-        if self.settings.updating:
-            gate["rewritten"] = [line.strip() for _e, lines in pending.values() for line in lines]
-            gate["review"] = bool(gate["rewritten"]) and not self.settings.regen_all
+        self.gate_outcome = gate = self.gate(tuple(
+            change for _e, changes in pending.values() for change in changes))
         folder = self.folder or Folder(self.settings.report_dir, self.settings.reports_overwrite,
                                         run_id=self.run_id)
         # the report set is rendered from results.json as read back, never from this session
@@ -398,9 +403,9 @@ class Session:
         self.report_folder = where
         if self.settings.updating:
             updates, saved = self.save_expectations(pending)
-            review = [gating.REVIEW] if gate["review"] and saved else []
+            review = [gating.REVIEW] if gate.review and saved else []
             return Outcome([*moved, *updates, *review], failed=bool(kept or review or not saved))
         notes = [f"lac: no expectations for {k}; the paper's rules decided"
-                 for k in gate["without_expectations"]]
-        return Outcome([*notes, *moved, *self.refused, *gating.gate_lines(gate)],
-                       failed=gate["status"] == "failed" or bool(kept))
+                 for k in gate.without_expectations]
+        return Outcome([*notes, *moved, *self.refused, *gate.failure_lines()],
+                       failed=gate.failed or bool(kept))

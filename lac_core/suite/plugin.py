@@ -187,21 +187,22 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def gate_report(gate: dict) -> pytest.TestReport:
-    """The regression gate as a test report (nodeid lac/regression_gate): passed, failed with
-    the drift and changed verdicts, failed with the changes when --lac-update-baselines rewrote
-    something, else skipped when the run rewrote the expectations."""
-    from ..run.gating import REVIEW, gate_lines
+def gate_report(gate) -> pytest.TestReport:
+    """The regression gate (a verdicts.gate.GateOutcome) as a test report (nodeid
+    lac/regression_gate): passed, failed with the drift and changed verdicts, failed with the
+    changes when --lac-update-baselines rewrote something, else skipped when the run rewrote the
+    expectations or nothing was gated."""
+    from ..run.gating import REVIEW
 
-    if gate.get("review"):  # --lac-update-baselines changed something: red until reviewed
-        outcome, longrepr = "failed", "\n".join([REVIEW, *gate["rewritten"]])
-    elif gate["status"] == "not applied":
-        outcome, longrepr = "skipped", ("lac", 0, f"regression gate not applied: {gate['why']}")
+    if gate.review:  # --lac-update-baselines changed something: red until reviewed
+        outcome, longrepr = "failed", "\n".join([REVIEW, *gate.rewritten])
+    elif gate.status == "not applied":
+        outcome, longrepr = "skipped", ("lac", 0, f"regression gate not applied: {gate.why}")
     else:
-        outcome = gate["status"]
-        longrepr = "\n".join(gate_lines(gate) + gate["refused"]) if outcome == "failed" else None
-    props = [("lac_gate", gate["status"]), ("lac_drift", len(gate["drift"])),
-             ("lac_changed_verdicts", len(gate["changed_verdicts"]))]
+        outcome = gate.status
+        longrepr = "\n".join(gate.failure_lines() + list(gate.refused)) if gate.failed else None
+    props = [("lac_gate", gate.status), ("lac_drift", len(gate.drift)),
+             ("lac_changed_verdicts", len(gate.changed_verdicts))]
     return pytest.TestReport("lac/regression_gate", ("lac", None, "regression_gate"),
                              {"regression_gate": 1}, outcome, longrepr, "call",
                              user_properties=props)
