@@ -62,3 +62,35 @@ def _with_markers(grid):
 
     return replace(grid, markers={k: ["sea"] for k in grid.personas},
                    experiments=("sweep", "markers", "host"))
+
+
+def _etas(monkeypatch, rates, step=1.0):
+    """The time-left lines of a part whose work goes at `rates[i]` (fraction per second) during
+    second i, on a fake clock: the ETAs it shows, in order."""
+    clock, said = [0.0], []
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    p = progress.Progress(say=said.append)
+    p.start("part")
+    done = 0.0
+    for rate in rates:
+        clock[0] += step
+        done = min(done + rate * step, 0.999)
+        p.tick(done)
+    return [int(m.group(3)) for line in said if (m := LINE.search(line))]
+
+
+def test_time_left_does_not_keep_rising_when_the_machine_gets_busy(monkeypatch):
+    """Issue 35.2: another job takes the CPU a quarter of the way in and the work goes 4x slower
+    from then on. The estimate jumps once to the new pace, then falls as the work goes on (the
+    average since the start kept rising for minutes: 'about 50 s left' ... 'about 297 s left')."""
+    etas = _etas(monkeypatch, [0.01] * 25 + [0.0025] * 200)
+    after = etas[2:]  # the lines once the slowdown began and a window has passed
+    assert after and all(b <= a + 1 for a, b in zip(after[3:], after[4:])), etas
+    truth = (1 - 0.25) / 0.0025  # at the moment of the slowdown: 300 s left
+    assert max(after) <= 1.2 * truth, etas
+
+
+def test_time_left_on_a_steady_machine_is_the_plain_estimate(monkeypatch):
+    etas = _etas(monkeypatch, [0.004] * 200)
+    for i, eta in enumerate(etas, 1):  # at 10 s, 20 s, ...: done 0.04 i, left (1 - f) / 0.004
+        assert abs(eta - (1 - 0.04 * i) / 0.004) <= 1, etas
