@@ -8,27 +8,25 @@ from __future__ import annotations
 
 import importlib
 
-# name -> the module that holds it (imported on first use)
-_WHERE = {
+# module -> the public names it holds (each module imported on first use of one of its names)
+_MODULES = {
     # declaring a claim (verdicts.claims) and writing its rule (verdicts.rules)
-    "Claim": "lac_core.verdicts.claims", "CellCheck": "lac_core.verdicts.claims",
-    "register_claim": "lac_core.verdicts.claims", "Names": "lac_core.verdicts.claims",
-    "CellMetric": "lac_core.verdicts.claims", "register_metric": "lac_core.verdicts.claims",
-    "Part": "lac_core.verdicts.rules", "Verdict": "lac_core.verdicts.rules",
-    "HOLDS": "lac_core.verdicts.rules", "FAILS": "lac_core.verdicts.rules",
-    "INCONCLUSIVE": "lac_core.verdicts.rules", "combine": "lac_core.verdicts.rules",
-    "with_precondition": "lac_core.verdicts.rules",
+    "lac_core.verdicts.claims": ("Claim", "CellCheck", "register_claim", "Names", "CellMetric",
+                                 "register_metric"),
+    "lac_core.verdicts.rules": ("Part", "Verdict", "HOLDS", "FAILS", "INCONCLUSIVE", "combine",
+                                "with_precondition"),
     # what a rule reads
-    "Summary": "lac_core.verdicts.metrics", "SweepSummary": "lac_core.verdicts.results",
-    "MarkerSummary": "lac_core.verdicts.results", "HostSummary": "lac_core.verdicts.results",
-    "SweepResult": "lac_core.verdicts.results", "MarkerResult": "lac_core.verdicts.results",
-    "HostResult": "lac_core.verdicts.results", "SteeringResult": "lac_core.verdicts.results",
+    "lac_core.verdicts.metrics": ("Summary",),
+    "lac_core.verdicts.results": ("SweepSummary", "MarkerSummary", "HostSummary", "SweepResult",
+                                  "MarkerResult", "HostResult", "SteeringResult"),
     # running without pytest
-    "Settings": "lac_core.run.settings", "Session": "lac_core.run.session",
-    "result": "lac_core.run.compute", "load_model": "lac_core.run.compute",
+    "lac_core.run.settings": ("Settings",),
+    "lac_core.run.session": ("Session",),
+    "lac_core.run.compute": ("result", "load_model"),
     # errors
-    "LacError": "lac_core.errors", "UsageError": "lac_core.errors",
+    "lac_core.errors": ("LacError", "UsageError"),
 }
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 _RENAMED = {"register_claim": "register"}
 __all__ = sorted(_WHERE)
 

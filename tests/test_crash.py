@@ -7,27 +7,15 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from lac_core.run.settings import ROOT
+from .test_reportset import _claims
 
 
-def _run(tmp_path, *args, inject=None, models=("tiny-llama",), k="c1_additive_sufficiency and not cell",
-         timeout=900):
-    extra = []
-    if inject is not None:
-        (tmp_path / "lac_inject.py").write_text(inject)
-        extra = ["-p", "lac_inject"]
-    (tmp_path / "expected").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider",
-           *(a for m in models for a in ("--lac-model", m)), "--lac-grid", "example", "-k", k,
-           "--lac-expected-dir", str(tmp_path / "expected"), "--lac-reports", str(tmp_path / "reports"),
-           *extra, *args]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+def _run(tmp_path, *args, **kw):
+    out = _claims(tmp_path, *args, **kw)
     return out, out.stdout + out.stderr
 
 

@@ -16,14 +16,17 @@ from lac_core.run.session import Session
 from lac_core.run.settings import ROOT, Settings
 
 
-def _claims(tmp_path, *args, reports=None, inject=None, timeout=900):
+def _claims(tmp_path, *args, reports=None, inject=None, timeout=900, models=("tiny-llama",),
+            k="c1_additive_sufficiency and not cell"):
+    """pytest claims/ on the example grid in a subprocess (tests/test_crash.py uses it too), with
+    an empty expectations folder of its own and `inject`, a plugin module's text, loaded."""
     extra = []
     if inject is not None:
         (tmp_path / "lac_inject.py").write_text(inject)
         extra = ["-p", "lac_inject"]
     (tmp_path / "expected").mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", "claims/", "--lac-no-cache", "-q", "-p", "no:cacheprovider",
-           "--lac-model", "tiny-llama", "--lac-grid", "example", "-k", "c1_additive_sufficiency and not cell",
+           *(a for m in models for a in ("--lac-model", m)), "--lac-grid", "example", "-k", k,
            "--lac-expected-dir", str(tmp_path / "expected"),
            "--lac-reports", str(tmp_path / "reports") if reports is None else reports, *extra, *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..verdicts.gate import GateOutcome
+from ..verdicts.gate import GateOutcome, line
 from .tables import View, gate_lines, gate_summary, matrix, table, verdict_text
 
 COMPARE_KL = "figures/compare_kl_by_depth.png"
@@ -73,7 +73,7 @@ def run_outcome(doc: dict) -> RunOutcome:
                    "tolerance")
     if gate.changed_verdicts:
         red.append(f"{_n(gate.changed_verdicts, 'verdict', 'verdicts')} changed (" +
-                   ", ".join(c.line() for c in gate.changed_verdicts) + ")")
+                   ", ".join(line(c) for c in gate.changed_verdicts) + ")")
     unexpected = [v for v in doc.get("verdicts", [])
                   if v.get("expected") is None and v["status"] != "HOLDS"]
     if unexpected and not updating:

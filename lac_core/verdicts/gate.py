@@ -12,18 +12,15 @@ STATUSES = (PASSED, FAILED, NOT_APPLIED)
 
 @dataclass(frozen=True)
 class Drift:
-    """A deciding number outside its baseline +- tolerance (two-sided)."""
+    """A deciding number outside its baseline +- tolerance (two-sided); `quantity` is the
+    baseline's key, e.g. "C1/g1/median"."""
 
     model: str
     grid: str
-    quantity: str  # the baseline's key, e.g. "C1/g1/median"
+    quantity: str
     baseline: float
     value: float
     tolerance: float
-
-    def line(self) -> str:
-        return (f"{self.model} / {self.grid}: {self.quantity}: baseline {self.baseline}, now "
-                f"{self.value:.6g}, tolerance {self.tolerance}")
 
 
 @dataclass(frozen=True)
@@ -36,9 +33,13 @@ class Changed:
     expected: str
     got: str
 
-    def line(self) -> str:
-        return (f"{self.claim} on {self.model} / {self.grid}: expected {self.expected}, got "
-                f"{self.got}")
+
+def line(item: Drift | Changed) -> str:
+    """One drifted number or changed verdict, as the terminal and the run's first line say it."""
+    if isinstance(item, Drift):
+        return (f"{item.model} / {item.grid}: {item.quantity}: baseline {item.baseline}, now "
+                f"{item.value:.6g}, tolerance {item.tolerance}")
+    return f"{item.claim} on {item.model} / {item.grid}: expected {item.expected}, got {item.got}"
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ class GateOutcome:
 
     def failure_lines(self) -> list[str]:
         """Its failures as terminal (and JUnit) lines."""
-        drift = [f"  {d.line()}" for d in self.drift]
-        changed = [f"  {c.line()}" for c in self.changed_verdicts]
+        drift = [f"  {line(d)}" for d in self.drift]
+        changed = [f"  {line(c)}" for c in self.changed_verdicts]
         return ([*(["lac: numeric drift beyond tolerance (regression gate):"] if drift else []),
                  *drift, *(["lac: verdicts that changed (regression gate):"] if changed else []),
                  *changed] + (["lac: if the change is intended, rerun with "
