@@ -13,13 +13,24 @@ from hypothesis.extra import numpy as hnp
 from lac_core.engine.forward import Engine
 from lac_core.errors import UsageError
 from lac_core.protocol import experiments
-from lac_core.protocol.grids import resolve_grid
+from lac_core.protocol.grids import load_grid
 from lac_core.run.session import Session
 from lac_core.run.settings import Settings
 from lac_core.verdicts import claims as registry
 from lac_core.verdicts import rules, uncertainty
 from lac_core.verdicts.claims import CellMetric, MetricError, register_metric
 from lac_core.verdicts.metrics import Summary
+
+
+@pytest.fixture(scope="module")
+def small_grid(tmp_path_factory):
+    """2 personas x 2 tasks: real residuals of more than two cells, at a quarter of the example
+    grid's cost."""
+    path = tmp_path_factory.mktemp("grid") / "small.yaml"
+    path.write_text("baseline: {persona: a person, task: Help.}\n"
+                    "personas: {cook: a cook, pilot: a pilot}\n"
+                    "tasks: {bake: Bake bread., tax: Explain taxes.}\n")
+    return load_grid(path)
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +44,11 @@ def norm_dx_again(h_bb, h_xb, h_by, h_xy):
     return np.linalg.norm(h_xb - h_bb, axis=-1)
 
 
-def test_a_metric_joins_the_sweep_its_summaries_and_its_intervals(monkeypatch, lac_models):
+def test_a_metric_joins_the_sweep_its_summaries_and_its_intervals(monkeypatch, lac_models,
+                                                                 small_grid):
     lm = lac_models("tiny-llama")
     metric = register_metric(CellMetric("dx_again", "|dX| once more", norm_dx_again))
-    grid = resolve_grid("example")
+    grid = small_grid
     r = experiments.sweep(Engine(lm), grid, metrics=(metric,))
     np.testing.assert_array_equal(r.geometry["dx_again"], r.geometry["norm_dx"])
     layer = r.layers[0]
@@ -60,7 +72,8 @@ def test_a_metric_joins_the_sweep_its_summaries_and_its_intervals(monkeypatch, l
     np.testing.assert_array_equal(plain.kl_add, r.kl_add)
 
 
-def test_a_metric_that_raises_on_the_real_residuals_fails_the_sweep_by_name(lac_models):
+def test_a_metric_that_raises_on_the_real_residuals_fails_the_sweep_by_name(lac_models,
+                                                                           small_grid):
     def only_two_cells(h_bb, h_xb, h_by, h_xy):
         if h_bb.shape[0] > 2:
             raise ValueError("more cells than I can take")
@@ -69,8 +82,7 @@ def test_a_metric_that_raises_on_the_real_residuals_fails_the_sweep_by_name(lac_
     metric = register_metric(CellMetric("two_cells", "breaks on a real grid", only_two_cells))
     with pytest.raises(MetricError, match=r"cell metric two_cells \(.*test_metrics.py\) raised "
                                           r"ValueError: more cells than I can take"):
-        experiments.sweep(Engine(lac_models("tiny-llama")), resolve_grid("example"),
-                          metrics=(metric,))
+        experiments.sweep(Engine(lac_models("tiny-llama")), small_grid, metrics=(metric,))
 
 
 def _module(path, body: str):

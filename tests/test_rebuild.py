@@ -90,12 +90,16 @@ class Doc(tuple):
 
 
 @pytest.fixture(scope="module")
-def doc_and_paths(written):
-    doc = json.loads((written / "run" / "results.json").read_text())
+def doc_and_paths(tmp_path_factory):
+    """One model on the example grid (every experiment, three figures): what damage is done to."""
+    tmp = tmp_path_factory.mktemp("damage")
+    document.write_report_set(source(synthetic_session(models=("tiny-llama",),
+                                                       grids=("example",))), Folder(tmp))
+    doc = json.loads((tmp / "results.json").read_text())
     return Doc((doc, [p for p in _paths(doc) if len(p) <= 4]))
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_generated_damage_is_refused_by_name_or_rendered_never_a_traceback(
