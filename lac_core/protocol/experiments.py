@@ -1,5 +1,7 @@
-"""Experiments 2-4: persona markers in greedy generations, host injection at one layer and at
-many; and what is checked before a model's first experiment (its grids' texts and lengths)."""
+"""Every experiment a run computes, one function per kind (verdicts/kinds.py), in one namespace:
+persona markers (experiment 2) and host injection (3 and 4) are defined here; the sweep (1,
+sweep.py), dose and swap (steering.py) and the parts they share (passes.py) are imported. And
+what is checked before a model's first experiment (its grids' texts and lengths)."""
 # How the forwards are batched, cached and budgeted is the engine's business; these functions only
 # say what the protocol asks for and assemble results.
 from __future__ import annotations
@@ -8,6 +10,7 @@ import numpy as np
 import torch
 
 from ..engine.forward import Engine
+from ..verdicts.kinds import Kind
 from ..verdicts.results import MARKER_CONDITIONS, HostResult, MarkerResult
 from .grids import Grid
 from .markers import hits
@@ -16,14 +19,17 @@ from .passes import (HOST_WINDOW, bare_prompts, cost_record, generate_at_p_last,
 from .prompts import CONDITIONS, N_REF, mid_layer, multilayer_sets, render
 from .work import generation_work
 
-# The experiments a run computes, by the names run/compute.py reads here at call time (so a test
-# can replace one for a run): markers and host_injection below, and these.
+# run/compute.py calls every kind's function through this module, read when it runs (so a test
+# may replace one for a run, tests/test_experiment_failures.py): markers and host_injection below,
+# and these, by kind: Kind.SWEEP, Kind.STEERING, Shared.RESIDUALS, Shared.TARGET.
 from .passes import p_last_residuals, xy_target  # noqa: E402, F401  the parts 2-4 share
 from .steering import steering  # noqa: E402, F401
 from .sweep import sweep  # noqa: E402, F401
 
 
 MARKER_TOKENS = 80
+# The tokens each kind scores or generates after a prompt (what must fit the model's context).
+GENERATED = {Kind.SWEEP: N_REF, Kind.MARKERS: MARKER_TOKENS, Kind.HOST: HOST_WINDOW}
 
 
 def special_tokens_in(lm, grid: Grid) -> str | None:
@@ -48,8 +54,7 @@ def too_long(lm, grid: Grid) -> str | None:
     cell, its prompt length and the tokens the grid's experiments generate after it. Checked
     before any experiment: positions beyond the context give numbers, not an error."""
     context = getattr(lm.model.config, "max_position_embeddings", None)
-    extra = max(n for kind, n in (("sweep", N_REF), ("markers", MARKER_TOKENS),
-                                  ("host", HOST_WINDOW)) if kind in grid.experiments)
+    extra = max(n for kind, n in GENERATED.items() if kind in grid.experiments)
     if not context:
         return None
     worst = max(((len(render(lm.tokenizer, grid.user_text(cell, c), lm.template).ids), cell.id, c)
@@ -89,7 +94,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
             found[cell.id][cond] = hits(text, words, stems)
     return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
                         texts, tokens, found, tuple(stems), cost_record(eng), grid.sha256,
-                        eng.audit.expect(2 * len(grid.cells), "markers", since), **grid.design)
+                        eng.audit.expect(2 * len(grid.cells), Kind.MARKERS, since), **grid.design)
 
 
 def host_injection(eng: Engine, grid: Grid, *, residuals=None, target=None,

@@ -19,6 +19,7 @@ from ..readfile import (GRID, Unreadable, checked, exists, expanded_size, read_t
                         unique_pairs)
 from ..verdicts import claims as registry
 from ..verdicts.claims import EXPERIMENTS
+from ..verdicts.kinds import Kind
 from ..yamlfile import DuplicateKeyError, UniqueKeys, quote
 from ..paths import GRID_DIR
 
@@ -47,7 +48,7 @@ class Grid:
     baseline_task: str
     template: str = DEFAULT_TEMPLATE
     markers: dict | None = None  # persona key -> marker list
-    experiments: tuple[str, ...] = ("sweep", "host")
+    experiments: tuple[str, ...] = (Kind.SWEEP, Kind.HOST)
     sha256: str = ""
     source: str = ""  # the file it came from
 
@@ -221,13 +222,13 @@ def load_grid(path: Path | str) -> Grid:
     _rendered(template, base, personas, tasks, str(path))
     markers = _markers(data, personas, str(path))
     complete = markers is not None and set(markers) == set(personas)
-    default = ("sweep", "markers", "host") if complete else ("sweep", "host")
+    default = EXPERIMENTS if complete else tuple(k for k in EXPERIMENTS if k != Kind.MARKERS)
     experiments = data.get("experiments", default)
     if not isinstance(experiments, list | tuple) or not experiments or not all(
             isinstance(e, str) and e in EXPERIMENTS for e in experiments):
         raise GridError(f"{path}: 'experiments' must list some of {', '.join(EXPERIMENTS)}, "
                         f"got {quote(experiments)}")
-    if "markers" in experiments and not complete:
+    if Kind.MARKERS in experiments and not complete:
         raise GridError(f"{path}: experiment 'markers' needs a marker list for every persona; "
                         f"missing for {quote(sorted(set(personas) - set(markers or {})))}")
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -10,6 +10,7 @@ from ..engine.forward import Engine, Sub
 from ..errors import InvarianceError, NonFiniteResidualError
 from ..verdicts.metrics import geometry
 from ..verdicts.results import GEOMETRY_STATS, SweepResult
+from ..verdicts.kinds import Kind
 from .grids import Grid
 from .passes import cost_record, render_cell
 from .plans import PLANS, floor_tokens, in_cell_chunks
@@ -50,7 +51,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast",
         references=references, plan=plan,
         cost=cost_record(eng, floor_tokens=floor, floor_layer_tokens=floor_layers),
         grid_sha256=grid.sha256, checks=checks,
-        audit=eng.audit.expect(2 * kl["additive"].size, "sweep", since), **grid.design)
+        audit=eng.audit.expect(2 * kl["additive"].size, Kind.SWEEP, since), **grid.design)
 
 
 def sweep_runs(plan: str, eng: Engine, prompts, probes, layers, identity: bool = False):

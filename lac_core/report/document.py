@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import breakdown, comparefig, findings, sections, summary
 from ..verdicts import paper, uncertainty
+from ..verdicts.kinds import Kind
 from .figures import kl_by_layer_figure
 from ..protocol.grids import paper_grid
 from .reportset import Folder
@@ -106,14 +107,14 @@ def _kl_figures(src) -> dict:
     c6 = src.thresholds.C6.min_null_kl
     out = {}
     for key, r in src.results.items():
-        if key[2] == "sweep":
+        if key[2] == Kind.SWEEP:
             out.update(pair(figure_name(*key[:2]), lambda r=r: kl_by_layer_figure(
                 r, uncertainty.faithfulness_table(r, c6))))
     return out
 
 
 def _sweeps(src) -> list:
-    return [r for _k, r in findings.by_kind(src, "sweep")]
+    return [r for _k, r in findings.by_kind(src, Kind.SWEEP)]
 
 
 def _compare_figures(src) -> dict:
@@ -150,7 +151,7 @@ def _texts(src: RunSource) -> dict:
     """results.json and the text files read from it."""
     v = view(src)
     figures = {key: Path(figure_name(*key[:2])).name for key in src.results
-               if key[2] == "sweep"}
+               if key[2] == Kind.SWEEP}
     out = {"results.json": results_text(src.doc),
            "REPORT.md": report_markdown(src, figures, v),
            "SUMMARY.md": summary.summary_markdown(v)}
@@ -161,7 +162,7 @@ def _texts(src: RunSource) -> dict:
 
 
 def _compare_names(plan) -> list[str]:
-    sweeps = dict.fromkeys(m for m, _g in plan.runs("sweep"))
+    sweeps = dict.fromkeys(m for m, _g in plan.runs(Kind.SWEEP))
     return with_svg([summary.COMPARE_KL, summary.COMPARE_F]) if summary.compared(sweeps) else []
 
 
@@ -170,7 +171,7 @@ def _compare_names(plan) -> list[str]:
 # with an SVG beside it.
 OUTPUTS = [
     Output(_text_names, _texts),
-    Output(lambda plan: with_svg(figure_name(m, g) for m, g in plan.runs("sweep")), _kl_figures),
+    Output(lambda plan: with_svg(figure_name(m, g) for m, g in plan.runs(Kind.SWEEP)), _kl_figures),
     Output(lambda plan: with_svg(findings.figure_names(plan)), findings.figure_writers),
     Output(_compare_names, _compare_figure_writers),
 ]

@@ -5,16 +5,17 @@ from __future__ import annotations
 from . import breakdown, figures
 from .style import pair
 from ..verdicts import paper, uncertainty
+from ..verdicts.kinds import Kind
 from ..verdicts.results import plain
 from ..protocol.grids import paper_grid
 
 
 def extra(kind: str, r, thresholds) -> dict:
     """What results.json holds beside a record: its summary, F with intervals, dose and swap."""
-    if kind == "steering":
+    if kind == Kind.STEERING:
         return {"dose_table": breakdown.dose_table(r), "swap_share": breakdown.swap_share(r)}
     out = {"summary": plain(r.summary)}
-    if kind == "sweep":
+    if kind == Kind.SWEEP:
         out["faithfulness"] = uncertainty.faithfulness_table(r, thresholds.C6.min_null_kl)
     return out
 
@@ -33,8 +34,8 @@ def heatmap_name(model: str) -> str:
 
 def figure_names(plan) -> list[str]:
     """The figures below a plan may write (report.Plan): the start check reads these names."""
-    models = dict.fromkeys(m for kind in ("sweep", "markers") for m, _g in plan.runs(kind))
-    return [*(heatmap_name(m) for m in models), *([DOSE_FIGURE] if plan.runs("markers") else [])]
+    models = dict.fromkeys(m for kind in (Kind.SWEEP, Kind.MARKERS) for m, _g in plan.runs(kind))
+    return [*(heatmap_name(m) for m in models), *([DOSE_FIGURE] if plan.runs(Kind.MARKERS) else [])]
 
 
 def figure_writers(src) -> dict:
@@ -46,7 +47,7 @@ def figure_writers(src) -> dict:
         if panels:
             writers.update(pair(heatmap_name(model),
                                 lambda m=model, p=panels: figures.heatmaps_figure(m, p)))
-    steer = by_kind(src, "steering")
+    steer = by_kind(src, Kind.STEERING)
     if steer:
         rows = {f"{k[0]} / {k[1]}": breakdown.dose_table(r) for k, r in steer}
         swaps = {f"{k[0]} / {k[1]}": breakdown.swap_share(r) for k, r in steer}
@@ -59,12 +60,12 @@ def figure_writers(src) -> dict:
 def heatmap_panels(src, model: str) -> list:
     """A result's key names its grid by the run's label (its record's .grid is the name)."""
     panels = []
-    for (m, grid, _k), r in by_kind(src, "sweep"):
+    for (m, grid, _k), r in by_kind(src, Kind.SWEEP):
         layer, kls = breakdown.deciding_kl(r, src.thresholds) if m == model else (None, {})
         if kls:
             panels.append((f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
                            breakdown.matrix(src.grids[grid].cells, kls), None))
-    for (m, grid, _k), r in by_kind(src, "markers"):
+    for (m, grid, _k), r in by_kind(src, Kind.MARKERS):
         theirs, cells = _paper_hits(r), src.grids[grid].cells
         if m == model:
             for cond in ("clean", "additive", "bare"):
@@ -97,7 +98,7 @@ def section(src, table, fmt) -> list[str]:
              "the site carries; 0: no better than h_BB alone), with its 95% interval (cells "
              "resampled as for the verdicts); * marks informative sites (median null KL >= "
              f"{src.thresholds.C6.min_null_kl}), '-' an undefined F (null KL 0).", ""]
-    for (m, g, _k), r in by_kind(src, "sweep"):
+    for (m, g, _k), r in by_kind(src, Kind.SWEEP):
         f = uncertainty.faithfulness_table(r, src.thresholds.C6.min_null_kl)
 
         def cell(v):
@@ -145,7 +146,7 @@ def _breaks(src, table, fmt) -> list[str]:
               *(table(["check", "model / grid", "failing", "cells (severity)"], rows) if rows
                 else ["No cell failed a per-cell check."]), ""]
     anti = []
-    for (m, g, _k), r in by_kind(src, "markers"):
+    for (m, g, _k), r in by_kind(src, Kind.MARKERS):
         a = breakdown.anti_steering(r)
         anti.append([f"{m} / {g}", f"{a['count']}/{a['eligible']}", fmt(a["share"], 3),
                      f"{a['eligible']}/{a['n_cells']}", ", ".join(a["cells"]) or "-"])
@@ -159,7 +160,7 @@ def _breaks(src, table, fmt) -> list[str]:
 
 
 def _dose_swap(src, table) -> list[str]:
-    steer = by_kind(src, "steering")
+    steer = by_kind(src, Kind.STEERING)
     if not steer:
         return []
     lines = ["## How much persona a vector carries: dose and swap", "",
@@ -172,7 +173,7 @@ def _dose_swap(src, table) -> list[str]:
         dose = breakdown.dose_table(r)
         sw = breakdown.swap_share(r)
         lines += [f"#### {m} / {g} (layer {r.layer}, {r.cost.get('forward_tokens')} forward "
-                  f"tokens, {took(src.timings.get((m, g, 'steering')))})", "",
+                  f"tokens, {took(src.timings.get((m, g, Kind.STEERING)))})", "",
                   *table(["a", "any-marker", "distinct mean", "median KL to clean"],
                          [[f"{x['a']:g}", f"{x['any_marker']}/{x['n_cells']}",
                            f"{x['distinct_mean']:.2f}", x["median_kl"]] for x in dose]), "",

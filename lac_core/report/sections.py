@@ -6,6 +6,7 @@ from . import findings
 from .tables import ANCHORS, fmt, table
 from ..verdicts import paper
 from ..protocol.grids import paper_grid
+from ..verdicts.kinds import Kind
 from ..verdicts.results import MARKER_CONDITIONS
 
 SAMPLES = 3  # generations shown per marker result
@@ -116,15 +117,15 @@ def _host(layered: bool):
 
 # (anchor, heading, the record kind it reads, its writer, its introduction), in the paper's order
 SECTIONS = [
-    (ANCHORS["sweep"], "Experiment 1: localized sweep", "sweep", sweep_section, ""),
-    (ANCHORS["markers"], "Experiment 2: persona markers", "markers", marker_section,
+    (ANCHORS[Kind.SWEEP], "Experiment 1: localized sweep", Kind.SWEEP, sweep_section, ""),
+    (ANCHORS[Kind.MARKERS], "Experiment 2: persona markers", Kind.MARKERS, marker_section,
      "Cells whose 80-token greedy generation contains at least one of the persona's markers, "
      "and mean distinct markers per generation. Single words match on word boundaries, phrases "
      "as substrings, stems (`indemnif`) as word prefixes; case-insensitive."),
-    (ANCHORS["host"], "Experiment 3: host injection", "host", _host(False),
+    (ANCHORS[Kind.HOST], "Experiment 3: host injection", Kind.HOST, _host(False),
      "Median over the marker cells of KL(target || host) on the target's 10 greedy tokens, and "
      "the median gap closed (KL_host - KL_int) / KL_host, a share of the gap."),
-    ("experiment-4", "Experiment 4: multi-layer injection", "host", _host(True),
+    ("experiment-4", "Experiment 4: multi-layer injection", Kind.HOST, _host(True),
      "The same, injecting at a set of layers: the paper's Gemma sets mapped to this depth "
      "(l -> round(l / 26 n))."),
 ]
@@ -142,7 +143,7 @@ def experiments(src, figures: dict) -> list[str]:
             lines += [intro, ""]
         for key, r in results:
             lines += section(r, src.timings.get(key))
-            if key in figures and kind == "sweep":
+            if key in figures and kind == Kind.SWEEP:
                 lines += [f"![additive KL by layer, {r.model} {r.grid}](figures/{figures[key]})",
                           ""]
     return lines

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from ..verdicts import claims as registry
 from ..verdicts.gate import GateOutcome
+from ..verdicts.kinds import Kind
 
 # Where each experiment's numbers are in REPORT.md: stable anchors the verdict matrix links to.
-ANCHORS = {"sweep": "experiment-1", "markers": "experiment-2", "host": "experiment-3"}
+ANCHORS = {Kind.SWEEP: "experiment-1", Kind.MARKERS: "experiment-2", Kind.HOST: "experiment-3"}
 
 
 def fmt(x, nd: int = 4) -> str:

@@ -18,6 +18,7 @@ from ..protocol import experiments as exp  # read at call time: a test may repla
 from ..protocol.experiments import special_tokens_in, too_long
 from ..protocol.templates import attach, check_model
 from ..verdicts import claims as registry
+from ..verdicts.kinds import Kind, Shared
 
 
 class ExperimentFailed(LacError):
@@ -95,22 +96,22 @@ def result(session, lm, grid: str, kind: str):
     the run's settings, and the shared parts they continue ("residuals", "target")."""
     s, t = session.settings, session.thresholds
     part = functools.partial(result, session, lm, grid)
-    if kind == "sweep":
+    if kind == Kind.SWEEP:
         return compute(session, lm, grid, kind, exp.sweep, layers=s.layers, probes=s.probes,
                        plan=s.plan, metrics=tuple(registry.METRICS.values()))
-    if kind == "residuals":  # residuals at p_last of the four conditions: experiments 2, 3, 4
+    if kind == Shared.RESIDUALS:  # residuals at p_last of the four conditions: experiments 2, 3, 4
         return compute(session, lm, grid, kind, exp.p_last_residuals)
-    if kind == "target":  # the clean XY prompts' first greedy tokens: host and steering
+    if kind == Shared.TARGET:  # the clean XY prompts' first greedy tokens: host and steering
         return compute(session, lm, grid, kind, exp.xy_target)
-    if kind == "markers":
+    if kind == Kind.MARKERS:
         return compute(session, lm, grid, kind, exp.markers, residuals=functools.partial(
-            part, "residuals"), stems=t.markers.stems)
-    if kind == "steering":
-        return compute(session, lm, grid, kind, exp.steering, marker_result=part("markers"),
-                       residuals=functools.partial(part, "residuals"),
-                       target=functools.partial(part, "target"), pairs=s.swap_pairs)
-    if kind == "host":
+            part, Shared.RESIDUALS), stems=t.markers.stems)
+    if kind == Kind.STEERING:
+        return compute(session, lm, grid, kind, exp.steering, marker_result=part(Kind.MARKERS),
+                       residuals=functools.partial(part, Shared.RESIDUALS),
+                       target=functools.partial(part, Shared.TARGET), pairs=s.swap_pairs)
+    if kind == Kind.HOST:
         return compute(session, lm, grid, kind, exp.host_injection,
-                       residuals=functools.partial(part, "residuals"),
-                       target=functools.partial(part, "target"))
+                       residuals=functools.partial(part, Shared.RESIDUALS),
+                       target=functools.partial(part, Shared.TARGET))
     raise ValueError(f"no experiment {kind!r}")

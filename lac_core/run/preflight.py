@@ -18,6 +18,7 @@ from ..models.pypi import check_cached
 from ..models.registry import ModelSpec, resolve
 from ..protocol.prompts import swept_layers
 from .settings import Settings
+from ..verdicts.kinds import Kind
 from ..protocol.templates import FIXES, ChatTemplate, choose
 
 
@@ -60,7 +61,7 @@ def check(settings: Settings) -> Checked:
         if spec.source == "pypi-gguf":
             check_cached(spec, settings.cache_dir, settings.offline)
         check_attention(spec.model_type, settings.attention)
-        if spec.n_layers and any("sweep" in g.experiments for g in grids):
+        if spec.n_layers and any(Kind.SWEEP in g.experiments for g in grids):
             swept_layers(spec.n_layers, settings.layers)  # raises on a layer out of range
         specs[spec.name] = spec
         if weights:

@@ -9,6 +9,7 @@ from ..report import breakdown, findings
 from ..report.source import KINDS, SCHEMA
 from ..report.tables import declaration
 from ..verdicts import claims as registry
+from ..verdicts.kinds import Kind
 from ..verdicts.results import jsonable
 
 
@@ -51,5 +52,5 @@ def results_document(session) -> dict:
     doc["regression_gate"] = None if gate is None else gate.to_json()
     doc["anti_steering"] = [{"model": m, "grid": g, **breakdown.anti_steering(r)}
                             for (m, g, kind), r in sorted(session.results.items())
-                            if kind == "markers"]
+                            if kind == Kind.MARKERS]
     return jsonable(doc)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..verdicts import claims as registry
 from ..verdicts import expected
+from ..verdicts.kinds import Kind
 from . import gating, preflight, provenance, resume
 from .provenance import new_run_id
 from ..errors import LacError, UsageError
@@ -100,7 +101,7 @@ class Session:
                 self.settings.claims_file, self.grids, self.thresholds.files)["thresholds_sha256"]
         return late
 
-    STEMS = ("markers", "steering")  # the experiments that count marker words (claims.yaml)
+    STEMS = (Kind.MARKERS, Kind.STEERING)  # the experiments that count marker words (claims.yaml)
 
     def result_key(self, model: str, grid: str, kind: str, params: dict) -> dict:
         """Everything that can change an experiment's numbers (see resume.py), and only that:
@@ -114,7 +115,7 @@ class Session:
                 "template": self.checked.template.key, "token_budget": s.token_budget,
                 **s.read_by(kind),
                 **({"stems": self.thresholds.markers.stems} if kind in self.STEMS else {}),
-                **({"metrics": registry.metric_keys()} if kind == "sweep" and registry.METRICS
+                **({"metrics": registry.metric_keys()} if kind == Kind.SWEEP and registry.METRICS
                    else {}),  # users' cell metrics: absent when there are none
                 "params": {k: v for k, v in params.items() if k != "metrics" and (
                     v is None or isinstance(v, (str, int, float, tuple)))},

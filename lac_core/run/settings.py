@@ -11,6 +11,7 @@ from ..engine import DEFAULT_TOKEN_BUDGET
 from ..paths import CLAIMS_FILE, EXPECTED, FIXTURES, ROOT  # noqa: F401  ROOT, FIXTURES: public
 from ..errors import UsageError
 from ..protocol.prompts import PROBES
+from ..verdicts.kinds import Kind
 
 DEFAULT_MODELS = ("smollm2-135m-instruct",)
 DEFAULT_GRIDS = ("short", "long", "markers")
@@ -20,7 +21,7 @@ PLANS = ("fast", "naive")
 # of its claims hold only these, so a setting invalidates only what it changes. The sweep reads
 # the swept layers, probes and plan; steering the swap pairs; residuals, target, markers and host
 # none (markers and steering read the marker stems of claims.yaml, Session.result_key).
-READS = {"sweep": ("layers", "probes", "plan"), "steering": ("swap_pairs",)}
+READS = {Kind.SWEEP: ("layers", "probes", "plan"), Kind.STEERING: ("swap_pairs",)}
 
 
 TRUE, FALSE = ("1", "true", "yes", "on", "y"), ("", "0", "false", "no", "off", "n")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ..verdicts.kinds import Kind
 from .start import session
 
 
@@ -98,7 +99,7 @@ def experiment(lac_session, lm, grid: str, kind: str):
 @pytest.fixture
 def sweep_result(lac_session, lm, sweep_grid):
     """Experiment 1 on this model and grid (verdicts.results.SweepResult)."""
-    return experiment(lac_session, lm, sweep_grid, "sweep")
+    return experiment(lac_session, lm, sweep_grid, Kind.SWEEP)
 
 
 @pytest.fixture
@@ -109,16 +110,16 @@ def sweep_summary(sweep_result):
 @pytest.fixture
 def marker_result(lac_session, lm, marker_grid):
     """Experiment 2 (verdicts.results.MarkerResult)."""
-    return experiment(lac_session, lm, marker_grid, "markers")
+    return experiment(lac_session, lm, marker_grid, Kind.MARKERS)
 
 
 @pytest.fixture
 def steering_result(lac_session, lm, marker_grid, marker_result):
     """Dose and swap at the marker site (verdicts.results.SteeringResult)."""
-    return experiment(lac_session, lm, marker_grid, "steering")
+    return experiment(lac_session, lm, marker_grid, Kind.STEERING)
 
 
 @pytest.fixture
 def host_result(lac_session, lm, host_grid):
     """Experiments 3 and 4 (verdicts.results.HostResult)."""
-    return experiment(lac_session, lm, host_grid, "host")
+    return experiment(lac_session, lm, host_grid, Kind.HOST)

@@ -17,10 +17,10 @@ import pytest
 
 from ..errors import LacError
 from ..run.settings import OPTIONS, default_threads
+from ..verdicts.kinds import FIXTURE
 
 SESSION = pytest.StashKey[object]()  # the run.session.Session, once started
 RUN_ID = pytest.StashKey[str]()  # this run's id, from configure time (a worker's: its controller's)
-FIXTURE = {"sweep": "sweep", "markers": "marker", "host": "host"}  # <name>_grid, _cell, _result
 FIXTURES = frozenset({  # a test asking for one of these is lac's
     "lac_session", "thresholds", "lac_models", "lm", "lac_loaded", "model_name", "claim_gate",
     "cell_gate",

@@ -20,9 +20,10 @@ import numpy as np
 
 from ..errors import UsageError
 from . import cells, rules
+from .kinds import CLAIMED, Kind
 from .results import GEOMETRY_STATS, RECORDS
 
-EXPERIMENTS = tuple(k for k in RECORDS if k != "steering")  # the results a claim can read
+EXPERIMENTS = tuple(k for k in RECORDS if k in CLAIMED)  # the results a claim can read
 Names = tuple[str, ...]  # a threshold that is a list of names (probes)
 
 
@@ -208,33 +209,33 @@ def _lac(id, statement, experiment, rule, thresholds, units, checks=(), against=
 
 PROBES = {"probes": Names}
 _lac("C1", "h_BB + dX + dY substituted in an early/mid layer leaves the output essentially "
-     "clean: median 10-token KL <= 0.1 nats at p_last, g1 and g2", "sweep", rules.c1,
+     "clean: median 10-token KL <= 0.1 nats at p_last, g1 and g2", Kind.SWEEP, rules.c1,
      {**PROBES, "max_depth_fraction": float, "max_median_kl": float}, {"margin": "nats"},
      ("additive_vs_null",), cells.c1_against)
 _lac("C1L", "... and only there: the median KL at the deepest swept layer is at least twice "
-     "the shallowest's", "sweep", rules.c1l, {**PROBES, "min_ratio": float},
+     "the shallowest's", Kind.SWEEP, rules.c1l, {**PROBES, "min_ratio": float},
      {"margin": "ratio (deepest / shallowest median KL)"}, against=cells.c1l_against)
 _lac("C2", "persona and task directions are partially orthogonal: cos(dX, dY) <= 0.5 while "
-     "cos(dXY, dX + dY) >= 0.8 at every swept layer", "sweep", rules.c2,
+     "cos(dXY, dX + dY) >= 0.8 at every swept layer", Kind.SWEEP, rules.c2,
      {**PROBES, "max_cos_x_y": float, "min_cos_xy_sum": float, "min_difference": float},
      {"margin": "cosine"}, ("sum_beats_alignment",), cells.c2_against)
 _lac("C3", "the additive substitution keeps persona markers near the clean count; the bare task "
-     "prompt loses them", "markers", rules.c3,
+     "prompt loses them", Kind.MARKERS, rules.c3,
      {"min_clean_fraction": float, "min_additive_over_clean": float, "max_bare_over_clean": float},
      {"margin": "cells"}, ("additive_keeps_marker",), cells.markers_against)
-_lac("C3R", "removing dX at one site barely changes the persona markers", "markers", rules.c3r,
+_lac("C3R", "removing dX at one site barely changes the persona markers", Kind.MARKERS, rules.c3r,
      {"min_clean_fraction": float, "min_remove_x_over_clean": float}, {"margin": "cells"},
      against=cells.markers_against)
 _lac("C4", "a cached vector injected into a persona-free host prompt, even the oracle h_XY, "
-     "closes at most a third of the KL gap, at one layer or many", "host", rules.c4,
+     "closes at most a third of the KL gap, at one layer or many", Kind.HOST, rules.c4,
      {"min_host_kl": float, "max_gap_closed": float},
      {"margin": "share of the KL gap", "precondition": "nats"}, ("oracle_no_worse",),
      cells.c4_against)
 _lac("C5", "(ours) C1 counts only at informative sites: where h_BB alone costs >= 0.05 nats, "
-     "additive costs <= 0.1 and <= half of it", "sweep", rules.c5,
+     "additive costs <= 0.1 and <= half of it", Kind.SWEEP, rules.c5,
      {**PROBES, "max_depth_fraction": float, "min_null_kl": float, "max_additive_kl": float,
       "max_additive_over_null": float}, {"margin": "nats"}, against=cells.c5_against)
 _lac("C6", "(ours) C1L normalized: the share the sum leaves unexplained, U = KL_add / KL_null, "
-     "at least doubles from the shallowest informative to the deepest swept layer", "sweep",
+     "at least doubles from the shallowest informative to the deepest swept layer", Kind.SWEEP,
      rules.c6, {**PROBES, "min_null_kl": float, "min_ratio": float},
      {"margin": "share unexplained (U)"}, against=cells.c6_against)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from . import claims as registry
+from .kinds import Kind
 from .metrics import Summary
 from .results import GEOMETRY_STATS, HostSummary, MarkerSummary, SweepSummary
 from ..paths import FIXTURES
@@ -77,7 +78,7 @@ def tables() -> dict:
 def published(experiment: str) -> list[tuple[str, str]]:
     """(model, grid) of each of the paper's published runs of an experiment: a sweep per model
     and grid, the marker and host-injection runs on Gemma-2-2B's marker grid."""
-    return list(SWEEP_FILES) if experiment == "sweep" else [(PAPER_MODEL, "markers")]
+    return list(SWEEP_FILES) if experiment == Kind.SWEEP else [(PAPER_MODEL, "markers")]
 
 
 def verdicts_keys() -> list[tuple[str, str, str]]:
@@ -96,10 +97,10 @@ def verdicts(t) -> dict:
     out = {}
     for (model, grid) in SWEEP_FILES:
         s = sweep_summary(model, grid)
-        for c in _builtin("sweep"):
+        for c in _builtin(Kind.SWEEP):
             out[(c.id, model, grid)] = c.rule(s, getattr(t, c.id))
-    for c in _builtin("markers"):
+    for c in _builtin(Kind.MARKERS):
         out[(c.id, PAPER_MODEL, "markers")] = c.rule(marker_summary(), getattr(t, c.id))
-    for c in _builtin("host"):
+    for c in _builtin(Kind.HOST):
         out[(c.id, PAPER_MODEL, "markers")] = c.rule(host_summary(), getattr(t, c.id))
     return out

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from .kinds import Kind
 from .metrics import Summary, cell_stats
 
 READ_ONLY = ("read-only: what lac hands a rule or a cell check cannot be changed (it would move "
@@ -343,14 +344,16 @@ class SteeringResult(_Frozen):
     audit: dict = field(default_factory=dict)  # substitutions read back (hooks.Audit.record)
 
 
-SUMMARIES = {"sweep": sweep_summaries, "markers": marker_summaries, "host": host_summaries}
+SUMMARIES = {Kind.SWEEP: sweep_summaries, Kind.MARKERS: marker_summaries,
+             Kind.HOST: host_summaries}
 
 
 # Every experiment a run keeps a result of, declared once: its record and the name of its list in
 # results.json (what the resume cache keeps, what the report writes). The first three are what a
 # claim can read (claims.EXPERIMENTS); steering is read by the report only.
-RECORDS = {"sweep": (SweepResult, "sweeps"), "markers": (MarkerResult, "markers"),
-           "host": (HostResult, "host_injection"), "steering": (SteeringResult, "dose_and_swap")}
+RECORDS = {Kind.SWEEP: (SweepResult, "sweeps"), Kind.MARKERS: (MarkerResult, "markers"),
+           Kind.HOST: (HostResult, "host_injection"),
+           Kind.STEERING: (SteeringResult, "dose_and_swap")}
 
 
 def record_from_json(kind: str, raw: Mapping):
@@ -361,16 +364,16 @@ def record_from_json(kind: str, raw: Mapping):
     cls = RECORDS[kind][0]
     names = {f.name for f in fields(cls)}
     values = {k: v for k, v in raw.items() if k in names}
-    if kind == "sweep":
+    if kind == Kind.SWEEP:
         values["kl_add"] = np.array(values["kl_add"], dtype=np.float64)
         values["kl_null"] = np.array(values["kl_null"], dtype=np.float64)
         values["geometry"] = {k: np.array(v, dtype=np.float64)
                               for k, v in values["geometry"].items()}
         values["layers"] = tuple(int(x) for x in values["layers"])
-    if kind == "host":
+    if kind == Kind.HOST:
         values["kl"] = {c: {k: math.nan if x is None else float(x) for k, x in kl.items()}
                         for c, kl in values["kl"].items()}
-    if kind == "steering":
+    if kind == Kind.STEERING:
         values["doses"] = tuple(float(a) for a in values["doses"])
     for key in ("cells", "probes", "persona_index", "task_index", "layer_sets", "stems"):
         if key in values:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import claims as registry
 from . import rules
+from .kinds import Kind
 from .metrics import Summary, cell_stats
 from .results import SUMMARIES
 
@@ -138,7 +139,7 @@ def faithfulness_table(result, min_null_kl: float) -> dict:
 
 def _faithfulness(result, min_null_kl: float) -> dict:
     full = rules.faithfulness(result.summary)
-    boots = [rules.faithfulness(s) for s in resampled("sweep", result)]
+    boots = [rules.faithfulness(s) for s in resampled(Kind.SWEEP, result)]
     return {p: {k: {"F": f, "interval": _interval([b[p][k] for b in boots]),
                     "informative": result.summary.kl_null[p][k].median >= min_null_kl}
                 for k, f in per.items()} for p, per in full.items()}
