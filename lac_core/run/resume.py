@@ -14,8 +14,8 @@ computes only what is missing."""
 # of its own ("a0", "a1", ...). In the JSON, values JSON cannot tell apart are tagged objects with
 # one "$" key: {"$tuple": [...]}, {"$dict": [[k, v], ...]} (keys that are not strings, or start
 # with "$"), {"$float": "nan" | "inf" | "-inf"}, {"$array": member}, {"$scalar": member} and
-# {"$record": [class name, {field: value}]}, where only the RECORDS classes may be named. The
-# round trip is exact (types, dtypes, shapes, NaN, dict order), so a resumed run writes the same
+# {"$record": [class name, {field: value}]}, where only CLASSES (results.RECORDS' records) may
+# be named. The round trip is exact (types, dtypes, shapes, NaN, dict order), so a resumed run writes the same
 # results.json. Member "digest" is the sha256 of every other member (name, dtype, shape and
 # bytes, by name), written with the entry and checked on read: it finds damage. It cannot stop
 # tampering (whoever may write an entry may write its digest too), so an entry is read only when
@@ -40,14 +40,14 @@ import numpy as np
 
 from ..models.loadcache import others_may_write
 from ..paths import CORE
-from ..verdicts.results import RECORDS as KEPT
+from ..verdicts.results import RECORDS
 from ..verdicts.results import ReadOnlyDict
 
-RESUMABLE = tuple(KEPT)  # every kept experiment; the shared parts (residuals) are not kept
+RESUMABLE = tuple(RECORDS)  # every kept experiment; the shared parts (residuals) are not kept
 FORMAT = "lac-resume/2"  # 2: the digest member
 SUFFIX = ".npz"
 META, DIGEST = "meta", "digest"  # the members that are not the result's arrays
-RECORDS = {cls.__name__: cls for cls, _name in KEPT.values()}  # the allow-list of classes
+CLASSES = {cls.__name__: cls for cls, _name in RECORDS.values()}  # the allow-list of classes
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -91,7 +91,7 @@ def _encode(obj, arrays: dict):
         name = f"a{len(arrays)}"
         arrays[name] = arr
         return {"$array" if type(obj) is np.ndarray else "$scalar": name}
-    if type(obj) in RECORDS.values():
+    if type(obj) in CLASSES.values():
         return {"$record": [type(obj).__name__,  # the fields only: never cached properties
                             {f.name: _encode(getattr(obj, f.name), arrays) for f in fields(obj)}]}
     raise TypeError(f"cannot keep {type(obj).__name__} in a resume entry")
@@ -124,7 +124,7 @@ def _decode(value, npz):
         return arr[()]
     if tag == "$record" and isinstance(arg, list) and len(arg) == 2:
         cls_name, values = arg
-        cls = RECORDS.get(cls_name) if isinstance(cls_name, str) else None
+        cls = CLASSES.get(cls_name) if isinstance(cls_name, str) else None
         if cls is None:
             raise ValueError(f"{cls_name!r} is not a result record")
         names = [f.name for f in fields(cls)]

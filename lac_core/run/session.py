@@ -44,7 +44,7 @@ class Session:
     thresholds: Thresholds
     checked: preflight.Checked
     args: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=time.time)  # time.time() at the start
     provenance: dict = field(default_factory=dict)  # model -> provenance
     load_seconds: dict = field(default_factory=dict)  # model -> s
     results: dict = field(default_factory=dict)  # (model, grid, "sweep"|"markers"|"host") -> result
@@ -74,7 +74,7 @@ class Session:
     _fingerprint: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.run_id = self.run_id or new_run_id(self.started)
+        self.run_id = self.run_id or new_run_id(self.started_at)
 
     @classmethod
     def start(cls, settings: Settings, args=()) -> "Session":
@@ -294,13 +294,13 @@ class Session:
         missing = self.not_run()
         stopped = sorted(self.tests_left) if self.interrupted else []  # e.g. cells after the claim
         return {"run_id": self.run_id,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started)),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_at)),
                 **self.fingerprint(),
                 "status": "PARTIAL" if missing or stopped else "COMPLETE",
                 "tests_interrupted": stopped,
                 "not_run": [{"claim": c, "model": m, "grid": g, "why": why}
                             for (c, m, g), why in missing.items()],
-                "wall_seconds": round(time.time() - self.started, 1), "plan": s.plan,
+                "wall_seconds": round(time.time() - self.started_at, 1), "plan": s.plan,
                 "token_budget": s.token_budget, "models_requested": list(s.models),
                 "grids": {label: {"name": g.name, "sha256": g.sha256, "source": g.source,
                                   "experiments": list(g.experiments),
