@@ -129,3 +129,24 @@ def test_generated_damage_is_refused_by_name_or_rendered_never_a_traceback(
     assert code in (0, 2), err
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and str(where / "results.json") in err, err
+
+
+def test_a_users_severity_that_raises_leaves_its_cells_listed_and_the_set_written(monkeypatch):
+    """A user's cell check whose severity function raises: results.json lists its failing cells
+    unranked with the error, and the report set is rendered (it used to stop the whole set)."""
+    from lac_core.verdicts import claims as registry
+
+    def broken(result, cell, t):
+        raise ZeroDivisionError("no spread")
+
+    monkeypatch.setitem(registry.CELL_CHECKS, "mine", registry.CellCheck(
+        "mine", "sweep", lambda result, cell, t: [], broken))
+    s = synthetic_session(models=("tiny-llama",), grids=("example",))
+    s.record_cell("mine", "tiny-llama", "example", "pirate__bread", ["too far"])
+    src = source(s)
+    (entry,) = [f for f in src.doc["cell_failures"] if f["check"] == "mine"]
+    assert entry["worst"] == [["pirate__bread", None]]
+    assert entry["severity_error"] == "ZeroDivisionError: no spread"
+    text = document.report_markdown(src, {})
+    assert "| mine | tiny-llama / example | 1/9 | pirate__bread (?) (severity: " \
+           "ZeroDivisionError: no spread) |" in text

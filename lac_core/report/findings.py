@@ -141,7 +141,10 @@ def _breaks(src, table, fmt) -> list[str]:
         if f["cells"] and f.get("worst") is not None:
             rows.append([f["check"], f"{f['model']} / {f['grid']}",
                          f"{len(f['cells'])}/{f['n_cells']}",
-                         ", ".join(f"{c} ({s:.3g})" for c, s in f["worst"][:10])])
+                         ", ".join(f"{c} ({'?' if s is None else f'{s:.3g}'})"
+                                   for c, s in f["worst"][:10])
+                         + (f" (severity: {f['severity_error']})"
+                            if f.get("severity_error") else "")])
     lines += ["Cells failing a per-cell check, worst first (how far from passing):", "",
               *(table(["check", "model / grid", "failing", "cells (severity)"], rows) if rows
                 else ["No cell failed a per-cell check."]), ""]

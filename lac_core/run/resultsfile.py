@@ -28,8 +28,13 @@ def cell_failures(session, check: str, model: str, grid: str, cells) -> dict:
     out = {"check": check, "model": model, "grid": grid, "cells": sorted(cells),
            "experiment": kind}
     if r is not None:
-        out.update(n_cells=len(r.cells), worst=[list(w) for w in breakdown.worst_first(
-            check, r, sorted(cells), session.thresholds)])
+        try:
+            worst = [list(w) for w in breakdown.worst_first(check, r, sorted(cells),
+                                                            session.thresholds)]
+        except Exception as exc:  # a user's severity function: its cells, unranked, and why
+            worst = [[c, None] for c in sorted(cells)]
+            out["severity_error"] = f"{type(exc).__name__}: {exc}"
+        out.update(n_cells=len(r.cells), worst=worst)
     return out
 
 
