@@ -80,7 +80,7 @@ def test_fast_summaries_equal_nanpercentile_bit_for_bit(resamples, cells, layers
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["list", "--help"],
-                                  ["fetch", "--help"]])
+                                  ["fetch", "--help"], ["report", "--help"]])
 def test_every_command_answers_help_without_importing_torch(argv):
     """`lac COMMAND --help` (python -m lac_core here: the console script calls the same main)
     answers before anything heavy loads (issue 35.8: fetch --help took 7 s importing torch)."""

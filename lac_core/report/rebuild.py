@@ -12,16 +12,16 @@ import sys
 from pathlib import Path
 
 from ..errors import LacError
-from ..readfile import RESULTS, read_json
-from .document import Plan, report_names, write_report_set
-from .reportset import Folder
-from .source import RunSource
 
 WRITTEN, UNUSABLE = 0, 2
+# The report's modules (numpy, matplotlib) load only when a set is rendered: --help stays light.
 
 
-def source(path: Path) -> RunSource:
+def source(path: Path):
     """The RunSource of a results.json file; LacError naming the file and what is wrong."""
+    from ..readfile import RESULTS, read_json
+    from .source import RunSource
+
     doc = read_json(path, RESULTS)  # capped, a regular file, UTF-8, strict JSON
     try:
         return RunSource.of(doc)
@@ -35,6 +35,9 @@ def source(path: Path) -> RunSource:
 def rebuild(path: Path, out: Path, overwrite: bool = False) -> Path:
     """Render the report set of `path` into `out` (checked, locked, written as one set); the
     folder it went to."""
+    from .document import Plan, report_names, write_report_set
+    from .reportset import Folder
+
     src = source(path)
     grids = {label: tuple(g.experiments) for label, g in src.grids.items()}
     folder = Folder(out, overwrite)
