@@ -24,10 +24,10 @@ __all__ = ["fmt", "table", "report_markdown", "OUTPUTS", "report_names", "write_
            "Plan", "Output", "view", "results_text"]
 
 
-def view(src: RunSource, doc: dict | None = None) -> View:
-    """results.json's dict with what results.json says beside the verdicts: the planned models (a model that
-    failed to load keeps its column), the planned claims, and the paper's verdict per claim and
-    grid (the same rule on the paper's Gemma-2-2B data, where the grid is the paper's)."""
+def view(src: RunSource) -> View:
+    """results.json's dict with the planned models (a model that failed to load keeps its
+    column), the planned claims, and the paper's verdict per claim and grid (the same rule on
+    the paper's Gemma-2-2B data, where the grid is the paper's)."""
     models = dict.fromkeys([*src.checked.models, *(m for _c, m, _g in src.verdicts)])
     claims = [c for c in src.doc["claims"] if src.claims_planned is None
               or c in src.claims_planned or any(k[0] == c for k in src.verdicts)]
@@ -37,7 +37,7 @@ def view(src: RunSource, doc: dict | None = None) -> View:
             pv = theirs.get((claim, paper.PAPER_MODEL, paper_grid(grid.name, grid.sha256)))
             if pv and pv.deciding:
                 texts[(claim, label)] = f"{pv.status}: {pv.deciding.name}: {pv.deciding.detail}"
-    return View(src.doc if doc is None else doc, tuple(models), tuple(claims), texts)
+    return View(src.doc, tuple(models), tuple(claims), texts)
 
 
 def report_markdown(src, figures: dict, v: View | None = None) -> str:

@@ -70,8 +70,7 @@ class View:
 
     def unit(self, claim: str, part: str) -> str:
         """A part's margin unit as the claim declares it ('' for a claim that declares none)."""
-        units = self.declared.get(claim, {}).get("units") or {}
-        return units.get(part) or units.get("margin", "")
+        return registry.unit_of(self.declared.get(claim, {}).get("units"), part)
 
     def with_unit(self, x, claim: str, part: str) -> str:
         u = self.unit(claim, part)

@@ -67,8 +67,14 @@ class Claim:
 
     def unit(self, part: str) -> str:
         """The unit of `part`'s margin ('' when the claim declares none)."""
-        units = self.units or {}
-        return units.get(part) or units.get("margin", "")
+        return unit_of(self.units, part)
+
+
+def unit_of(units: Mapping[str, str] | None, part: str) -> str:
+    """A part's margin unit in a claim's `units` (as declared, or as results.json records it):
+    the part's own, else the claim's "margin" unit, else ''."""
+    units = units or {}
+    return units.get(part) or units.get("margin", "")
 
 
 @dataclass(frozen=True)
