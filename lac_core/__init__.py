@@ -23,6 +23,7 @@ _MODULES = {
     "lac_core.run.settings": ("Settings",),
     "lac_core.run.session": ("Session",),
     "lac_core.run.compute": ("result", "load_model"),
+    "lac_core.models.load": ("LoadedModel",),  # what load_model returns, a claim test's `lm`
     # errors
     "lac_core.errors": ("LacError", "UsageError"),
 }

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,49 @@ def test_importing_lac_core_loads_nothing_heavy():
             "'matplotlib') if m in sys.modules]; print(heavy); assert not heavy; "
             "assert lac_core.Claim.__name__ == 'Claim' and 'numpy' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _public_face_row() -> str:
+    """docs/architecture.md's row of lac_core/__init__.py: the list of public names."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    return next(line for line in text.splitlines() if line.startswith("| - | `__init__.py` |"))
+
+
+def _classes(hint) -> set:
+    """The classes a type hint names (inside unions, lists, tuples, dicts)."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return {hint}
+    return {c for arg in typing.get_args(hint) for c in _classes(arg)}
+
+
+def test_the_public_face_is_documented():
+    """Every name `lac_core` exports is named in docs/architecture.md's list of public names."""
+    import lac_core
+
+    row = _public_face_row()
+    assert not [n for n in lac_core.__all__ if f"`{n}`" not in row]
+
+
+def test_what_the_public_face_hands_out_is_public():
+    """A lac_core class a public function takes or returns is public too: exported by lac_core
+    and named in docs/architecture.md (issue 37.6: load_model, and so a claim test's `lm`, handed
+    out a LoadedModel that was neither, and the protocol and run reached through it to
+    `lm.spec.name`)."""
+    import inspect
+
+    import lac_core
+
+    handed = {}
+    for name in lac_core.__all__:
+        obj = getattr(lac_core, name)
+        if inspect.isfunction(obj):
+            for arg, hint in typing.get_type_hints(obj).items():
+                handed.update({(name, arg, c.__name__): c for c in _classes(hint)
+                               if c.__module__.startswith("lac_core.")})
+    row = _public_face_row()
+    hidden = [k for k, c in handed.items()
+              if getattr(lac_core, c.__name__, None) is not c or f"`{c.__name__}`" not in row]
+    assert not hidden, f"public functions hand out classes that are not public: {hidden}"
+    from lac_core.run import compute
+
+    assert typing.get_type_hints(compute.load_model)["return"] is lac_core.LoadedModel

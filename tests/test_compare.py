@@ -1,6 +1,7 @@
-"""`python -m lac_core.compare A B`: exit 0 (same), 1 (something flipped, moved or went missing),
-2 (not comparable, or an input that is not a lac results.json: one line naming it). Synthetic
-results.json documents in the shape lac writes (report/document.py), no model run."""
+"""`lac compare A B` (lac_core/compare_runs.py, two runs): exit 0 (same), 1 (something flipped,
+moved or went missing), 2 (not comparable, or an input that is not a lac results.json: one line
+naming it). Synthetic results.json documents in the shape lac writes (report/document.py), no
+model run."""
 import contextlib
 import io
 import json
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from lac_core.compare import main as compare
+from lac_core.compare_runs import main as compare
 
 SHA = "5dcefe664d04488b2cd8b9e774e766ccebeab9b8652d17ce7c3b79fc01cd1f64"
 
@@ -110,11 +111,29 @@ def test_a_number_only_b_has_is_no_difference_one_only_a_has_is(good, tmp_path):
 
 def test_the_command_line_exits_2_with_one_line_naming_the_file(good, tmp_path):
     missing = tmp_path / "nope.json"
-    out = subprocess.run([sys.executable, "-m", "lac_core.compare", str(good), str(missing)],
+    out = subprocess.run([sys.executable, "-m", "lac_core", "compare", str(good), str(missing)],
                          capture_output=True, text=True, timeout=120)
     lines = out.stderr.splitlines()
     assert out.returncode == 2 and len(lines) == 1 and str(missing) in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_old_module_name_still_runs_and_says_it_is_deprecated(good, tmp_path):
+    """`python -m lac_core.compare A B`, as docs/ci.md showed it before the `lac` command, gives
+    the same exit code and lines as `lac compare A B`, and a deprecation warning naming the
+    command; `lac compare` itself runs lac_core.compare_runs, without the warning."""
+    missing = tmp_path / "nope.json"
+    for paths, code in (((good, good), 0), ((good, missing), 2)):
+        old, new = (subprocess.run([sys.executable, "-m", *cmd, *map(str, paths)],
+                                   capture_output=True, text=True, timeout=120)
+                    for cmd in (["lac_core.compare"], ["lac_core", "compare"]))
+        assert old.returncode == new.returncode == code and old.stdout == new.stdout
+        assert "DeprecationWarning" not in new.stderr
+        assert new.stderr.strip() in old.stderr
+        assert "DeprecationWarning" in old.stderr and "lac compare A B" in old.stderr
+    from lac_core import cli
+
+    assert cli.COMMANDS["compare"][0] == "lac_core.compare_runs"
 
 
 # Checkpoint against checkpoint: two runs of other models or setups on one grid (issue 35.4).

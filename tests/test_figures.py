@@ -11,14 +11,17 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from lac_core.protocol.grids import GRID_DIR, load_grid
-from lac_core.report import breakdown, comparefig, figures, style
+from lac_core.report import breakdown, figures, modelsfig, style
+from lac_core.report.figures import Heatmap
 from lac_core.verdicts import uncertainty
+from lac_core.verdicts.kinds import Kind
 from lac_core.verdicts.results import GEOMETRY_STATS, SweepResult
 
 matplotlib.use("Agg")
 PROBES = ("p_user_last", "p_last", "g1", "g2")
 LAYERS = (2, 4, 6)
 SHORT = load_grid(GRID_DIR / "short.yaml")  # the paper's grid: its published curves are drawn
+KL, MARKERS = Kind.SWEEP, Kind.MARKERS  # the kinds of the heatmaps' panels
 
 
 def _sweep(model="m1", seed=0, undefined_at=None, grid=SHORT):
@@ -75,17 +78,17 @@ def _look(ln):
 
 
 def test_the_papers_curves_look_the_same_in_every_figure_and_its_models_apart(kl_fig):
-    compare = comparefig.compare_kl_figure([_sweep("m1"), _sweep("m2", seed=1)])
-    assert _paper_lines(kl_fig) and _paper_lines(compare)
+    side = modelsfig.models_kl_figure([_sweep("m1"), _sweep("m2", seed=1)])
+    assert _paper_lines(kl_fig) and _paper_lines(side)
     looks = {}
-    for ln in _paper_lines(kl_fig) + _paper_lines(compare):
+    for ln in _paper_lines(kl_fig) + _paper_lines(side):
         assert to_rgba(ln.get_color()) == to_rgba(style.PAPER_STYLE["color"])
         assert ln.get_linewidth() == style.PAPER_STYLE["lw"]
         looks.setdefault(ln.get_label(), set()).add(_look(ln))
     assert len(looks) == 2 and all(len(v) == 1 for v in looks.values())  # one look per model
     (a,), (b,) = looks.values()
     assert a[0] != b[0] and a[1] != b[1]  # the two paper models: another dash, another marker
-    style.plt().close(compare)
+    style.plt().close(side)
 
 
 def _overlaps(box, other) -> bool:
@@ -108,8 +111,8 @@ def _legend_covers_no_panel(fig):
 
 def test_no_legend_covers_a_panel(kl_fig):
     sweeps = [_sweep("m1"), _sweep("m2", seed=1)]
-    figs = [kl_fig, comparefig.compare_kl_figure(sweeps),
-            comparefig.compare_f_figure(sweeps, {(r.model, r.grid): _f(r) for r in sweeps}),
+    figs = [kl_fig, modelsfig.models_kl_figure(sweeps),
+            modelsfig.models_f_figure(sweeps, {(r.model, r.grid): _f(r) for r in sweeps}),
             figures.dose_and_swap_figure(*_dose_and_swap(3))]
     for fig in figs:
         _legend_covers_no_panel(fig)
@@ -172,9 +175,9 @@ def test_no_figure_has_an_empty_panel(kl_fig):
     style.plt().close(only)
 
 
-def test_compare_f_is_lacs_models_on_a_0_1_axis_with_undefined_marked():
+def test_models_f_is_lacs_models_on_a_0_1_axis_with_undefined_marked():
     sweeps = [_sweep("m1", undefined_at=4), _sweep("m2", seed=1)]
-    fig = comparefig.compare_f_figure(sweeps, {(r.model, r.grid): _f(r) for r in sweeps},
+    fig = modelsfig.models_f_figure(sweeps, {(r.model, r.grid): _f(r) for r in sweeps},
                                       ["m1", "m2"])
     assert not _paper_lines(fig) and "no null runs" in fig._suptitle.get_text()
     assert all(ax.get_ylim()[0] <= 0 and ax.get_ylim()[1] >= 1 for ax in fig.axes)
@@ -198,8 +201,8 @@ def _dose_and_swap(eligible):
     return rows, swaps
 
 
-def test_compare_kl_gives_each_model_its_colour_in_every_figure():
-    fig = comparefig.compare_kl_figure([_sweep("m1"), _sweep("m2", seed=1)], ["m1", "m2"])
+def test_models_kl_gives_each_model_its_colour_in_every_figure():
+    fig = modelsfig.models_kl_figure([_sweep("m1"), _sweep("m2", seed=1)], ["m1", "m2"])
     dose = figures.dose_and_swap_figure(
         {"m2 / short": [{"a": 1.0, "any_marker": 1, "n_cells": 2, "median_kl": 0.5}]},
         {"m2 / short": {"share": 0.5, "base_rate": 0.25, "eligible": 2}}, ["m1", "m2"])
@@ -258,14 +261,17 @@ def test_heatmaps_have_a_colour_scale_per_grid_and_rows_without_holes():
     personas, tasks = ["a", "b"], ["x", "y"]
     small, large = np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[1.0, 2.0], [3.0, 5.0]])
     hits = np.array([[0, 1], [2, 3.0]])
-    panels = [("short: additive KL (nats)", (personas, tasks, small), None),
-              ("long: additive KL (nats)", (personas, tasks, large), None),
-              ("void: additive KL (nats)", (personas, tasks, np.full((2, 2), np.nan)), None),
-              ("short: distinct markers, clean", (personas, tasks, hits), (personas, tasks, hits)),
-              ("short: distinct markers, bare", (personas, tasks, hits * 2), None)]
+    panels = [Heatmap("short", KL, "short: additive KL (nats)", (personas, tasks, small)),
+              Heatmap("long", KL, "long: additive KL (nats)", (personas, tasks, large)),
+              Heatmap("void", KL, "void: additive KL (nats)",
+                      (personas, tasks, np.full((2, 2), np.nan))),
+              Heatmap("short", MARKERS, "short: distinct markers, clean", (personas, tasks, hits),
+                      (personas, tasks, hits)),
+              Heatmap("short", MARKERS, "short: distinct markers, bare",
+                      (personas, tasks, hits * 2))]
     fig = figures.heatmaps_figure("m", panels)
     images = {ax.get_title(): ax.images[0] for ax in fig.axes if ax.images}
-    assert set(images) == {p[0] for p in panels} - {"void: additive KL (nats)"}
+    assert set(images) == {p.title for p in panels} - {"void: additive KL (nats)"}
     assert images["short: additive KL (nats)"].get_clim() == (0.0, 0.4)  # short is not washed out
     assert images["long: additive KL (nats)"].get_clim() == (0.0, 5.0)
     assert {images[t].get_clim() for t in images if "markers" in t} == {(0.0, 6.0)}
@@ -287,6 +293,25 @@ def test_heatmaps_have_a_colour_scale_per_grid_and_rows_without_holes():
     style.plt().close(fig)
 
 
+def test_a_heatmap_panel_is_drawn_by_its_kind_and_grid_not_its_title():
+    """Issue 37: the marker panels were found by the word 'markers' in their titles and rows by
+    the title's prefix; retitled, a marker panel took the KL colour map and a scale of its own.
+    Now the panel's kind and grid say it: titles without either word change nothing."""
+    personas, tasks = ["a", "b"], ["x", "y"]
+    kl, hits = np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[0, 1], [2, 3.0]])
+    panels = [Heatmap("g", KL, "one", (personas, tasks, kl)),
+              Heatmap("g", MARKERS, "two: persona words", (personas, tasks, hits)),
+              Heatmap("g", MARKERS, "three: markers", (personas, tasks, hits * 2))]
+    fig = figures.heatmaps_figure("m", panels)
+    images = {ax.get_title(): ax.images[0] for ax in fig.axes if ax.images}
+    assert (images["one"].get_cmap().name, images["one"].get_clim()) == ("viridis", (0.0, 0.4))
+    for title in ("two: persona words", "three: markers"):
+        assert (images[title].get_cmap().name, images[title].get_clim()) == ("magma", (0.0, 6.0))
+    fig.canvas.draw()
+    assert len({round(im.axes.get_position().y0, 2) for im in images.values()}) == 1  # one row
+    style.plt().close(fig)
+
+
 def _luminance(rgba):
     c = np.array(rgba[:3])
     lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
@@ -305,8 +330,9 @@ def test_every_number_on_a_heatmap_is_readable_on_its_cell():
     """WCAG: text on a cell at least 4.5:1 against the cell, opaque, 8 pt or more."""
     personas, tasks = ["a", "b", "c"], ["x", "y", "z"]
     values = np.arange(9.0).reshape(3, 3) / 2  # every shade of the map, dark to light
-    panels = [("g: additive KL (nats)", (personas, tasks, values), None),
-              ("g: distinct markers, clean", (personas, tasks, values), (personas, tasks, values))]
+    panels = [Heatmap("g", KL, "g: additive KL (nats)", (personas, tasks, values)),
+              Heatmap("g", MARKERS, "g: distinct markers, clean", (personas, tasks, values),
+                      (personas, tasks, values))]
     fig = figures.heatmaps_figure("m", panels)
     texts = 0
     for ax in (ax for ax in fig.axes if ax.images):

@@ -1,7 +1,7 @@
 """The regression gate as CI sees it: its outcome in results.json and as one JUnit test case,
 lac/regression_gate, counted in pytest's summary (also under -n 2); claim tests carry their
 verdicts as JUnit properties; baseline updates print what changed and keep hand-set tolerances
-and comments; `python -m lac_core.compare` tells two runs apart by exit code."""
+and comments; `lac compare` tells two runs apart by exit code."""
 import json
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from lac_core.compare import main as compare
+from lac_core.compare_runs import main as compare
 from lac_core.paths import ROOT
 from lac_core.protocol.grids import resolve_grid
 
@@ -153,7 +153,7 @@ def test_compare_exit_codes(recorded, tmp_path, capsys):
     assert compare([base, str(paths["flipped"])]) == 1
     assert "flipped: C1 on tiny-llama / example: FAILS -> HOLDS" in capsys.readouterr().out
     assert compare([base, str(paths["other"])]) == 2
-    cli = subprocess.run([sys.executable, "-m", "lac_core.compare", base, str(paths["moved"])],
+    cli = subprocess.run([sys.executable, "-m", "lac_core", "compare", base, str(paths["moved"])],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and "differences" in cli.stdout
 

@@ -172,9 +172,10 @@ def test_heatmaps_take_persona_and_task_from_the_grid(tmp_path):
     r = MarkerResult("m", grid.name, 3, 8, ids, {}, {}, hits, **grid.design)  # .grid: the name
     session = SimpleNamespace(results={("m", "g@label", "markers"): r}, grids={"g@label": grid})
     panels = findings.heatmap_panels(session, "m")
-    assert [p[0] for p in panels] == [f"g@label: distinct markers, {c}"
-                                      for c in ("clean", "additive", "bare")]
-    personas, tasks, values = panels[0][1]
+    assert [p.title for p in panels] == [f"g@label: distinct markers, {c}"
+                                         for c in ("clean", "additive", "bare")]
+    assert {(p.grid, p.kind) for p in panels} == {("g@label", "markers")}
+    personas, tasks, values = panels[0].matrix
     assert personas == ["x__y", "z"] and tasks == ["t", "u"]
     assert values.tolist() == [[1, 2], [3, 4]]
 

@@ -43,9 +43,6 @@ OTHER_MEANINGS = {
     ("run/session.py", "Session", "markers"): (1, "Grid.markers, a field of run.grids"),
     ("verdicts/thresholds.py", "<module>", "markers"): (1, "claims.yaml's 'markers' section"),
     ("verdicts/claims.py", "register", "markers"): (1, "claims.yaml's section: no claim's id"),
-    # "markers": words of a figure's panel titles ("...: distinct markers, clean")
-    ("report/figures.py", "heatmaps_figure", "markers"): (2, "a panel title's word"),
-    ("report/figures.py", "_heatmap", "markers"): (1, "a panel title's word"),
     # "markers": pytest's ini key for declaring marks
     ("suite/plugin.py", "pytest_configure", "markers"): (1, "pytest's ini key"),
 }

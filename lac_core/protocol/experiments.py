@@ -44,7 +44,7 @@ def special_tokens_in(lm, grid: Grid) -> str | None:
         found = next((t for t in specials if t in text), None)
         if found:
             return (f"grid {grid.key}: {where} holds {found!r}, a special token of "
-                    f"{lm.spec.name}'s tokenizer: the prompt would not be one user message; "
+                    f"{lm.name}'s tokenizer: the prompt would not be one user message; "
                     "remove it from the grid")
     return None
 
@@ -92,7 +92,7 @@ def markers(eng: Engine, grid: Grid, *, stems=(), residuals=None, layer: int | N
             text = lm.tokenizer.decode(toks, skip_special_tokens=True)
             texts[cell.id][cond], tokens[cell.id][cond] = text, toks
             found[cell.id][cond] = hits(text, words, stems)
-    return MarkerResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
+    return MarkerResult(lm.name, grid.name, layer, n_new, tuple(c.id for c in grid.cells),
                         texts, tokens, found, tuple(stems), cost_record(eng), grid.sha256,
                         eng.audit.expect(2 * len(grid.cells), Kind.MARKERS, since), **grid.design)
 
@@ -124,7 +124,7 @@ def host_injection(eng: Engine, grid: Grid, *, residuals=None, target=None,
     cells = [c.id for c in grid.cells]
     kl = {cell: {name: float(kls[i, j]) for j, name in enumerate(names)}
           for i, cell in enumerate(cells)}
-    return HostResult(lm.spec.name, grid.name, layer, sets, tuple(cells), kl,
+    return HostResult(lm.name, grid.name, layer, sets, tuple(cells), kl,
                       dict(zip(cells, target.tokens)), cost_record(eng), grid.sha256,
                       eng.audit.expect(sum(len(s) for _, s in runs), "host injection",
                                        since), **grid.design)

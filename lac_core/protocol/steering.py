@@ -81,7 +81,7 @@ def steering(eng: Engine, grid: Grid, marker_result: MarkerResult, *, residuals=
                      "other_hits": hits(text, grid.markers[a], stems),
                      "clean_own_hits": marker_result.hits[cell.id]["clean"],
                      "clean_other_hits": hits(clean, grid.markers[a], stems), "kl": kl})
-    return SteeringResult(lm.spec.name, grid.name, layer, n_new, tuple(c.id for c in cells),
+    return SteeringResult(lm.name, grid.name, layer, n_new, tuple(c.id for c in cells),
                           tuple(doses), "custom" if isinstance(pairs, dict) else pairs, dose, swap,
                           cost_record(eng), grid.sha256,
                           eng.audit.expect(len(gen_rows) + len(runs), "dose and swap", since))

@@ -46,7 +46,7 @@ def sweep(eng: Engine, grid: Grid, *, layers=None, probes=PROBES, plan="fast",
                   for cell, r in zip(cells, refs)}
     floor, floor_layers = floor_tokens(prompts, refs, sites, WINDOW, layers, lm.n_layers, FORCED)
     return SweepResult(
-        model=lm.spec.name, grid=grid.name, n_layers=lm.n_layers, layers=layers, probes=probes,
+        model=lm.name, grid=grid.name, n_layers=lm.n_layers, layers=layers, probes=probes,
         cells=tuple(c.id for c in cells), kl_add=kl["additive"], kl_null=kl["null"], geometry=geo,
         references=references, plan=plan,
         cost=cost_record(eng, floor_tokens=floor, floor_layer_tokens=floor_layers),

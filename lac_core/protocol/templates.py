@@ -141,7 +141,7 @@ def attach(loaded, template: ChatTemplate):
     own must exist; the provenance names the template and hashes its text."""
     own = getattr(loaded.tokenizer, "chat_template", None)
     if template.name == "model" and not own:
-        raise NoChatTemplateError(f"{loaded.spec.name} has no chat template; pass {FIXES}")
+        raise NoChatTemplateError(f"{loaded.name} has no chat template; pass {FIXES}")
     text = template.text or (own if not template.raw else None)
     loaded.template = template
     loaded.provenance.update(chat_template=template.name, chat_template_sha256=hashlib.sha256(

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 from pathlib import Path
 
-from . import breakdown, comparefig, findings, sections, summary
+from . import breakdown, findings, modelsfig, sections, summary
 from ..verdicts import paper, uncertainty
 from ..verdicts.kinds import Kind
 from .figures import kl_by_layer_figure
@@ -117,29 +117,29 @@ def _sweeps(src) -> list:
     return [r for _k, r in findings.by_kind(src, Kind.SWEEP)]
 
 
-def _compare_figures(src) -> dict:
+def _models_figures(src) -> dict:
     """COMPARE.md's figures: name -> (build, caption), when two or more models ran a sweep."""
     sweeps, models = _sweeps(src), list(src.checked.models)
-    if not summary.compared(r.model for r in sweeps):
+    if not summary.several_models(r.model for r in sweeps):
         return {}
     c6 = src.thresholds.C6.min_null_kl
     tables = {(r.model, r.grid): uncertainty.faithfulness_table(r, c6) for r in sweeps}
-    out = {summary.COMPARE_KL: (lambda: comparefig.compare_kl_figure(sweeps, models),
-                                summary.KL_CAPTION)}
+    out = {summary.MODELS_KL: (lambda: modelsfig.models_kl_figure(sweeps, models),
+                               summary.KL_CAPTION)}
     if any(tables.values()):
-        out[summary.COMPARE_F] = (lambda: comparefig.compare_f_figure(sweeps, tables, models),
-                                  summary.F_CAPTION)
+        out[summary.MODELS_F] = (lambda: modelsfig.models_f_figure(sweeps, tables, models),
+                                 summary.F_CAPTION)
     return out
 
 
-def _compare_figure_writers(src) -> dict:
-    return {name: w for fig, (build, _c) in _compare_figures(src).items()
+def _models_figure_writers(src) -> dict:
+    return {name: w for fig, (build, _c) in _models_figures(src).items()
             for name, w in pair(fig, build).items()}
 
 
 def _text_names(plan) -> list[str]:
     return ["results.json", "REPORT.md", "SUMMARY.md",
-            *(["COMPARE.md"] if summary.compared(plan.models) else [])]
+            *(["COMPARE.md"] if summary.several_models(plan.models) else [])]
 
 
 def results_text(doc: dict) -> str:
@@ -155,15 +155,15 @@ def _texts(src: RunSource) -> dict:
     out = {"results.json": results_text(src.doc),
            "REPORT.md": report_markdown(src, figures, v),
            "SUMMARY.md": summary.summary_markdown(v)}
-    if summary.compared(v.models):
-        out["COMPARE.md"] = summary.compare_markdown(v, {name: caption for name, (_b, caption)
-                                                         in _compare_figures(src).items()})
+    if summary.several_models(v.models):
+        out["COMPARE.md"] = summary.models_markdown(v, {name: caption for name, (_b, caption)
+                                                        in _models_figures(src).items()})
     return {name: (lambda path, t=t: path.write_text(t)) for name, t in out.items()}
 
 
-def _compare_names(plan) -> list[str]:
+def _models_names(plan) -> list[str]:
     sweeps = dict.fromkeys(m for m, _g in plan.runs(Kind.SWEEP))
-    return with_svg([summary.COMPARE_KL, summary.COMPARE_F]) if summary.compared(sweeps) else []
+    return with_svg([summary.MODELS_KL, summary.MODELS_F]) if summary.several_models(sweeps) else []
 
 
 # Every file a report set holds, declared once: the start check and the publish step both read
@@ -173,7 +173,7 @@ OUTPUTS = [
     Output(_text_names, _texts),
     Output(lambda plan: with_svg(figure_name(m, g) for m, g in plan.runs(Kind.SWEEP)), _kl_figures),
     Output(lambda plan: with_svg(findings.figure_names(plan)), findings.figure_writers),
-    Output(_compare_names, _compare_figure_writers),
+    Output(_models_names, _models_figure_writers),
 ]
 # lac's earlier files a new set supersedes (a COMPARE.md of an earlier two-model run goes when
 # this run has one model)

@@ -2,9 +2,12 @@
 style.pair saves as PNG and SVG into a report set. Panels without data are left out."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..verdicts import paper
+from ..verdicts.kinds import Kind
 from ..protocol.grids import paper_grid
 from . import style
 from .style import BAND_ALPHA, COLORS, DEPTH, KL_LABEL
@@ -110,34 +113,49 @@ def f_panel(ax, s, normalized: dict, n_cells: int) -> None:
                  "bars: 95% interval; no paper curve: it has no null runs)", fontsize=8)
 
 
-def heatmap_rows(panels: list) -> list[list]:
-    """Panels grouped by grid (the title's prefix before ':'), in order: a grid's KL panel and
-    its marker panels side by side, one row per grid."""
+@dataclass(frozen=True)
+class Heatmap:
+    """One persona x task panel of a model's heatmaps. The row it sits in (its grid) and how it
+    is drawn (its kind) are fields, so the title is text only: retitling a panel moves it to no
+    other row, colour map or scale."""
+
+    grid: str  # the run's label of the grid: one row per grid
+    kind: Kind  # Kind.SWEEP: additive KL, its own scale; Kind.MARKERS: a scale per grid's row
+    title: str
+    matrix: tuple  # (personas, tasks, values)
+    paper: tuple | None = None  # the paper's (personas, tasks, values) of the same cells
+
+
+HEATMAP_CMAPS = {Kind.SWEEP: "viridis", Kind.MARKERS: "magma"}  # the kinds a heatmap draws
+
+
+def heatmap_rows(panels: list[Heatmap]) -> list[list[Heatmap]]:
+    """Panels grouped by grid, in order: a grid's KL panel and its marker panels side by side,
+    one row per grid."""
     rows = {}
     for panel in panels:
-        rows.setdefault(panel[0].split(":")[0], []).append(panel)
+        rows.setdefault(panel.grid, []).append(panel)
     return list(rows.values())
 
 
-def heatmaps_figure(model: str, panels: list[tuple[str, tuple, tuple | None]]):
-    """Persona x task heatmaps of one model: `panels` is [(title, (personas, tasks, values),
-    the paper's (personas, tasks, values) or None)], titles starting with the grid. One row per
-    grid, centred; each KL panel has its own colour scale (grids differ tenfold), a grid's
-    marker panels share one, all from 0, each with its colourbar; a panel without a finite
-    value is left out; the paper's value of a cell is printed under ours."""
+def heatmaps_figure(model: str, panels: list[Heatmap]):
+    """Persona x task heatmaps of one model, one row per grid, centred; each KL panel has its
+    own colour scale (grids differ tenfold), a grid's marker panels share one, all from 0, each
+    with its colourbar; a panel without a finite value is left out; the paper's value of a cell
+    is printed under ours."""
     plt = style.plt()
-    panels = [p for p in panels if np.isfinite(p[1][2]).any()]
+    panels = [p for p in panels if np.isfinite(p.matrix[2]).any()]
     rows = heatmap_rows(panels)
     ncols = max([len(r) for r in rows] + [1])
     fig = plt.figure(figsize=(5.4 * ncols, 4.8 * max(len(rows), 1)), layout="constrained")
     grid = fig.add_gridspec(max(len(rows), 1), 2 * ncols)  # half columns: short rows centre
     for r, row in enumerate(rows):
-        markers = [float(np.nanmax(v)) for t, (_p, _t, v), _ in row if "markers" in t]
+        markers = [float(np.nanmax(p.matrix[2])) for p in row if p.kind == Kind.MARKERS]
         for c, panel in enumerate(row):
             start = ncols - len(row) + 2 * c
-            top = (max(markers + [1.0]) if "markers" in panel[0]
-                   else max(float(np.nanmax(panel[1][2])), 1e-9))
-            _heatmap(fig, fig.add_subplot(grid[r, start:start + 2]), *panel, top)
+            top = (max(markers + [1.0]) if panel.kind == Kind.MARKERS
+                   else max(float(np.nanmax(panel.matrix[2])), 1e-9))
+            _heatmap(fig, fig.add_subplot(grid[r, start:start + 2]), panel, top)
     fig.suptitle(f"Where composition breaks: {model} (rows: persona, columns: task)")
     return fig
 
@@ -159,10 +177,9 @@ def contrast(a, b) -> float:
     return (lb + 0.05) / (la + 0.05)
 
 
-def _heatmap(fig, ax, title, matrix, theirs, top) -> None:
-    personas, tasks, values = matrix
-    cmap = "magma" if "markers" in title else "viridis"
-    im = ax.imshow(values, aspect="auto", vmin=0, vmax=top, cmap=cmap)
+def _heatmap(fig, ax, panel: Heatmap, top) -> None:
+    (personas, tasks, values), theirs = panel.matrix, panel.paper
+    im = ax.imshow(values, aspect="auto", vmin=0, vmax=top, cmap=HEATMAP_CMAPS[panel.kind])
     ax.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right", fontsize=9)
     ax.set_yticks(range(len(personas)), personas, fontsize=9)
     small = len(tasks) > 4
@@ -175,7 +192,7 @@ def _heatmap(fig, ax, title, matrix, theirs, top) -> None:
         if theirs is not None and np.isfinite(theirs[2][i, j]):
             ax.text(j, i + 0.25, f"paper {theirs[2][i, j]:.0f}", ha="center", va="center",
                     fontsize=8, color=color, style="italic")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(panel.title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
 
 

@@ -57,23 +57,24 @@ def figure_writers(src) -> dict:
     return writers
 
 
-def heatmap_panels(src, model: str) -> list:
+def heatmap_panels(src, model: str) -> list[figures.Heatmap]:
     """A result's key names its grid by the run's label (its record's .grid is the name)."""
     panels = []
     for (m, grid, _k), r in by_kind(src, Kind.SWEEP):
         layer, kls = breakdown.deciding_kl(r, src.thresholds) if m == model else (None, {})
         if kls:
-            panels.append((f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
-                           breakdown.matrix(src.grids[grid].cells, kls), None))
+            panels.append(figures.Heatmap(
+                grid, Kind.SWEEP, f"{grid}: additive KL (nats), p_last L{layer} (C1's layer)",
+                breakdown.matrix(src.grids[grid].cells, kls)))
     for (m, grid, _k), r in by_kind(src, Kind.MARKERS):
         theirs, cells = _paper_hits(r), src.grids[grid].cells
         if m == model:
             for cond in ("clean", "additive", "bare"):
-                panels.append((f"{grid}: distinct markers, {cond}",
-                               breakdown.matrix(cells, {c: len(r.hits[c][cond])
-                                                        for c in r.cells}),
-                               breakdown.matrix(cells, {c: len(theirs[c][cond])
-                                                        for c in r.cells}) if theirs else None))
+                panels.append(figures.Heatmap(
+                    grid, Kind.MARKERS, f"{grid}: distinct markers, {cond}",
+                    breakdown.matrix(cells, {c: len(r.hits[c][cond]) for c in r.cells}),
+                    breakdown.matrix(cells, {c: len(theirs[c][cond]) for c in r.cells})
+                    if theirs else None))
     return panels
 
 

@@ -1,4 +1,5 @@
-"""SUMMARY.md and COMPARE.md, built from results.json as a dict (a tables.View).
+"""SUMMARY.md and COMPARE.md (the run's models side by side), built from results.json as a dict
+(a tables.View).
 
 SUMMARY.md is the short form a CI job shows (`cat SUMMARY.md >> $GITHUB_STEP_SUMMARY`): the
 models, the run status, the verdict matrix with what was expected, and the regression gate with
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from ..verdicts.gate import GateOutcome, line
 from .tables import View, gate_lines, gate_summary, matrix, table, verdict_text
 
-COMPARE_KL = "figures/compare_kl_by_depth.png"
-COMPARE_F = "figures/compare_f_by_depth.png"
-MIN_COMPARED = 2  # COMPARE.md needs at least this many models
+# COMPARE.md holds the models of one run side by side (two runs are `lac compare`'s,
+# lac_core/compare_runs.py); its file names are kept as users know them.
+MODELS_KL = "figures/compare_kl_by_depth.png"
+MODELS_F = "figures/compare_f_by_depth.png"
+MIN_MODELS = 2  # COMPARE.md needs at least this many models
 
 
 @dataclass(frozen=True)
@@ -135,11 +138,12 @@ def summary_markdown(view: View) -> str:
     return "\n".join(lines)
 
 
-def compared(models) -> bool:
-    return len(list(dict.fromkeys(models))) >= MIN_COMPARED
+def several_models(models) -> bool:
+    """Whether these models (repeats counted once) are enough for COMPARE.md."""
+    return len(list(dict.fromkeys(models))) >= MIN_MODELS
 
 
-def compare_markdown(view: View, figures: dict) -> str:
+def models_markdown(view: View, figures: dict) -> str:
     """COMPARE.md: every claim's verdict per model side by side (per grid), whether the models
     agree, and the comparison figures that were drawn (`figures`: name -> caption)."""
     got = {(v["claim"], v["model"], v["grid"]): v for v in view.verdicts}

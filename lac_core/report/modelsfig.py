@@ -1,6 +1,7 @@
-"""COMPARE.md's figures, drawn only when two or more models ran a sweep: additive KL by depth
-fraction for every model beside the paper's curves, and F by depth for lac's models alone (the
-paper published no null runs, so it has no F to draw). Matplotlib, no torch."""
+"""The figures of one run's models side by side (COMPARE.md's), drawn only when two or more
+models ran a sweep: additive KL by depth fraction for every model beside the paper's curves, and
+F by depth for lac's models alone (the paper published no null runs, so it has no F to draw).
+Matplotlib, no torch."""
 from __future__ import annotations
 
 from . import style
@@ -17,7 +18,7 @@ def _look(r, models, grids) -> dict:
             "marker": GRID_MARKERS[grids.index(r.grid) % len(GRID_MARKERS)]}
 
 
-def compare_kl_figure(sweeps: list, models=()):
+def models_kl_figure(sweeps: list, models=()):
     """One panel per probe (a probe no model swept has none), every model's median additive KL
     with its band, and the paper's published curves of each paper grid that ran."""
     plt = style.plt()
@@ -53,7 +54,7 @@ def compare_kl_figure(sweeps: list, models=()):
     return fig
 
 
-def compare_f_figure(sweeps: list, tables: dict, models=()):
+def models_f_figure(sweeps: list, tables: dict, models=()):
     """F = 1 - KL_add / KL_null by depth, one panel per probe, lac's models only; `tables` maps
     (model, grid) to the faithfulness table. An undefined F is drawn as undefined."""
     plt = style.plt()
