@@ -8,10 +8,11 @@ import sys
 
 # command -> (module with main(argv, prog), one line of help)
 COMMANDS = {
-    "compare": ("lac_core.compare", "what moved between two runs' results.json"),
+    "compare": ("lac_core.compare_runs", "what moved between two runs' results.json"),
     "list": ("lac_core.list", "the models lac knows by name and the grids it ships"),
     "fetch": ("lac_core.fetch", "put model weights into the caches ahead of an offline run"),
     "report": ("lac_core.report.rebuild", "a run's report set rendered again from its results.json"),
+    "merge": ("lac_core.merge", "shards' results.json merged into one report set and one gate"),
 }
 USAGE = "usage: lac COMMAND [ARGS...]   (lac COMMAND --help for a command's own options)"
 

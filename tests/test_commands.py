@@ -80,7 +80,8 @@ def test_fast_summaries_equal_nanpercentile_bit_for_bit(resamples, cells, layers
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["list", "--help"],
-                                  ["fetch", "--help"], ["report", "--help"]])
+                                  ["fetch", "--help"], ["report", "--help"],
+                                  ["merge", "--help"]])
 def test_every_command_answers_help_without_importing_torch(argv):
     """`lac COMMAND --help` (python -m lac_core here: the console script calls the same main)
     answers before anything heavy loads (issue 35.8: fetch --help took 7 s importing torch)."""
@@ -98,3 +99,46 @@ def test_every_command_answers_help_without_importing_torch(argv):
 def test_an_unknown_command_is_one_line_and_exit_2():
     out = _module("lac_core", "comapre")
     assert out.returncode == 2 and "no command 'comapre'" in out.stderr
+
+
+def _hostile_merge_args(tmp):
+    """`lac merge` arguments a careless or hostile user passes, and what the error must name."""
+    import os
+
+    (tmp / "empty").mkdir()
+    os.mkfifo(tmp / "fifo.json")
+    (tmp / "expected-file").write_text("not a folder")
+    (tmp / "shard").mkdir()
+    (tmp / "shard" / "results.json").write_text("{}")
+    return {
+        "a shard that does not exist": ([str(tmp / "nowhere.json")], "nowhere.json"),
+        "a folder without results.json": ([str(tmp / "empty")], "empty/results.json"),
+        "a FIFO as a shard": ([str(tmp / "fifo.json")], "fifo.json"),
+        "an empty name": ([""], "empty"),
+        "an expectations folder that is a file": (
+            [str(tmp / "shard"), "--lac-expected-dir", str(tmp / "expected-file")],
+            "expected-file"),
+        "a shard that is not lac's": ([str(tmp / "shard")], "shard/results.json"),
+    }
+
+
+MERGE_CASES = ["a shard that does not exist", "a folder without results.json",
+               "a FIFO as a shard", "an empty name", "an expectations folder that is a file",
+               "a shard that is not lac's"]
+
+
+@pytest.mark.parametrize("case", MERGE_CASES)
+def test_lac_merge_refuses_hostile_arguments_in_one_line(case, tmp_path, capsys):
+    """Each is exit 2 and one line on stderr naming what is wrong, never a traceback or a hang;
+    nothing is written."""
+    from lac_core.merge import main
+
+    args, says = _hostile_merge_args(tmp_path)[case]
+    if "--lac-reports" not in args:
+        args = [*args, "--lac-reports", str(tmp_path / "out")]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert says in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+

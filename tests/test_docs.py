@@ -146,6 +146,8 @@ DATA_KEYED = {
     "host_injection[].kl", "host_injection[].kl.*", "host_injection[].target_tokens",
     "host_injection[].summary.median_kl", "host_injection[].summary.median_gap_closed",
     "dose_and_swap[].dose", "dose_and_swap[].dose.*",
+    "fingerprint.grids_sha256", "fingerprint.thresholds_sha256", "expectation_keys.grids",
+    "expectation_keys.claims", "expectation_keys.models", "expectation_keys.models.*.claims",
 }
 
 

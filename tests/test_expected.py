@@ -95,10 +95,11 @@ def test_an_update_keeps_a_section_written_while_the_run_went_on(tmp_path):
 
     run = Session.start(Settings(models=("tiny-llama",), grids=("example",), expected_dir=tmp_path,
                                  update_baselines=True))
-    assert run.expectations("tiny-llama") is None  # read at start: nothing yet
+    # read at start: nothing yet in the user's folder, only lac's own file
+    assert run.book.read["tiny-llama"] == (expected.load("tiny-llama", EXPECTED),)
     other = expected.Expectations("tiny-llama", {"bfloat16 model": GOOD["setups"]["float32 model"]})
     expected.save(other, tmp_path)  # meanwhile, another run records its own section
-    run.verdicts[("C1", "tiny-llama", "example")] = (Verdict("C1", "x", "HOLDS", None, ()), None)
+    run.ledger.verdicts[("C1", "tiny-llama", "example")] = (Verdict("C1", "x", "HOLDS", None, ()), None)
     run.update_expectations()
     assert set(expected.load("tiny-llama", tmp_path).setups) == {"bfloat16 model", "float32 model"}
 
@@ -185,7 +186,7 @@ def test_a_users_folder_overlays_the_shipped_expectations_claim_by_claim(tmp_pat
     assert verdict("C3") == shipped["verdicts"]["C3"] and verdict("C2") == "FAILS"  # shipped
     # the user's C1 entry lists no failing cells, so the shipped C1 findings do not apply
     assert run.record_cell("additive_vs_null", "tiny-llama", "example", "pirate__bread", []) is False
-    exp, setup, key = run.expectation_key("tiny-llama", "example")
+    exp, setup, key = run.book.key("tiny-llama", "example")
     base = exp.section(setup, key)["baselines"]
     assert base["C1/g1/median"] == {"value": 9.0, "tolerance": 0.1}
     assert not any(k.startswith("C1/") and k != "C1/g1/median" for k in base)
@@ -193,7 +194,7 @@ def test_a_users_folder_overlays_the_shipped_expectations_claim_by_claim(tmp_pat
         {k: v for k, v in shipped["baselines"].items() if k.startswith("C2/")} != {}
     assert run.unexpected() == []
     updating = start(update_baselines=True)  # records C3 into the user's folder only
-    updating.verdicts[("C3", "tiny-llama", "example")] = (
+    updating.ledger.verdicts[("C3", "tiny-llama", "example")] = (
         Verdict("C3", "x", "HOLDS", None, ()), None)
     updating.update_expectations()
     assert shipped_file.read_bytes() == before

@@ -239,3 +239,15 @@ def test_a_bad_claim_in_a_sub_folder_stops_the_run_before_any_model_loads(tmp_pa
         assert bad.returncode == 4, said[-3000:]
         assert "share.yaml" in said and "SHARE.max_shares" in said, said[-3000:]
         assert "tiny-llama load" not in said and not (root / "reports").exists()
+
+
+def test_a_users_check_ranks_its_failing_cells_by_its_own_severity_under_xdist(sub_folder_runs):
+    """The controller never imported the conftest, so it cannot call the check's severity
+    function: each failing cell's severity is computed on the worker when the cell fails and
+    travels with its results (it was 0 for every cell before, listed in id order)."""
+    _root, run, data, _report, _alone, _again = sub_folder_runs
+    entries = [c for c in data["cell_failures"] if c["check"] == "additive_below_null"]
+    assert entries, run.stdout[-3000:]
+    values = [value for _cell, value in entries[0]["worst"]]
+    assert values and all(v > 0 for v in values), entries
+    assert values == sorted(values, reverse=True)

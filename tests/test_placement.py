@@ -129,5 +129,7 @@ def test_two_workers_give_the_serial_results(tmp_path):
     models = ["--lac-model", "tiny-llama", "--lac-model", "tiny-qwen2"]
     serial = _claims(tmp_path, "serial", *models, "--lac-threads", "1")
     parallel = _claims(tmp_path, "parallel", *models, "-n", "2")
+    gateways = {m: p.pop("xdist_gateway") for m, p in parallel["models"].items()}
+    assert sorted(gateways.values()) == ["gw0", "gw1"]  # where each model ran, named
     assert {k for k in serial if serial[k] != parallel[k]} == {"run"}
     assert sorted(parallel["models"]) == ["tiny-llama", "tiny-qwen2"] and parallel["sweeps"]

@@ -82,12 +82,27 @@ class Refused(LacError):
 
 
 def _results(path):
-    from lac_core.compare import main
+    from lac_core.compare_runs import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(path), str(path)])
     assert code in (0, 2), (code, out.getvalue(), err.getvalue())
+    if code == 2:
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1, err.getvalue()
+        raise Refused(lines[0])
+
+
+def _merged(path):
+    """lac merge's reader of a shard: exit 2 and one line naming it, or a merge (0 or 1)."""
+    from lac_core.merge import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = main([str(path), "--lac-reports", str(Path(d) / "out")])
+    assert code in (0, 1, 2), (code, out.getvalue(), err.getvalue())
     if code == 2:
         lines = err.getvalue().splitlines()
         assert len(lines) == 1, err.getvalue()
@@ -110,6 +125,7 @@ KINDS = {  # kind -> (file name, entry point, a good document, how it is written
     "manifest": (".lac-manifest.json", _manifest,
                  {"format": 2, "files": {"REPORT.md": "0" * 64, "figures/a.png": None}}, _json),
     "results.json": ("results.json", _results, results_doc(), _json),
+    "results.json (lac merge)": ("results.json", lambda path: _merged(path), results_doc(), _json),
 }
 
 

@@ -152,15 +152,11 @@ def test_a_users_severity_that_raises_leaves_its_cells_listed_and_the_set_writte
            "ZeroDivisionError: no spread) |" in text
 
 
-@pytest.mark.parametrize("make", ["link", "file", "not_lacs"])
-def test_lac_report_into_a_hostile_folder_is_refused_before_writing(written, tmp_path, capsys,
-                                                                   make):
-    """The folder `lac report` writes into is checked as pytest's --lac-reports is: a link, a
-    file, or a folder holding a REPORT.md lac did not write is refused (exit 2), nothing
-    written through it or over it."""
-    other = tmp_path / "elsewhere"
+def hostile_folder(tmp_path, make: str):
+    """(elsewhere, out): `out` made a link to `elsewhere`, a file, or a folder holding a
+    REPORT.md lac did not write ("not_lacs")."""
+    other, out = tmp_path / "elsewhere", tmp_path / "out"
     other.mkdir()
-    out = tmp_path / "out"
     if make == "link":
         out.symlink_to(other, target_is_directory=True)
     elif make == "file":
@@ -168,6 +164,16 @@ def test_lac_report_into_a_hostile_folder_is_refused_before_writing(written, tmp
     else:
         out.mkdir()
         (out / "REPORT.md").write_text("a report of my own")
+    return other, out
+
+
+@pytest.mark.parametrize("make", ["link", "file", "not_lacs"])
+def test_lac_report_into_a_hostile_folder_is_refused_before_writing(written, tmp_path, capsys,
+                                                                   make):
+    """The folder `lac report` writes into is checked as pytest's --lac-reports is: a link, a
+    file, or a folder holding a REPORT.md lac did not write is refused (exit 2), nothing
+    written through it or over it."""
+    other, out = hostile_folder(tmp_path, make)
     code = rebuild_main([str(written / "run" / "results.json"), "--lac-reports", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and str(out) in err and len(err.strip().splitlines()) == 1, err

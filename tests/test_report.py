@@ -118,18 +118,18 @@ def synthetic_session(models=("tiny-llama", "tiny-qwen2"), grids=("example", "ma
                                **({"expected_dir": expected_dir} if expected_dir else {})))
     rng = np.random.default_rng(0)
     for model in models:
-        s.provenance[model] = {k: "x" for k in (
+        s.ledger.provenance[model] = {k: "x" for k in (
             "source", "sha256", "architecture", "n_layers", "d_model", "dtype",
             "attn_implementation", "device", "torch", "transformers", "chat_template",
             "chat_template_sha256", "decoding")}
         for label, grid in s.grids.items():
             for kind, r in _records(model, grid, rng).items():
-                s.results[(model, label, kind)] = r
+                s.ledger.results[(model, label, kind)] = r
                 for claim in registry.of_experiment(kind):
                     if (claim.id, model, label) not in drop:
                         s.record_verdict(claim.id, model, label,
                                          uncertainty.judge(claim.id, r, s.thresholds))
-    s.gate_outcome = GateOutcome.from_json(gate if gate is not None else {
+    s.out.gate_outcome = GateOutcome.from_json(gate if gate is not None else {
         "status": "passed", "drift": [], "changed_verdicts": [], "without_expectations": [],
         "refused": []})
     return s
@@ -255,7 +255,7 @@ def test_summary_from_a_bare_results_dict():
     assert "**Regression gate: not applied** (updating)" in text
 
 
-def test_compare_is_in_the_set_only_with_two_models():
+def test_compare_md_is_in_the_set_only_with_two_models():
     one = document.Plan(("tiny-llama",), {"example": ("sweep", "markers", "host")})
     two = document.Plan(("tiny-llama", "tiny-qwen2"), {"example": ("sweep", "markers", "host")})
     assert "COMPARE.md" not in document.report_names(one)
@@ -264,7 +264,7 @@ def test_compare_is_in_the_set_only_with_two_models():
     assert all(n[:-4] + ".svg" in names for n in names if n.endswith(".png"))
 
 
-def test_compare_sets_the_models_side_by_side(tmp_path):
+def test_compare_md_sets_the_models_side_by_side(tmp_path):
     s = synthetic_session(grids=("example",))
     writers = {}
     for out in document.OUTPUTS:
@@ -350,12 +350,12 @@ def test_a_gate_with_no_expectations_is_not_applied_and_unexpected_cells_are_lis
     s = synthetic_session(models=("tiny-llama",), grids=(str(grid),), expected_dir=tmp_path)
     s.record_cell("additive_vs_null", "tiny-llama", "example", "pirate__bread", ["KL above"])
     s.record_cell("additive_vs_null", "tiny-llama", "example", "chef__tax", [])
-    gate = gating.gate(s)
+    gate = s.gate(json.loads(document.results_text(results_document(s))))
     assert gate.status == "not applied" and "no expectations" in gate.why
     assert gate.unexpected_cells == (CellOutcome("additive_vs_null", "tiny-llama", "example",
                                                  "pirate__bread", "passes", "fails"),)
     from lac_core.report.summary import run_outcome
-    s.gate_outcome = gate
+    s.out.gate_outcome = gate
     outcome = run_outcome(results_document(s))
     assert outcome.status == "failed" and \
         "1 cell fails a per-cell check with nothing expected (additive_vs_null on tiny-llama / " \

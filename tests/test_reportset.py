@@ -147,6 +147,23 @@ def test_a_file_that_appears_during_the_run_is_kept(tmp_path):
     assert not (tmp_path / "REPORT.md").exists()  # never a mixed set
 
 
+
+@pytest.mark.parametrize("fallback", ["../escaped", "lac-../../x", "/tmp/abs", "a/b", ".", ""])
+def test_the_other_folder_of_a_set_stays_a_plain_name_inside(tmp_path, fallback):
+    """The set's other folder is named from the run id, which `lac report` reads from a
+    results.json: a name that is not one plain part inside the folder is refused, nothing
+    written (before, '../escaped' put the set beside the folder)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = Folder(out)
+    folder.check(["results.json", "REPORT.md"])
+    (out / "results.json").write_text("a colleague's")
+    with pytest.raises(LacError, match="not lac's"):
+        folder.publish({n: (lambda p: p.write_text("lac")) for n in ("results.json", "REPORT.md")},
+                       report.REPLACES, fallback=fallback)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["results.json"]
+
+
 APPEAR = """
 import pathlib
 import pytest

@@ -35,7 +35,7 @@ def test_finish_writes_the_report_and_gates_on_drift(tmp_path):
 
     same = _session(tmp_path)
     _record(same, GOOD)
-    assert same.verdicts[("C1", "tiny-llama", "short")][1] == "HOLDS"
+    assert same.ledger.verdicts[("C1", "tiny-llama", "short")][1] == "HOLDS"
     assert same.record_cell("additive_vs_null", "tiny-llama", "short", "a__b", []) is True  # a finding
     assert same.finish().failed is False
 

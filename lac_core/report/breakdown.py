@@ -34,8 +34,12 @@ def deciding_kl(sweep, thresholds, probe: str = "p_last") -> tuple[int | None, d
 def worst_first(check: str, result, cells, thresholds) -> list[tuple[str, float]]:
     """The failing cells by how far each is from passing its check (its declared severity)."""
     c = registry.CELL_CHECKS[check]
-    return sorted(((cell, c.severity_of(result, cell, thresholds)) for cell in cells),
-                  key=lambda cs: (-cs[1], cs[0]))
+    return ranked({cell: c.severity_of(result, cell, thresholds) for cell in cells})
+
+
+def ranked(severity: dict) -> list[tuple[str, float]]:
+    """(cell, severity) pairs, worst first, ties by cell id."""
+    return sorted(severity.items(), key=lambda cs: (-cs[1], cs[0]))
 
 
 def anti_steering(m: MarkerResult) -> dict:

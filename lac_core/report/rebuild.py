@@ -35,10 +35,16 @@ def source(path: Path):
 def rebuild(path: Path, out: Path, overwrite: bool = False) -> Path:
     """Render the report set of `path` into `out` (checked, locked, written as one set); the
     folder it went to."""
+    return write_set(source(path), out, overwrite, str(path))
+
+
+def write_set(src, out: Path, overwrite: bool, what: str) -> Path:
+    """The report set of `src` (a RunSource; `what`: where it came from, for messages) written
+    into `out` as `lac report` writes it (Folder: checked, locked, one set); the folder it
+    went to (also lac merge's)."""
     from .document import Plan, report_names, write_report_set
     from .reportset import Folder
 
-    src = source(path)
     grids = {label: tuple(g.experiments) for label, g in src.grids.items()}
     folder = Folder(out, overwrite)
     folder.check(report_names(Plan(tuple(src.checked.models), grids)))
@@ -46,11 +52,11 @@ def rebuild(path: Path, out: Path, overwrite: bool = False) -> Path:
     try:
         where, kept = write_report_set(src, folder)
     except LacError as exc:  # the set is staged whole, so nothing of it was published
-        raise LacError(f"rendering the report set of {path}: {exc}") from None
+        raise LacError(f"rendering the report set of {what}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         # a field the report reads is missing or of another type: the file is not one lac
         # wrote (nothing is published: the set is staged whole, then moved in)
-        raise LacError(f"{path}: not a results.json lac wrote ({type(exc).__name__} while "
+        raise LacError(f"{what}: not a results.json lac wrote ({type(exc).__name__} while "
                        f"rendering: {exc}); pass the results.json of a lac run") from None
     finally:
         folder.release()

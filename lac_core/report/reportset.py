@@ -239,6 +239,10 @@ class Folder:
             if not fallback:
                 raise LacError(f"{self.path / kept[0]} appeared and is not lac's; the report set "
                                "was not written")
+            if not plain_name(fallback) or "/" in fallback:  # e.g. a run id read from a file
+                raise LacError(f"{self.path / kept[0]} appeared and is not lac's, and the set's "
+                               f"other folder name {fallback!r} is not a plain name inside it; "
+                               "the report set was not written")
             target = Folder(self.path / fallback, run_id=self.run_id)
             if os.path.lexists(target.path):
                 raise LacError(f"{target.path} exists already; the report set was not written")

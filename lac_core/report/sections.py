@@ -160,12 +160,14 @@ def provenance(src) -> list[str]:
                f"{', '.join(g.experiments)}" for label, g in src.grids.items()),
              *(f"- no expectations recorded for {k}: the paper's rules decided"
                for k in src.unexpected()),
-             f"- lac {run['lac']}, git commit {run['git_commit'] or '-'}"
+             f"- lac {run['lac']}"
+             + (f" (source sha256 {run['source_sha256']})" if run.get("source_sha256") else "")
+             + f", git commit {run['git_commit'] or '-'}"
              f"{' (dirty: uncommitted changes)' if run['git_dirty'] else ''}; claims.yaml sha256 "
              f"{run['claims_sha256']}; started {run['started']}; status {run['status']}",
              f"- torch {run['torch']}, transformers {run['transformers']}, numpy {run['numpy']}, "
              f"{run['platform']}",
-             f"- command: pytest {' '.join(run['args'])}"]
+             f"- command: {command(run['args'])}"]
     for model, p in src.provenance.items():
         lines.append(f"- **{model}**: {p['source']}; sha256 {p['sha256'] or '-'}; "
                      f"{p['architecture']}, {p['n_layers']} layers, d={p['d_model']}; dtype "
@@ -175,4 +177,33 @@ def provenance(src) -> list[str]:
                      f"transformers {p['transformers']}; chat template {p['chat_template']} "
                      f"(sha256 {p['chat_template_sha256'] or '-'}); load "
                      f"{src.load_seconds.get(model)} s; {p['decoding']}")
+        where = ran_on(p)
+        if where:
+            lines.append(f"  - {where}")
     return lines
+
+
+def command(args: list) -> str:
+    """The command a results.json came from: a pytest run's arguments, or a merge's (its
+    run.args start with "merge": lac_core.merge)."""
+    if args[:1] == ["merge"]:
+        return " ".join(["lac", *args])
+    return " ".join(["pytest", *args])
+
+
+def ran_on(p) -> str | None:
+    """Where a model ran, from its provenance: host, platform, CPU, torch threads, GPUs, device,
+    dtype, kernel family (and its devices, when recorded); None for a results.json written before
+    models named their host."""
+    if "hostname" not in p:
+        return None
+    gpus = [f"GPU {g['name']} ({g['device']}, {g['memory_bytes'] / 2**30:.1f} GiB)"
+            for g in p.get("gpus") or ()]
+    machine = ", ".join([p.get("platform") or "platform unknown",
+                         f"CPU {p.get('cpu') or 'unknown'}",
+                         f"{p.get('torch_threads')} torch threads", *gpus])
+    devices = [str(d) for d in p.get("devices") or ()]  # named when not just `device`
+    return (f"ran on host {p['hostname'] or 'unknown'} ({machine}), {p.get('device')}, "
+            f"{p.get('dtype')}" + (f", kernels {p['kernels']}" if p.get("kernels") else "")
+            + (f", devices {', '.join(devices)}" if devices not in ([], [p.get("device")])
+               else ""))

@@ -1,6 +1,6 @@
 """Loading a run's models and computing its experiments, each once per (model, grid), through the
 resume cache: what the pytest fixtures ask for, callable without pytest."""
-# An experiment that raises is recorded (session.failed) and raised again as ExperimentFailed:
+# An experiment that raises is recorded (session.tally.failed) and raised again as ExperimentFailed:
 # the first asker is told the cause (`first`), later ones only that it failed, so a run never
 # starts a failed experiment twice. A model's grids are checked once it loads (its own chat
 # template rendered, no special token in a grid's texts, every prompt within its context) before
@@ -13,7 +13,7 @@ import time
 from ..engine.forward import Engine
 from ..engine.memory import release_freed
 from ..errors import LacError
-from ..models import load
+from ..models import LoadedModel, load
 from ..protocol import experiments as exp  # read at call time: a test may replace one
 from ..protocol.experiments import special_tokens_in, too_long
 from ..protocol.templates import attach, check_model
@@ -29,7 +29,7 @@ class ExperimentFailed(LacError):
         self.key, self.cause, self.first, self.original = key, cause, first, original
 
 
-def load_model(session, name: str):
+def load_model(session, name: str) -> LoadedModel:
     """The model of identity `name`, loaded, its template checked and its grids vetted."""
     t0, progress = time.perf_counter(), session.progress
     spec = session.checked.models[name]
@@ -41,57 +41,58 @@ def load_model(session, name: str):
                     loaded.template)  # the model's own is only known now
     except Exception as exc:
         progress.end(f"failed: {type(exc).__name__}")
-        session.failed[(name, "load")] = f"{type(exc).__name__}: {exc}"
+        session.tally.failed[(name, "load")] = f"{type(exc).__name__}: {exc}"
         raise
     progress.end(f"{spec.dtype} on {loaded.provenance['device']}")
-    session.load_seconds[spec.name] = round(time.perf_counter() - t0, 1)
-    session.provenance[spec.name] = loaded.provenance
+    session.ledger.load_seconds[spec.name] = round(time.perf_counter() - t0, 1)
+    session.ledger.provenance[spec.name] = loaded.provenance
     for label, grid in session.grids.items():  # before any experiment: prompts that fit
         try:
             why = special_tokens_in(loaded, grid) or too_long(loaded, grid)
         except LacError as exc:  # a prompt that cannot be rendered for this model
             why = f"grid {grid.key}: {type(exc).__name__}: {exc}"
         if why:
-            session.failed[(spec.name, label, "*")] = why
+            session.tally.failed[(spec.name, label, "*")] = why
     return loaded
 
 
 def compute(session, lm, grid: str, kind: str, experiment, **kw):
     """The experiment's result on this model and grid, computed once; raises ExperimentFailed."""
-    key, s = (lm.spec.name, grid, kind), session
-    if key in s.results:
-        return s.results[key]
-    failed = next((k for k in (key, (*key[:2], "*")) if k in s.failed), None)
+    key, s = (lm.name, grid, kind), session
+    if key in s.ledger.results:
+        return s.ledger.results[key]
+    failed = next((k for k in (key, (*key[:2], "*")) if k in s.tally.failed), None)
     if failed is not None:
-        first = failed not in s.reported
-        s.reported.add(failed)
-        raise ExperimentFailed(key, s.failed[failed], first)
+        first = failed not in s.tally.reported
+        s.tally.reported.add(failed)
+        raise ExperimentFailed(key, s.tally.failed[failed], first)
     rkey = s.result_key(*key, kw)
-    cached = s.resume.get(key, rkey)
+    cached = s.out.resume.get(key, rkey)
     s.tell_notes()
     if cached is not None:
-        s.results[key], s.from_cache[key] = cached, s.resume.used[key]
-        s.progress.say(f"lac: {' / '.join(key)}: from the resume cache (run {s.from_cache[key]})")
+        s.ledger.results[key], s.ledger.from_cache[key] = cached, s.out.resume.used[key]
+        s.progress.say(f"lac: {' / '.join(key)}: from the resume cache "
+                       f"(run {s.ledger.from_cache[key]})")
         return cached
     kw = {k: v() if isinstance(v, functools.partial) else v for k, v in kw.items()}
     release_freed()  # earlier experiments' garbage would add to this one's peak memory
     eng, t0 = Engine(lm, s.settings.token_budget, progress=s.progress), time.perf_counter()
-    s.progress.start(f"{lm.spec.name} / {grid} {kind}")
+    s.progress.start(f"{lm.name} / {grid} {kind}")
     try:
-        s.results[key] = experiment(eng, s.grids[grid], **kw)
+        s.ledger.results[key] = experiment(eng, s.grids[grid], **kw)
     except Exception as exc:  # recorded once; what does not need it goes on
-        s.failed[key] = f"{type(exc).__name__}: {exc}"
-        s.reported.add(key)
+        s.tally.failed[key] = f"{type(exc).__name__}: {exc}"
+        s.tally.reported.add(key)
         s.progress.end(f"failed: {type(exc).__name__}")
-        raise ExperimentFailed(key, s.failed[key], True, exc) from exc
-    s.timings[key] = round(time.perf_counter() - t0, 1)
-    s.resume.put(key, rkey, s.results[key], s.run_id)  # kept before it is announced
+        raise ExperimentFailed(key, s.tally.failed[key], True, exc) from exc
+    s.ledger.timings[key] = round(time.perf_counter() - t0, 1)
+    s.out.resume.put(key, rkey, s.ledger.results[key], s.ident.run_id)  # kept, then announced
     s.tell_notes()
     s.progress.end(f"{len(s.grids[grid].cells)} cells, {eng.cost.tokens:,} forward tokens")
-    return s.results[key]
+    return s.ledger.results[key]
 
 
-def result(session, lm, grid: str, kind: str):
+def result(session, lm: LoadedModel, grid: str, kind: str):
     """The result of one of the run's experiments ("sweep", "markers", "host", "steering"), with
     the run's settings, and the shared parts they continue ("residuals", "target")."""
     s, t = session.settings, session.thresholds

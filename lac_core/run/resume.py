@@ -5,59 +5,53 @@ computes only what is missing."""
 # (weights hash included), the grid's hash, the experiment and its parameters, dtype, device,
 # attention, chat template, token budget, the settings only that experiment reads (plan, layers,
 # probes: the sweep; marker stems: markers, steering; swap pairs: steering), the sha256 of
-# lac_core's own source files and the torch/transformers/numpy versions (Session.result_key).
+# lac's sources (provenance.source_sha256: lac_core and the claim modules, one hash for a
+# checkout and a wheel) and the torch/transformers/numpy versions (Session.result_key).
 #
 # Entries are data, never code: a file planted under an entry's name must not run anything when
 # the next run reads it, so there is no pickle on this path. An entry is an npz archive read with
 # np.load(allow_pickle=False): member "meta" is a 0-d unicode array holding JSON text
 # {"format", "key", "run_id", "result"}, and each numpy array or scalar of the result is a member
-# of its own ("a0", "a1", ...). In the JSON, values JSON cannot tell apart are tagged objects with
-# one "$" key: {"$tuple": [...]}, {"$dict": [[k, v], ...]} (keys that are not strings, or start
-# with "$"), {"$float": "nan" | "inf" | "-inf"}, {"$array": member}, {"$scalar": member} and
-# {"$record": [class name, {field: value}]}, where only CLASSES (results.RECORDS' records) may
-# be named. The round trip is exact (types, dtypes, shapes, NaN, dict order), so a resumed run writes the same
-# results.json. Member "digest" is the sha256 of every other member (name, dtype, shape and
-# bytes, by name), written with the entry and checked on read: it finds damage. It cannot stop
-# tampering (whoever may write an entry may write its digest too), so an entry is read only when
-# it is a regular file (never through a link) owned by the user running lac and writable by no
-# one else: the load cache's rule, loadcache.others_may_write, checked on the file descriptor the
-# entry is then read from. Entries are written so (mkstemp makes them 0600). An entry that fails
-# any of this, fails to load in any way, or holds another key is noted, recomputed and replaced,
-# never used. Old .pkl entries, and entries of an older FORMAT, are never used.
+# of its own ("a0", "a1", ...). The JSON is datacodec's (tagged values: "$tuple", "$dict",
+# "$float", "$array", "$scalar" and "$record", where only results.RECORDS' records may be named;
+# no sets, no enums: CODEC). The round trip is exact (types, dtypes, shapes, NaN, dict order), so
+# a resumed run writes the same results.json. Member "digest" is the sha256 of every other member
+# (name, dtype, shape and bytes, by name), written with the entry and checked on read: it finds
+# damage. It cannot stop tampering (whoever may write an entry may write its digest too), so an
+# entry is read only when it is a regular file (never through a link) owned by the user running
+# lac and writable by no one else: the load cache's rule, loadcache.others_may_write, checked on
+# the file descriptor the entry is then read from. Entries are written so (mkstemp makes them
+# 0600). An entry that fails any of this, fails to load in any way, or holds another key is
+# noted, recomputed and replaced, never used. Old .pkl entries, and entries of an older FORMAT,
+# are never used.
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import stat
 import tempfile
-from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..models.loadcache import others_may_write
-from ..paths import CORE
 from ..verdicts.results import RECORDS
-from ..verdicts.results import ReadOnlyDict
+from .datacodec import META, RECORD_CLASSES, Codec
+from .provenance import source_sha256
 
 RESUMABLE = tuple(RECORDS)  # every kept experiment; the shared parts (residuals) are not kept
 FORMAT = "lac-resume/2"  # 2: the digest member
 SUFFIX = ".npz"
-META, DIGEST = "meta", "digest"  # the members that are not the result's arrays
-CLASSES = {cls.__name__: cls for cls, _name in RECORDS.values()}  # the allow-list of classes
-NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+DIGEST = "digest"  # with META, the members that are not the result's arrays
+CODEC = Codec(RECORD_CLASSES, "cannot keep {} in a resume entry", reserved=(META, DIGEST))
 
 
-@lru_cache(maxsize=1)
 def code_sha256() -> str:
-    """The sha256 of lac_core's Python sources: any code change starts a new key."""
-    h = hashlib.sha256()
-    for path in sorted(CORE.rglob("*.py")):
-        h.update(path.relative_to(CORE).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+    """lac's source hash (provenance.source_sha256: lac_core and the claim modules, equal for a
+    checkout and a wheel): any code change starts a new key."""
+    return source_sha256()
 
 
 def versions() -> dict:
@@ -67,71 +61,6 @@ def versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "numpy": numpy.__version__, "lac_code": code_sha256()}
-
-
-def _encode(obj, arrays: dict):
-    """A JSON value for `obj`; its arrays go to `arrays` (member name -> array). Types outside
-    the format raise TypeError: better no entry than one that comes back different."""
-    if obj is None or type(obj) in (bool, int, str):  # type(): np.float64 is a float, too
-        return obj
-    if type(obj) is float:
-        return obj if math.isfinite(obj) else {"$float": str(obj)}
-    if type(obj) is tuple:
-        return {"$tuple": [_encode(v, arrays) for v in obj]}
-    if type(obj) is list:
-        return [_encode(v, arrays) for v in obj]
-    if type(obj) in (dict, ReadOnlyDict):  # records hold read-only dicts; they come back as dicts
-        if all(type(k) is str and not k.startswith("$") for k in obj):
-            return {k: _encode(v, arrays) for k, v in obj.items()}
-        return {"$dict": [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
-    if type(obj) is np.ndarray or isinstance(obj, np.generic):
-        arr = np.asarray(obj)
-        if arr.dtype.hasobject:
-            raise TypeError("cannot keep an object array in a resume entry")
-        name = f"a{len(arrays)}"
-        arrays[name] = arr
-        return {"$array" if type(obj) is np.ndarray else "$scalar": name}
-    if type(obj) in CLASSES.values():
-        return {"$record": [type(obj).__name__,  # the fields only: never cached properties
-                            {f.name: _encode(getattr(obj, f.name), arrays) for f in fields(obj)}]}
-    raise TypeError(f"cannot keep {type(obj).__name__} in a resume entry")
-
-
-def _decode(value, npz):
-    """The object `_encode` made `value` from; anything it would not have written raises."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, list):
-        return [_decode(v, npz) for v in value]
-    if not isinstance(value, dict):
-        raise ValueError(f"unexpected JSON value {type(value).__name__}")
-    if len(value) != 1 or not next(iter(value)).startswith("$"):
-        return {k: _decode(v, npz) for k, v in value.items()}
-    (tag, arg), = value.items()
-    if tag == "$tuple" and isinstance(arg, list):
-        return tuple(_decode(v, npz) for v in arg)
-    if tag == "$dict" and isinstance(arg, list) and all(
-            isinstance(p, list) and len(p) == 2 for p in arg):
-        return {_decode(k, npz): _decode(v, npz) for k, v in arg}
-    if tag == "$float" and arg in NONFINITE:
-        return NONFINITE[arg]
-    if tag in ("$array", "$scalar") and isinstance(arg, str) and arg not in (META, DIGEST):
-        arr = npz[arg]  # KeyError for a member that is not there
-        if tag == "$array":
-            return arr
-        if arr.shape != ():
-            raise ValueError(f"member {arg} is not a scalar")
-        return arr[()]
-    if tag == "$record" and isinstance(arg, list) and len(arg) == 2:
-        cls_name, values = arg
-        cls = CLASSES.get(cls_name) if isinstance(cls_name, str) else None
-        if cls is None:
-            raise ValueError(f"{cls_name!r} is not a result record")
-        names = [f.name for f in fields(cls)]
-        if not isinstance(values, dict) or sorted(values) != sorted(names):
-            raise ValueError(f"the fields of {cls_name} do not match")
-        return cls(**{k: _decode(values[k], npz) for k in names})
-    raise ValueError(f"unknown tag {tag}")
 
 
 def _canonical(key: dict):
@@ -204,7 +133,7 @@ def read_entry(path: Path, key: dict) -> tuple:
         raise ValueError("the entry holds another key")
     if not isinstance(entry.get("run_id"), str) or "result" not in entry:
         raise ValueError("the entry has no run id or result")
-    return entry["run_id"], _decode(entry["result"], members)
+    return entry["run_id"], CODEC.decode(entry["result"], members)
 
 
 def write_entry(path: Path, key: dict, result, run_id: str) -> None:
@@ -212,7 +141,7 @@ def write_entry(path: Path, key: dict, result, run_id: str) -> None:
     the temporary file never stays behind, whatever fails."""
     arrays = {}
     meta = json.dumps({"format": FORMAT, "key": _canonical(key), "run_id": run_id,
-                       "result": _encode(result, arrays)}, allow_nan=False)  # ASCII: no NULs
+                       "result": CODEC.encode(result, arrays)}, allow_nan=False)  # ASCII: no NULs
     members = {META: np.array(meta), **arrays}
     if path.is_dir() and not path.is_symlink():  # not lac's to delete: leave it, keep no entry
         raise IsADirectoryError(f"{path} is a directory lac did not write")

@@ -25,6 +25,9 @@ READS = {Kind.SWEEP: ("layers", "probes", "plan"), Kind.STEERING: ("swap_pairs",
 
 
 TRUE, FALSE = ("1", "true", "yes", "on", "y"), ("", "0", "false", "no", "off", "n")
+# Every LAC_* variable lac reads (the readers are below): what a pytest-xdist controller passes on
+# to its workers, remote ones included (suite/distributed.py, docs/scale.md).
+ENVIRONMENT = ("LAC_CACHE_DIR", "LAC_OFFLINE", "LAC_DEVICE")
 
 
 def env_cache_dir() -> Path:
@@ -67,6 +70,9 @@ class Settings:
     no_cache: bool = False  # recompute every experiment, ignoring the resume cache
     swap_pairs: str = "next"  # persona swap: each persona with the next in the grid, or "all"
     collect_only: bool = False  # pytest --collect-only: resolve models without downloading any
+    pins: tuple[tuple[str, str], ...] = ()  # --lac-on: (model, xdist gateway id), scheduling only
+    gpus: tuple[int, ...] | None = None  # an xdist worker's own GPUs (suite.start.placed, docs/
+    # scale.md); None: every visible one. Not an option: --lac-device names a device instead
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -101,7 +107,8 @@ class Settings:
         """What loading a model reads of these settings."""
         from ..models.load import LoadOptions
 
-        return LoadOptions(self.dtype, self.device, self.attention, self.cache_dir, self.offline)
+        return LoadOptions(self.dtype, self.device, self.attention, self.cache_dir, self.offline,
+                           self.gpus)
 
     @classmethod
     def from_options(cls, get) -> "Settings":
@@ -140,7 +147,8 @@ def parse_probes(text: str) -> tuple[str, ...]:
 
 def default_threads(cores: int, workers: int | None, load: float) -> int:
     """Torch threads for --lac-threads auto: the cores other jobs leave free (`load`, the
-    one-minute load average when lac starts, before its own work), at most cores / xdist workers.
+    one-minute load average when lac starts, before its own work), at most cores / the xdist
+    workers on this host (suite.start.host_share).
     OpenMP threads spin at their barriers: one thread more than the free cores made a sweep 2x to
     8x slower on a shared 2-core machine (docs/performance.md). Not the default: float32 sums
     split over another number of threads differ in the 7th digit, and a count that follows the
@@ -171,6 +179,22 @@ def _texts(flag: str):
             raise UsageError(f"{flag} '' is empty; name what to run (see pytest --help, group lac)")
         return tuple(values)
     return convert
+
+
+def parse_pins(values) -> tuple[tuple[str, str], ...]:
+    """--lac-on MODEL=GATEWAY, repeatable: each model on one gateway (whether the model is in the
+    run and the gateway one of its --tx is checked once both are known: suite/distributed.py)."""
+    pins: dict[str, str] = {}
+    for text in values:
+        model, sep, gateway = (part.strip() for part in text.partition("="))
+        if not (model and sep and gateway) or "=" in gateway:
+            raise UsageError(f"--lac-on {text!r}: write MODEL=GATEWAY_ID, a model of this run and "
+                             "the id of a pytest-xdist gateway (--tx ...//id=GATEWAY_ID)")
+        if pins.get(model, gateway) != gateway:
+            raise UsageError(f"--lac-on {text!r}: {model} is already pinned to {pins[model]}; "
+                             "a model runs on one gateway")
+        pins[model] = gateway
+    return tuple(pins.items())
 
 
 def _template(text: str) -> str:
@@ -225,11 +249,11 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help (which 
      "(transformers' own) or sdpa (fused; numbers move) (default: grouped)"),
     ("--lac-device", "device", str, {},
      "cpu, cuda, cuda:N, mps or auto; auto spreads a model over every visible GPU (default: "
-     "$LAC_DEVICE, else auto)"),
+     "$LAC_DEVICE, else auto, where each pytest-xdist worker on a host gets its own GPU(s))"),
     ("--lac-threads", "threads", parse_threads, {},
      "torch CPU threads, or auto: the cores other jobs leave free at start, by the load "
      "average (fast on a shared machine; numbers may move in the 7th digit with the count) "
-     "(default: torch's own; under pytest-xdist, cores / workers)"),
+     "(default: torch's own; under pytest-xdist, cores / workers on the host)"),
     ("--lac-plan", "plan", str, dict(default="fast", choices=PLANS),
      "execution plan of the sweep; naive runs one full forward per site, the oracle "
      "(default: fast)"),
@@ -253,6 +277,9 @@ OPTIONS = [  # flag, Settings field, conversion, argparse keywords, help (which 
      "folder of the report set: results.json, REPORT.md, SUMMARY.md, figures (default: ./reports)"),
     ("--lac-reports-overwrite", "reports_overwrite", bool, dict(action="store_true"),
      "replace regular files in the report folder that lac did not write (default: off)"),
+    ("--lac-on", "pins", parse_pins, dict(action="append", metavar="MODEL=GATEWAY_ID"),
+     "under pytest-xdist, run MODEL's tests only on the gateway with this id (--tx ...//id=ID; "
+     "ids gw0, gw1, ... otherwise); repeatable (default: any worker)"),
     ("--lac-expected-dir", "expected_dir", lambda t: _folder(t, "--lac-expected-dir"), {},
      "folder of the per-model expectations (default: the ones lac ships)"),
 ]

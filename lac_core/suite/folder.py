@@ -20,12 +20,12 @@ def open_folder(lac) -> None:
     s = lac.settings
     folder = Folder(s.report_dir, s.reports_overwrite)
     try:  # held until the session ends: a second run into the folder is refused here
-        folder.lock(lac.run_id)
+        folder.lock(lac.ident.run_id)
         folder.check(lac.report_files())
     except LacError as exc:  # nothing is written: the folder is not this run's
         folder.release()
         pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    lac.folder = folder
+    lac.out.folder = folder
     interrupt_on_sigterm()
 
 

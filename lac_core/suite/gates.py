@@ -186,8 +186,8 @@ def claim_gate(request, lac_session):
             raise RuleError(why) from exc.__cause__  # the traceback shows the rule's line
         if waits:
             lac_session.progress.end(f"{len(result.cells)} cells")
-            lac_session.interval_seconds[model] = round(
-                lac_session.interval_seconds.get(model, 0.0) + time.perf_counter() - t0, 1)
+            lac_session.ledger.interval_seconds[model] = round(
+                lac_session.ledger.interval_seconds.get(model, 0.0) + time.perf_counter() - t0, 1)
         exp = lac_session.record_verdict(claim, model, grid, verdict)
         request.node.user_properties.extend(_properties(claim, verdict, exp))
         if lac_session.settings.updating:  # recorded: the run's end writes it and says what moved

@@ -27,11 +27,18 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "claim(id): the claim a test decides (for the run status)")
     run_id(config)
+    if hasattr(config, "workerinput"):  # before its settings are built: the controller's LAC_*
+        distributed.take_environment(config.workerinput)
     if explicit(config):  # a lac option on the command line: a lac run, checked now
         try:
             start(config)
+            if not hasattr(config, "workerinput"):
+                lac = started(config)
+                distributed.check_pins(config, lac.settings.pins, list(lac.checked.models))
         except pytest.exit.Exception as exc:  # at configure time, as pytest's own usage errors
             raise pytest.UsageError(str(exc.msg)) from None
+        except LacError as exc:
+            raise pytest.UsageError(f"lac: {exc}") from None
     if hasattr(config, "workerinput"):  # an xdist worker: it sends, once lac's part started
         config.pluginmanager.register(distributed.Worker(config), "lac-worker")
     elif config.pluginmanager.hasplugin("xdist"):
@@ -85,11 +92,11 @@ def pytest_collection_modifyitems_last(session, config, items):
     if any("lm" in getattr(item, "fixturenames", ()) for item in items) and \
             not hasattr(config, "workerinput") and not config.option.collectonly:
         open_folder(lac)
-    lac.tests_left.update(i.nodeid for i in items if "lm" in getattr(i, "fixturenames", ()))
+    lac.tally.tests_left.update(i.nodeid for i in items if "lm" in getattr(i, "fixturenames", ()))
     for item in items:
         at = place(item)
         if at.claim is not None and at.model is not None and at.grid is not None:
-            lac.collected[item.nodeid] = (at.claim, at.model, at.grid)
+            lac.tally.collected[item.nodeid] = (at.claim, at.model, at.grid)
 
 
 def take_late_claims(session, lac, items: list) -> None:
@@ -108,33 +115,47 @@ def take_late_claims(session, lac, items: list) -> None:
         pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """Under pytest-xdist, each model's provenance names the gateway that ran it (its id: the
+    host name alone does not tell two gateways on one machine apart), once the model loaded."""
+    try:
+        return (yield)
+    finally:
+        lac, worker = started(item.config), getattr(item.config, "workerinput", {})
+        if lac is not None and worker.get("workerid"):
+            for provenance in lac.ledger.provenance.values():
+                provenance.setdefault("xdist_gateway", worker["workerid"])
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Why a claim test gave no verdict (its setup error or skip), for the run status."""
     report = (yield).get_result()
     lac = started(item.config)
     if lac is not None and report.when == "teardown":  # finished: not one an interrupt stopped
-        lac.tests_left.discard(item.nodeid)
-    if lac is not None and item.nodeid in lac.collected and report.when == "setup" \
+        lac.tally.tests_left.discard(item.nodeid)
+    if lac is not None and item.nodeid in lac.tally.collected and report.when == "setup" \
             and not report.passed:
         text = str(report.longrepr).strip().splitlines() or [""]
-        lac.outcomes[item.nodeid] = ("error: " if report.failed else "skipped: ") + text[-1][:160]
+        lac.tally.outcomes[item.nodeid] = \
+            ("error: " if report.failed else "skipped: ") + text[-1][:160]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     lac = started(config)
-    if lac is None or not lac.verdicts:
+    if lac is None or not lac.ledger.verdicts:
         return
     tr = terminalreporter
     tr.section("lac verdicts (claim x model x grid)")
-    for (claim, model, grid), (v, exp) in sorted(lac.verdicts.items()):
+    for (claim, model, grid), (v, exp) in sorted(lac.ledger.verdicts.items()):
         flag = "" if exp in (None, v.status) else f"  (expected {exp})"
         d = v.deciding
         tr.write_line(f"{claim:4} {model:32} {grid:8} {v.status:12} {d.name if d else '-'}: "
                       f"{d.detail if d else ''}{flag}")
-    for model, secs in lac.load_seconds.items():
-        runs = [f"{g} {k} {s} s" for (m, g, k), s in lac.timings.items() if m == model]
-        tr.write_line(time_line(model, secs, runs, lac.interval_seconds.get(model)))
+    for model, secs in lac.ledger.load_seconds.items():
+        runs = [f"{g} {k} {s} s" for (m, g, k), s in lac.ledger.timings.items() if m == model]
+        tr.write_line(time_line(model, secs, runs, lac.ledger.interval_seconds.get(model)))
 
 
 def time_line(model: str, load: float, runs: list[str], intervals: float | None) -> str:
@@ -155,7 +176,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     from ..run.session import Outcome
 
-    lac.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop
+    lac.tally.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop
                                                                        or session.shouldfail)
     worker = session.config.pluginmanager.get_plugin("lac-worker")
     if worker:  # an xdist worker: the controller reports
@@ -167,22 +188,22 @@ def pytest_sessionfinish(session, exitstatus):
         outcome = Outcome([f"lac: {exc}"], failed=True)
     finally:
         restore_sigterm()
-        if lac.folder is not None:
-            lac.folder.release()
+        if lac.out.folder is not None:
+            lac.out.folder.release()
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None and getattr(getattr(tr, "_tw", None), "width_of_current_line", 0):
         tr.line("")  # under -q the progress dots leave the line open: lac's lines start anew
     for line in outcome.lines:
         tr.write_line(line) if tr else print(line)
-    if lac.report_folder is not None:
-        line = f"lac: report set written to {lac.report_folder}"
+    if lac.out.report_folder is not None:
+        line = f"lac: report set written to {lac.out.report_folder}"
         tr.write_line(line) if tr else print(line)
-    elif not outcome.lines and (lac.claims_planned or explicit(session.config)) and \
+    elif not outcome.lines and (lac.tally.claims_planned or explicit(session.config)) and \
             not session.config.option.collectonly:  # no lac test ran: the folder is not touched
         line = f"lac: no lac test was selected; {lac.settings.report_dir} is left as it was"
         tr.write_line(line) if tr else print(line)
-    if lac.gate_outcome is not None:
-        session.config.hook.pytest_runtest_logreport(report=gate_report(lac.gate_outcome))
+    if lac.out.gate_outcome is not None:
+        session.config.hook.pytest_runtest_logreport(report=gate_report(lac.out.gate_outcome))
     if outcome.failed:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

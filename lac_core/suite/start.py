@@ -101,6 +101,58 @@ def run_id(config) -> str:
     return config.stash[RUN_ID]
 
 
+HOST_WORKERS, HOST_RANK = "lac_host_workers", "lac_host_rank"  # workerinput keys: host_share
+
+
+def host_of(spec) -> str:
+    """The host an xdist gateway spec (execnet.XSpec) runs its worker on, as far as the
+    controller can tell from the spec: a proxy's id (`via=`), else the ssh or socket target as
+    written (`ssh=user@box`, `socket=127.0.0.1:8888`; a socket server on loopback counts as
+    another host, as in lac's tests), else popen: the controller's own host. Two spellings of
+    one machine (`ssh=box`, `ssh=me@box`) count as two hosts (docs/scale.md)."""
+    for kind in ("via", "ssh", "socket", "vagrant_ssh"):
+        if getattr(spec, kind, None):
+            return f"{kind}={getattr(spec, kind)}"
+    return "popen"
+
+
+def host_ranks(specs, mine) -> tuple[int, int]:
+    """How many of the run's gateway specs share `mine`'s host, and `mine`'s rank among them
+    (in the order xdist was given them; a restarted worker keeps its spec, so its rank)."""
+    same = [s for s in specs if host_of(s) == host_of(mine)]
+    at = [i for i, s in enumerate(same) if s is mine] or \
+        [i for i, s in enumerate(same) if s.id == mine.id]
+    rank = at[0] if at else len(same)  # a spec xdist did not list: one more on its host
+    return max(len(same), rank + 1), rank
+
+
+def host_share(workerinput: dict) -> tuple[int | None, int]:
+    """(xdist workers on this worker's host, its rank among them), as its controller said
+    (Controller.pytest_configure_node); xdist's total when the controller did not say; (None, 0)
+    outside xdist."""
+    workers = workerinput.get(HOST_WORKERS, workerinput.get("workercount"))
+    return workers, workerinput.get(HOST_RANK, 0)
+
+
+def threads_for(option, cores: int, workers: int | None, load: float) -> tuple[int | None, int]:
+    """(torch threads to set, None for torch's own; the cores free by the load average), for
+    --lac-threads `option` with `workers` xdist workers on this host: cores / workers by default,
+    the free cores (default_threads) under `auto`, the number given otherwise."""
+    shared = max(1, cores // workers) if workers else None
+    free = default_threads(cores, workers, load)
+    return (free if option == "auto" else option or shared), free
+
+
+def placed(settings, workers: int | None, rank: int):
+    """The settings with this worker's own GPUs (models.placement.worker_gpus): with the device
+    left at its default, each of the host's workers its own."""
+    from dataclasses import replace
+
+    from ..models.placement import visible_gpus, worker_gpus
+
+    return replace(settings, gpus=worker_gpus(settings.device, visible_gpus(), workers, rank))
+
+
 def start(config) -> None:
     """Build the settings, check everything that can be checked before any work, and set up the
     process (torch threads, progress lines). A bad input stops the run: exit 4."""
@@ -110,18 +162,16 @@ def start(config) -> None:
     from ..run.session import Session
     from ..run.settings import Settings
 
+    workers, rank = host_share(getattr(config, "workerinput", {}))  # on this worker's host
     try:
-        settings = Settings.from_options(config.getoption)
+        settings = placed(Settings.from_options(config.getoption), workers, rank)
         lac = Session.start(settings, config.invocation_params.args)
     except LacError as exc:  # one message, no test run, nothing written
         pytest.exit(f"lac: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     for line in lac.checked.warnings:
         config.issue_config_time_warning(UserWarning(line), stacklevel=2)
-    workers = getattr(config, "workerinput", {}).get("workercount")
     cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    shared = max(1, cores // workers) if workers else None  # cores / workers
-    free = default_threads(cores, workers, load)
-    threads = free if lac.settings.threads == "auto" else lac.settings.threads or shared
+    threads, free = threads_for(lac.settings.threads, cores, workers, load)
     if threads:
         torch.set_num_threads(threads)
     lac.threads = torch.get_num_threads()
@@ -136,7 +186,7 @@ def start(config) -> None:
                              f"cores) and the run uses {lac.threads} torch threads: "
                              f"--lac-threads {free} or auto runs much faster here "
                              "(docs/performance.md#threads-on-a-shared-machine)")
-    lac.run_id = run_id(config)  # one run: the controller's id names what every worker computes
+    lac.ident.run_id = run_id(config)  # the controller's id names what every worker computes
     config.stash[SESSION] = lac
 
 
