@@ -1,5 +1,5 @@
-"""Run the `run:` steps of docs/ci/lac-workflow.yml here, as GitHub Actions would, so the recipe
-users copy cannot rot: the job's env with each `${{ }}` expression given a value on the command
+"""Run the `run:` steps of one job of docs/ci/lac-workflow.yml or docs/ci/lac-merge.yml here,
+as GitHub Actions would, so the recipes users copy cannot rot: the job's env with each `${{ }}` expression given a value on the command
 line (an expression left without one is an error; `secrets.X` is empty unless given, as for an
 unset secret), `uses:` steps skipped, a step after a failure run only when it says `if: always()`,
 and what a step appends to $GITHUB_ENV set for the steps after it. Prints each step's exit code;
@@ -42,9 +42,17 @@ def main() -> int:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set a variable; one the job's env names is then taken as given")
     ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--job", help="the job to run (default: the workflow's only job with steps)")
     args = ap.parse_args()
     values = dict(item.split("=", 1) for item in args.set)
-    (job_name, job), = yaml.safe_load(args.workflow.read_text())["jobs"].items()
+    jobs = {name: job for name, job in yaml.safe_load(args.workflow.read_text())["jobs"].items()
+            if "steps" in job}  # a job that `uses:` another workflow runs that one's steps
+    if args.job is None and len(jobs) != 1:
+        sys.exit(f"workflow: {args.workflow} has jobs {', '.join(jobs)}; pass --job NAME")
+    job_name = args.job or next(iter(jobs))
+    if job_name not in jobs:
+        sys.exit(f"workflow: no job {job_name!r} with steps in {args.workflow}: {', '.join(jobs)}")
+    job = jobs[job_name]
     overrides = dict(item.split("=", 1) for item in args.env)
     env = {**os.environ, **overrides}
     for name, value in job.get("env", {}).items():
