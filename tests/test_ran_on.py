@@ -63,6 +63,7 @@ def test_the_gpus_are_those_the_model_was_placed_on():
     assert sorted(asked) == [0, 1, 2]
     assert ", devices" not in ran_on({**got, "device": "cpu", "dtype": "float32",
                                       "devices": ["cpu"]})  # said once
+    assert "Gold 6338, 1 torch thread, GPU" in ran_on({**got, "torch_threads": 1})  # not threads
     line = ran_on({**got, "device": "cuda", "dtype": "bfloat16", "kernels": "cuda:sm_80",
                    "devices": ["cuda:0", "cuda:1"]})
     assert line == ("ran on host gpu-box-7 (Linux-6.1-x86_64-with-glibc2.36, CPU Intel(R) "
@@ -108,5 +109,5 @@ def test_each_model_of_a_run_names_where_it_ran(tiny_run):
         at = next(i for i, x in enumerate(lines) if x.startswith(f"- **{model}**: "))
         line = lines[at + 1]  # under the model's own line
         assert line.startswith(f"  - ran on host {platform.node()} ({platform.platform()}, "
-                               f"CPU {cpu}, {p['torch_threads']} torch threads"), line
+                               f"CPU {cpu}, {p['torch_threads']} torch thread"), line
         assert f"), {p['device']}, {p['dtype']}" in line, line

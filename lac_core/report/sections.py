@@ -201,7 +201,8 @@ def ran_on(p) -> str | None:
             for g in p.get("gpus") or ()]
     machine = ", ".join([p.get("platform") or "platform unknown",
                          f"CPU {p.get('cpu') or 'unknown'}",
-                         f"{p.get('torch_threads')} torch threads", *gpus])
+                         f"{p.get('torch_threads')} torch "
+                         f"thread{'' if p.get('torch_threads') == 1 else 's'}", *gpus])
     devices = [str(d) for d in p.get("devices") or ()]  # named when not just `device`
     return (f"ran on host {p['hostname'] or 'unknown'} ({machine}), {p.get('device')}, "
             f"{p.get('dtype')}" + (f", kernels {p['kernels']}" if p.get("kernels") else "")
