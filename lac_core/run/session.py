@@ -110,6 +110,7 @@ class ExpectationBook:
     settings: Settings
     checked: preflight.Checked
     read: dict = field(default_factory=dict)  # model -> its expectations, folder by folder
+    _reader: tuple = ()  # (the claim ids it was made for, its DocBook): see reader
 
     def setup(self, model: str, experiment: str | None = None) -> str:
         """The part of an expectations key that is not the model or the grid: dtype and chat
@@ -141,8 +142,14 @@ class ExpectationBook:
                            for m in self.checked.models}}
 
     def reader(self) -> gating.DocBook:
-        return gating.DocBook(self.keys(), gating.expectation_folders(self.settings.expected_dir),
-                              self.read)
+        """The DocBook of this run's keys, made again only when a claim was registered since
+        (a user's conftest, collected late): every verdict and every cell a run records looks
+        its section up here, so the keys and each (model, grid)'s section are made once."""
+        claims = tuple(registry.CLAIMS)
+        if not self._reader or self._reader[0] != claims:
+            self._reader = (claims, gating.DocBook(
+                self.keys(), gating.expectation_folders(self.settings.expected_dir), self.read))
+        return self._reader[1]
 
     def check(self) -> None:
         """Before any work: each model's expectations file is whole (and no link, if updating)."""
