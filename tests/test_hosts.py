@@ -17,6 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lac_core.errors import UsageError
 from lac_core.paths import ROOT
@@ -138,6 +140,26 @@ def test_a_pin_is_model_equals_gateway(text):
     with pytest.raises(UsageError, match="already pinned to far"):
         parse_pins(["big=far", "big=near"])
     assert parse_pins(["big = far", "big=far", "small=gw0"]) == (("big", "far"), ("small", "gw0"))
+
+
+PIN_TEXT = st.lists(st.sampled_from(["big", "small", "far", "gw0", "=", " ", "/", "\x00", "é",
+                                     "\n", "-"]), max_size=6).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(PIN_TEXT, st.text(max_size=20)), max_size=4))
+def test_any_lac_on_is_a_pin_of_a_known_model_and_gateway_or_one_usage_error(texts):
+    """Generated --lac-on values, as a user may type them (and worse): each either pins a model
+    of the run to a gateway id of its --tx, or is one UsageError naming --lac-on, before any
+    test is sent; never another exception, never a pin to something unknown."""
+    config = fake_config(["popen", "popen//id=far"])
+    try:
+        pins = parse_pins(texts)
+        distributed.check_pins(config, pins, ["big", "small"])
+    except UsageError as exc:
+        assert "--lac-on" in str(exc), exc
+        return
+    assert all(m in ("big", "small") and g in ("gw0", "far") for m, g in pins), pins
 
 
 # -- path arguments and LAC_* settings -----------------------------------------------------------
