@@ -45,6 +45,45 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+def readable_interrupt(excinfo) -> None:
+    """Drop the traceback entries that have no line number from an interrupt's traceback (and the
+    exceptions it chains), while lac holds the folder. Python 3.11+ leaves tb_lineno None where a
+    signal lands on an instruction without a line, and pytest's interrupt report then fails with a
+    TypeError: the run exits 1 after an INTERNALERROR instead of 2 (interrupted), as CI saw."""
+    if not _SIGTERM_BEFORE:
+        return
+    exc, seen = excinfo.value, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = _lined(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    excinfo.traceback = excinfo.traceback.filter(_has_line)
+
+
+def _lined(tb):
+    """The traceback chain from tb without its entries that have no line number (relinked)."""
+    head = last = None
+    while tb is not None:
+        if tb.tb_lineno is not None:
+            if last is None:
+                head = tb
+            else:
+                last.tb_next = tb
+            last = tb
+        tb = tb.tb_next
+    if last is not None:
+        last.tb_next = None
+    return head
+
+
+def _has_line(entry) -> bool:
+    try:
+        entry.lineno
+    except TypeError:  # tb_lineno is None
+        return False
+    return True
+
+
 def restore_sigterm() -> None:
     if _SIGTERM_BEFORE:
         signal.signal(signal.SIGTERM, _SIGTERM_BEFORE.pop())

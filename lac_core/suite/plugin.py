@@ -11,7 +11,7 @@ import pytest
 from ..errors import LacError
 from ..run.settings import OPTIONS
 from . import distributed
-from .folder import open_folder, restore_sigterm
+from .folder import open_folder, readable_interrupt, restore_sigterm
 from .start import (FIXTURE, FIXTURES, SESSION, explicit, place, run_id, session,  # noqa: F401
                     start, started)
 
@@ -164,6 +164,11 @@ def time_line(model: str, load: float, runs: list[str], intervals: float | None)
     parts = [f"{model} loaded in {load} s", ", ".join(runs),
              f"intervals {intervals} s" if intervals is not None else ""]
     return "time: " + "; ".join(p for p in parts if p) + "."
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo):
+    readable_interrupt(excinfo)  # before pytest's terminal reporter formats it
 
 
 @pytest.hookimpl(tryfirst=True)
