@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,26 +217,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def second_host(tmp_path_factory):
-    """execnet's socket server on 127.0.0.1 from a copy of the tree without .git (as a clone or
-    an unpacked source on another machine), its own LAC_OFFLINE a value lac refuses (so a
-    worker that did not take the controller's fails); killed with its process group after."""
-    copy = tmp_path_factory.mktemp("host") / "lac"
-    shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+@contextmanager
+def socket_server(where: Path, pythonpath: Path):
+    """execnet's socket server on 127.0.0.1, in `where` with `pythonpath` first (the lac it
+    runs), its own LAC_OFFLINE a value lac refuses (so a worker that did not take the
+    controller's fails); yields its port; killed with its process group after."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(copy), "LAC_OFFLINE": "not a boolean"}
-    log = open(copy.parent / "server.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "LAC_OFFLINE": "not a boolean"}
+    said = where.parent / f"server-{where.name}.log"
+    log = open(said, "w")
     server = subprocess.Popen([sys.executable, "-u", "-m", "execnet.script.socketserver",
-                               f"127.0.0.1:{port}"], cwd=copy, env=env, stdout=log,
+                               f"127.0.0.1:{port}"], cwd=where, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline, said = time.monotonic() + 30, copy.parent / "server.log"
+        deadline = time.monotonic() + 30
         while server.poll() is None and time.monotonic() < deadline and \
                 "Entering Accept loop" not in said.read_text():
             time.sleep(0.1)
         assert server.poll() is None and "Accept" in said.read_text(), said.read_text()
-        yield SimpleNamespace(copy=copy, port=port)
+        yield port
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
@@ -243,20 +243,32 @@ def second_host(tmp_path_factory):
         log.close()
 
 
-def run(tmp: Path, name: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+@pytest.fixture(scope="module")
+def second_host(tmp_path_factory):
+    """The socket server from a copy of the tree without .git (as a clone or an unpacked source
+    on another machine)."""
+    copy = tmp_path_factory.mktemp("host") / "lac"
+    shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+    with socket_server(copy, copy) as port:
+        yield SimpleNamespace(copy=copy, port=port)
+
+
+def run(tmp: Path, name: str, *extra: str, tests=("claims/",), cwd: Path = ROOT,
+        grid="fixtures/grids/example.yaml", expected="fixtures/expected",
+        env=()) -> tuple[subprocess.CompletedProcess, dict]:
     """pytest claims/ (C4 only, so both models' host experiment: the transport is what is
     tested) on tiny-llama and tiny-qwen2, the example grid given as a file, options naming
     existing paths (the report folder exists; the shipped expectations folder)."""
     reports = tmp / name
     reports.mkdir()
-    cmd = [sys.executable, "-m", "pytest", "claims/", "-p", "no:cacheprovider", "-q", "-k", "c4",
-           "--lac-model", "tiny-llama", "--lac-model", "tiny-qwen2", "--lac-grid",
-           "fixtures/grids/example.yaml", "--lac-expected-dir", "fixtures/expected",
-           "--lac-reports", str(reports), "--lac-no-cache", "--lac-threads", "1", *extra]
+    cmd = [sys.executable, "-m", "pytest", *tests, "-p", "no:cacheprovider", "-q", "-k", "c4",
+           "--lac-model", "tiny-llama", "--lac-model", "tiny-qwen2", "--lac-grid", grid,
+           "--lac-expected-dir", expected, "--lac-reports", str(reports), "--lac-no-cache",
+           "--lac-threads", "1", *extra]
     # one torch thread in every process: float32 sums split over another number of threads
     # differ in the 7th digit, and each host's workers take their own host's cores by default
-    env = {**os.environ, "LAC_CACHE_DIR": str(tmp / "cache"), "LAC_OFFLINE": "1"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+    env = {**os.environ, "LAC_CACHE_DIR": str(tmp / "cache"), "LAC_OFFLINE": "1", **dict(env)}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=RUN_SECONDS)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "INTERNALERROR" not in out.stdout + out.stderr
@@ -288,6 +300,59 @@ def test_two_hosts_on_loopback_give_one_host_numbers(second_host, tmp_path):
     assert gateways == {"tiny-llama": "gw0", "tiny-qwen2": "far"}, gateways
     assert {p.get("hostname") for p in far["models"].values()} == {platform.node()}
     assert "[far] " in two.stdout and "lac: report set written to" in two.stdout
+    # The wheel's route: lac installed from its wheel (no checkout anywhere), `--pyargs
+    # lac_core.claims` from a user's folder holding their grid file and expectations, the far
+    # host a server in a folder of its own holding the same files (xdist sends no files).
+    wheel = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(wheel / "dist")], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(wheel / "site"), *(wheel / "dist").glob("pytest_lac-*.whl")], check=True)
+    user, remote = tmp_path / "user", tmp_path / "remote"
+    for folder in (user, remote):
+        folder.mkdir()
+        (folder / "grids").mkdir()
+        shutil.copy(ROOT / "fixtures" / "grids" / "example.yaml", folder / "grids")
+        shutil.copytree(ROOT / "fixtures" / "expected", folder / "expected")
+    with socket_server(remote, wheel / "site") as port:
+        spec = f"socket=127.0.0.1:{port}//id=far//chdir={remote}"
+        out, installed = run(tmp_path, "shipped", "-d", "--tx", "popen", "--tx", spec, "--lac-on",
+                             "tiny-qwen2=far", tests=("--pyargs", "lac_core.claims"), cwd=user,
+                             grid="grids/example.yaml", expected="expected",
+                             env={"PYTHONPATH": str(wheel / "site")})
+    where = subprocess.run([sys.executable, "-c", "import lac_core; print(lac_core.__file__)"],
+                           cwd=user, env={**os.environ, "PYTHONPATH": str(wheel / "site")},
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(wheel / "site")), where  # the wheel's lac, not the checkout's
+    assert "[far] " in out.stdout, out.stdout[-3000:]
+    assert numbers(installed) == numbers(near)
+    assert {m: p.get("xdist_gateway") for m, p in installed["models"].items()} == gateways
+
+
+def test_a_file_missing_on_a_far_host_stops_the_run_once_naming_both(second_host, tmp_path):
+    """A grid file the controller's folder has and the far host's folder lacks: its worker stops
+    at start, and the run stops with it, exit 4, the gateway and the file named. (xdist starts a
+    --tx gateway's dead worker again without end: this run hung until its timeout.)"""
+    user = tmp_path / "user"
+    (user / "grids").mkdir(parents=True)
+    shutil.copy(ROOT / "fixtures" / "grids" / "example.yaml", user / "grids")
+    spec = f"socket=127.0.0.1:{second_host.port}//id=far//chdir={second_host.copy}"
+    cmd = [sys.executable, "-m", "pytest", "--pyargs", "lac_core.claims", "-p", "no:cacheprovider",
+           "-q", "-k", "c4", "--lac-model", "tiny-llama", "--lac-grid", "grids/example.yaml",
+           "--lac-reports", str(tmp_path / "r"), "-d", "--tx", "popen", "--tx", spec]
+    env = {**os.environ, "LAC_CACHE_DIR": str(tmp_path / "cache"), "LAC_OFFLINE": "1"}
+    try:
+        out = subprocess.run(cmd, cwd=user, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not stop: xdist restarts the far worker without end")
+    text = out.stdout + out.stderr
+    assert out.returncode == 4, text[-3000:]
+    said = [line for line in text.splitlines() if "lac: the xdist worker of gateway far" in line]
+    assert said and "grid file grids/example.yaml does not exist" in said[0], text[-3000:]
+    assert "replacing crashed worker" not in text, text[-3000:]
+    if (tmp_path / "r" / "results.json").exists():  # the popen worker's test ran meanwhile
+        run = json.loads((tmp_path / "r" / "results.json").read_text())["run"]
+        assert run["status"] == "PARTIAL" and "xdist worker far" in json.dumps(run["failed"])
 
 
 def test_a_pin_to_no_gateway_stops_the_run_at_start(tmp_path):

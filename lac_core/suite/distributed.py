@@ -30,6 +30,7 @@ class Controller:
         self.config = config
         self.usage_error = None  # a worker stopped on a bad input (plugin.take_late_claims)
         self.reltoroot = None  # xdist's make_reltoroot, while lac's stands in for it
+        self.collected: set[str] = set()  # the gateway ids whose workers finished collecting
 
     def _models(self) -> list[str]:
         """Model identities, longest first: the session's, else the --lac-model arguments as given
@@ -91,6 +92,7 @@ class Controller:
     def pytest_xdist_node_collection_finished(self, node, ids):
         """Before any test is sent out: start lac's part if the workers collected its tests, and
         open the report folder (a problem stops the run with exit code 4)."""
+        self.collected.add(node.gateway.id)
         lac = started(self.config)
         if lac is None and any(self._model_of(i) for i in ids):
             start(self.config)
@@ -124,6 +126,10 @@ class Controller:
         output = getattr(node, "workeroutput", {})
         if output.get(USAGE):  # nothing to merge: the run stops, exit 4, nothing written
             self.usage_error = output[USAGE]
+            return
+        if error is not None and node.gateway.id not in self.collected and \
+                lac_tests_named(self.config):
+            self.not_started(node, error)
             return
         if error is not None:  # lost (killed, crashed): what it sent with its reports is kept
             self.lost(node, error)
@@ -159,6 +165,19 @@ class Controller:
         except LacError as exc:  # not merged: the run fails and says why (once per cause)
             if f"lac: {exc}" not in lac.tally.refused:
                 lac.tally.refused.append(f"lac: {exc}")
+
+    def not_started(self, node, error) -> None:
+        """A worker that died before it collected (a bad input on its host: a file missing
+        there, lac or a package not installed there) stops the run once, exit 4, saying why:
+        xdist would start it again, without end for a --tx gateway, each dying alike."""
+        last = [line.strip() for line in str(error).splitlines() if line.strip()]
+        why = last[-1].removeprefix("pytest.UsageError: ").removeprefix("lac: ") if last else "?"
+        self.usage_error = (f"lac: the xdist worker of gateway {node.gateway.id} stopped "
+                            f"before it collected any test: {why}")
+        lac = started(self.config)
+        if lac is not None:  # the report set, if the other workers' tests opened it, says so
+            lac.tally.failed[(f"xdist worker {node.gateway.id}", "not started")] = why
+        pytest.exit(self.usage_error, returncode=pytest.ExitCode.USAGE_ERROR)  # no restart
 
     def lost(self, node, error) -> None:
         """A worker that went down without finishing: in run.failed, with the tests it held (as
