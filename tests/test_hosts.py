@@ -26,6 +26,8 @@ from lac_core.paths import ROOT
 from lac_core.run.settings import ENVIRONMENT, parse_pins
 from lac_core.suite import distributed
 
+from .conftest import installed_wheel
+
 pytest.importorskip("xdist")
 pytest.importorskip("execnet")
 
@@ -303,27 +305,20 @@ def test_two_hosts_on_loopback_give_one_host_numbers(second_host, tmp_path):
     # The wheel's route: lac installed from its wheel (no checkout anywhere), `--pyargs
     # lac_core.claims` from a user's folder holding their grid file and expectations, the far
     # host a server in a folder of its own holding the same files (xdist sends no files).
-    wheel = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
-                    "--no-build-isolation", "-q", "-w", str(wheel / "dist")], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(wheel / "site"), *(wheel / "dist").glob("pytest_lac-*.whl")], check=True)
+    (tmp_path / "wheel").mkdir()
+    site = installed_wheel(tmp_path / "wheel")
     user, remote = tmp_path / "user", tmp_path / "remote"
     for folder in (user, remote):
         folder.mkdir()
         (folder / "grids").mkdir()
         shutil.copy(ROOT / "fixtures" / "grids" / "example.yaml", folder / "grids")
         shutil.copytree(ROOT / "fixtures" / "expected", folder / "expected")
-    with socket_server(remote, wheel / "site") as port:
+    with socket_server(remote, site) as port:
         spec = f"socket=127.0.0.1:{port}//id=far//chdir={remote}"
         out, installed = run(tmp_path, "shipped", "-d", "--tx", "popen", "--tx", spec, "--lac-on",
                              "tiny-qwen2=far", tests=("--pyargs", "lac_core.claims"), cwd=user,
                              grid="grids/example.yaml", expected="expected",
-                             env={"PYTHONPATH": str(wheel / "site")})
-    where = subprocess.run([sys.executable, "-c", "import lac_core; print(lac_core.__file__)"],
-                           cwd=user, env={**os.environ, "PYTHONPATH": str(wheel / "site")},
-                           capture_output=True, text=True, check=True).stdout
-    assert where.startswith(str(wheel / "site")), where  # the wheel's lac, not the checkout's
+                             env={"PYTHONPATH": str(site)})
     assert "[far] " in out.stdout, out.stdout[-3000:]
     assert numbers(installed) == numbers(near)
     assert {m: p.get("xdist_gateway") for m, p in installed["models"].items()} == gateways

@@ -14,6 +14,8 @@ import yaml
 
 from lac_core.paths import ROOT
 
+from .conftest import installed_wheel
+
 PAGE = ROOT / "docs" / "own-claim.md"
 FILE = re.compile(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", re.S)
 
@@ -27,13 +29,7 @@ def page_files() -> dict[str, str]:
 def installed(tmp_path_factory):
     """The wheel of this checkout, installed (without dependencies: they are this venv's) into a
     folder of its own that comes first on sys.path."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
-                    "--no-build-isolation", "-q", "-w", str(tmp / "dist")], check=True)
-    wheel = next((tmp / "dist").glob("pytest_lac-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(tmp / "site"), str(wheel)], check=True)
-    return tmp / "site"
+    return installed_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def _run(folder, site, *args):
